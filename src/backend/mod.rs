@@ -1,0 +1,1 @@
+//! Compute backends behind one small interface (see `Backend`).

@@ -1,0 +1,1 @@
+//! Decoding: search, Whisper's timestamp rules, fallback and long-form windows.

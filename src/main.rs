@@ -1,0 +1,2 @@
+//! The `scribed` binary: thin subcommands over the library.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Offline transcription of files: decode → mel → model → text/JSON/SRT/VTT.
