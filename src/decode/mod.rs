@@ -1,1 +1,140 @@
-//! Decoding: search, Whisper's timestamp rules, fallback and long-form windows.
+//! Decoding: turning the model's logits into timestamped text.
+//!
+//! - [`rules`]: which tokens may come next (suppression, Whisper's timestamp
+//!   grammar), applied to every step's logits;
+//! - [`search`]: greedy, sampling and beam search over one 30 s window, with
+//!   faster-whisper's temperature fallback;
+//! - [`longform`]: audio of any length, window after window (seek by the last
+//!   timestamp, condition on the previous text, skip silence);
+//! - [`alignment`]: word-level timestamps from the cross-attention of the
+//!   alignment heads (dynamic time warping).
+
+pub mod alignment;
+pub mod longform;
+pub mod rules;
+pub mod search;
+
+pub use longform::Transcriber;
+
+/// What to do with the audio: faster-whisper's `transcribe` options, with its
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// Beam width at temperature 0; 1 is greedy.
+    pub beam_size: usize,
+    /// Candidates sampled at each temperature above 0.
+    pub best_of: usize,
+    pub patience: f32,
+    pub length_penalty: f32,
+    /// Tried in order until a window's result passes the thresholds below.
+    pub temperatures: Vec<f32>,
+    pub compression_ratio_threshold: Option<f32>,
+    pub log_prob_threshold: Option<f32>,
+    pub no_speech_threshold: Option<f32>,
+    pub condition_on_previous_text: bool,
+    pub prompt_reset_on_temperature: f32,
+    /// Text that conditions the first window (names, spellings, style).
+    pub initial_prompt: Option<String>,
+    /// Language code (`en`, `de`, …); `None` detects it on multilingual models.
+    pub language: Option<String>,
+    pub task: Task,
+    pub without_timestamps: bool,
+    /// Latest first timestamp, seconds.
+    pub max_initial_timestamp: f32,
+    pub word_timestamps: bool,
+    pub suppress_blank: bool,
+    /// Seed of the sampler used at temperatures above 0 (reproducible runs).
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Transcribe,
+    Translate,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            beam_size: 5,
+            best_of: 5,
+            patience: 1.0,
+            length_penalty: 1.0,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            log_prob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            prompt_reset_on_temperature: 0.5,
+            initial_prompt: None,
+            language: None,
+            task: Task::Transcribe,
+            without_timestamps: false,
+            max_initial_timestamp: 1.0,
+            word_timestamps: false,
+            suppress_blank: true,
+            seed: 0,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// Sequences decoded side by side at most (sizes the decoder state).
+    pub fn max_seqs(&self) -> usize {
+        let sampling = self.temperatures.iter().any(|&t| t > 0.0);
+        self.beam_size.max(if sampling { self.best_of } else { 1 }).max(1)
+    }
+}
+
+/// A word with its time span (seconds from the start of the audio).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Word {
+    pub word: String,
+    pub start: f64,
+    pub end: f64,
+    pub probability: f32,
+}
+
+/// A stretch of text between two timestamp tokens.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Segment {
+    pub id: usize,
+    /// Window start, in mel frames (10 ms), as faster-whisper reports it.
+    pub seek: usize,
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub temperature: f32,
+    pub avg_logprob: f32,
+    pub compression_ratio: f32,
+    pub no_speech_prob: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<Word>>,
+}
+
+/// The whole result for one audio input.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transcript {
+    pub language: String,
+    pub language_probability: f32,
+    pub duration: f64,
+    pub segments: Vec<Segment>,
+}
+
+impl Transcript {
+    /// The segments' text joined, with Whisper's leading space removed.
+    pub fn text(&self) -> String {
+        self.segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown language `{0}` (use a Whisper language code such as en, de, fr)")]
+    UnknownLanguage(String),
+    #[error("this model is English-only; language `{0}` needs a multilingual model")]
+    EnglishOnly(String),
+    #[error("the initial prompt cannot be encoded: {0}")]
+    Prompt(String),
+}

@@ -1,6 +1,169 @@
-//! The Whisper model: files on disk (CT2 `model.bin`, `config.json`,
-//! vocabulary) and the network itself, mirroring the paper's structure.
+//! The Whisper model: the files on disk (CT2 `model.bin`, `config.json`,
+//! `vocabulary.txt`, `tokenizer.json`) and the network itself, whose
+//! structure mirrors the paper's: an [`AudioEncoder`] and a [`TextDecoder`]
+//! built from the blocks in `layers`.
+//!
+//! [`Whisper`] is immutable once loaded and shared by every stream; a
+//! [`State`] holds one stream's activations and caches.
 
 pub mod config;
 pub mod ct2;
+pub mod decoder;
+pub mod encoder;
+pub mod layers;
 pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use crate::backend::{Backend, BackendError};
+pub use config::{ModelConfig, ModelFileError};
+pub use ct2::{Ct2Error, Ct2File};
+pub use decoder::{DecoderState, TextDecoder};
+pub use encoder::{AudioEncoder, EncoderState};
+pub use tokenizer::Tokenizer;
+
+/// Mel frames per 30 s window (the encoder's input length).
+pub const WINDOW_FRAMES: usize = 3000;
+/// Audio samples per mel frame at 16 kHz.
+pub const HOP: usize = 160;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    File(#[from] Ct2Error),
+    #[error(transparent)]
+    Metadata(#[from] ModelFileError),
+    #[error("{path}: {reason}")]
+    Mismatch { path: PathBuf, reason: String },
+    #[error("{0}: not a directory (expected a CTranslate2 Whisper model directory with model.bin, config.json and vocabulary.txt)")]
+    NotADirectory(PathBuf),
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+}
+
+/// The hyper-parameters, read off the tensors' shapes rather than trusted
+/// from metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dims {
+    pub n_mels: usize,
+    pub audio_ctx: usize,
+    pub d_model: usize,
+    pub encoder_heads: usize,
+    pub encoder_layers: usize,
+    pub vocab: usize,
+    pub text_ctx: usize,
+    pub decoder_heads: usize,
+    pub decoder_layers: usize,
+}
+
+impl Dims {
+    fn read(f: &Ct2File) -> Result<Self, ModelError> {
+        let conv1 = &f.get("encoder/conv1/weight")?.shape;
+        let emb = &f.get("decoder/embeddings/weight")?.shape;
+        let mismatch = |reason: String| ModelError::Mismatch { path: f.path.clone(), reason };
+        if conv1.len() != 3 || conv1[2] != 3 || emb.len() != 2 {
+            return Err(mismatch(format!(
+                "unexpected shapes: encoder/conv1/weight {conv1:?}, decoder/embeddings/weight {emb:?}"
+            )));
+        }
+        let count = |prefix: &str| (0..).take_while(|i| f.contains(&format!("{prefix}/layer_{i}/ffn/linear_0/weight"))).count();
+        let dims = Dims {
+            n_mels: conv1[1],
+            audio_ctx: f.get("encoder/position_encodings/encodings")?.shape[0],
+            d_model: conv1[0],
+            encoder_heads: f.scalar("encoder/num_heads")? as usize,
+            encoder_layers: count("encoder"),
+            vocab: emb[0],
+            text_ctx: f.get("decoder/position_encodings/encodings")?.shape[0],
+            decoder_heads: f.scalar("decoder/num_heads")? as usize,
+            decoder_layers: count("decoder"),
+        };
+        if dims.encoder_layers == 0 || dims.decoder_layers == 0 {
+            return Err(mismatch("no encoder or decoder layers found".into()));
+        }
+        for heads in [dims.encoder_heads, dims.decoder_heads] {
+            if heads == 0 || dims.d_model % heads != 0 {
+                return Err(mismatch(format!("{heads} heads do not divide d_model {}", dims.d_model)));
+            }
+        }
+        if dims.audio_ctx * 2 != WINDOW_FRAMES {
+            return Err(mismatch(format!("{} encoder positions (Whisper has 1500)", dims.audio_ctx)));
+        }
+        Ok(dims)
+    }
+}
+
+/// A loaded Whisper model: weights on the backend, vocabulary and metadata.
+pub struct Whisper<B: Backend> {
+    pub backend: B,
+    pub dims: Dims,
+    pub encoder: AudioEncoder<B>,
+    pub decoder: TextDecoder<B>,
+    pub tokenizer: Tokenizer,
+    pub config: ModelConfig,
+    pub dir: PathBuf,
+}
+
+/// One stream's working memory: sized once, reused for every window.
+pub struct State<B: Backend> {
+    pub encoder: EncoderState<B>,
+    pub decoder: DecoderState<B>,
+}
+
+impl<B: Backend> Whisper<B> {
+    /// Loads a CTranslate2 Whisper directory. Every inconsistency between its
+    /// files is reported here, naming the file, never later as garbage text.
+    pub fn load(dir: impl AsRef<Path>, backend: B) -> Result<Self, ModelError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(ModelError::NotADirectory(dir));
+        }
+        let tokenizer = Tokenizer::load(&dir)?;
+        let mut config = ModelConfig::load(&dir)?;
+        config.resolve(&tokenizer)?;
+        let file = Ct2File::open(dir.join("model.bin"))?;
+        let dims = Dims::read(&file)?;
+        if tokenizer.vocab_size() != dims.vocab {
+            return Err(ModelError::Mismatch {
+                path: dir.join("vocabulary.txt"),
+                reason: format!(
+                    "{} tokens, but model.bin's embedding has {} rows (vocabulary from another model?)",
+                    tokenizer.vocab_size(),
+                    dims.vocab
+                ),
+            });
+        }
+        if config.alignment_heads.is_empty() {
+            config.alignment_heads = ModelConfig::default_alignment_heads(dims.decoder_layers, dims.decoder_heads);
+        }
+        if let Some(&(l, h)) = config.alignment_heads.iter().find(|&&(l, h)| l >= dims.decoder_layers || h >= dims.decoder_heads) {
+            return Err(ModelError::Mismatch {
+                path: dir.join("config.json"),
+                reason: format!("alignment head ({l}, {h}) does not exist in a {}-layer, {}-head decoder", dims.decoder_layers, dims.decoder_heads),
+            });
+        }
+        let encoder = AudioEncoder::load(&backend, &file, &dims)?;
+        let decoder = TextDecoder::load(&backend, &file, &dims)?;
+        Ok(Whisper { backend, dims, encoder, decoder, tokenizer, config, dir })
+    }
+
+    /// Working memory for one stream decoding up to `max_seqs` sequences at
+    /// once (the beam size, or best-of for sampling).
+    pub fn state(&self, max_seqs: usize) -> Result<State<B>, ModelError> {
+        Ok(State {
+            encoder: self.encoder.state(&self.backend, &self.dims)?,
+            decoder: self.decoder.state(&self.backend, max_seqs.max(1))?,
+        })
+    }
+
+    pub fn is_multilingual(&self) -> bool {
+        self.tokenizer.is_multilingual()
+    }
+
+    /// Encodes one window (`WINDOW_FRAMES` time-major mel frames) and makes it
+    /// the decoder's cross-attention context.
+    pub fn encode(&self, mel: &[f32], st: &mut State<B>) {
+        self.encoder.forward(&self.backend, mel, &mut st.encoder);
+        self.decoder.set_audio(&self.backend, &mut st.decoder, &st.encoder.output);
+    }
+}

@@ -1,0 +1,428 @@
+//! The CPU backend: f32 activations, `gemm` for the large matrix products
+//! (encoder, prompts), hand-vectorised dot products for the skinny products
+//! of a decoding step, `rayon` for threads.
+//!
+//! A decoding step multiplies a handful of rows (one per beam) by every weight
+//! matrix: that is bound by memory bandwidth, not arithmetic, so the skinny
+//! path streams each weight row once and keeps float16 weights as float16
+//! until they are in registers.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use super::{Activation, AttentionShape, Backend, BackendError, HostMatrix, Precision, View, Write};
+
+/// Rows of `x` up to which a linear layer takes the streaming (dot-product)
+/// path instead of a blocked GEMM.
+const SKINNY_ROWS: usize = 8;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu;
+
+pub enum CpuMatrix {
+    F32 { rows: usize, cols: usize, data: Vec<f32> },
+    F16 { rows: usize, cols: usize, data: Vec<f16> },
+}
+
+impl CpuMatrix {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            CpuMatrix::F32 { rows, cols, .. } | CpuMatrix::F16 { rows, cols, .. } => (*rows, *cols),
+        }
+    }
+
+    /// Row `r` widened to f32 into `buf` (or borrowed when already f32).
+    fn row_f32<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            CpuMatrix::F32 { cols, data, .. } => &data[r * cols..(r + 1) * cols],
+            CpuMatrix::F16 { cols, data, .. } => {
+                data[r * cols..(r + 1) * cols].convert_to_f32_slice(&mut buf[..*cols]);
+                &buf[..*cols]
+            }
+        }
+    }
+}
+
+pub struct CpuBuf {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    max_rows: usize,
+}
+
+impl CpuBuf {
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data[..self.rows * self.cols]
+    }
+
+    fn set_rows(&mut self, rows: usize) {
+        assert!(rows <= self.max_rows, "buffer of {} rows asked for {rows}", self.max_rows);
+        self.rows = rows;
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch (attention scores, widened weights), grown to the
+    /// worst case on first use and reused after.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+impl Backend for Cpu {
+    type Matrix = CpuMatrix;
+    type Vector = Vec<f32>;
+    type Buf = CpuBuf;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn matrix(&self, rows: usize, cols: usize, data: HostMatrix<'_>, precision: Precision)
+        -> Result<CpuMatrix, BackendError> {
+        Ok(match (data, precision) {
+            (HostMatrix::F32(d), Precision::F32) => CpuMatrix::F32 { rows, cols, data: d.to_vec() },
+            (HostMatrix::F16(d), Precision::F32) => CpuMatrix::F32 { rows, cols, data: d.to_f32_vec() },
+            (HostMatrix::F16(d), Precision::F16) => CpuMatrix::F16 { rows, cols, data: d.to_vec() },
+            (HostMatrix::F32(d), Precision::F16) => CpuMatrix::F16 { rows, cols, data: d.iter().map(|&x| f16::from_f32(x)).collect() },
+        })
+    }
+
+    fn vector(&self, data: &[f32]) -> Result<Vec<f32>, BackendError> {
+        Ok(data.to_vec())
+    }
+
+    fn buffer(&self, max_rows: usize, cols: usize) -> Result<CpuBuf, BackendError> {
+        Ok(CpuBuf { data: vec![0.0; max_rows * cols], rows: 0, cols, max_rows })
+    }
+
+    fn rows(&self, buf: &CpuBuf) -> usize {
+        buf.rows
+    }
+
+    fn set_rows(&self, buf: &mut CpuBuf, rows: usize) {
+        buf.set_rows(rows);
+    }
+
+    fn upload(&self, data: &[f32], dst: &mut CpuBuf) {
+        let rows = data.len() / dst.cols;
+        dst.set_rows(rows);
+        dst.data[..data.len()].copy_from_slice(data);
+    }
+
+    fn download(&self, src: &CpuBuf, rows: Range<usize>, out: &mut [f32]) {
+        out.copy_from_slice(&src.data[rows.start * src.cols..rows.end * src.cols]);
+    }
+
+    fn linear(&self, x: View<'_, Self>, w: &CpuMatrix, b: Option<&Vec<f32>>, act: Activation,
+        write: Write, out: &mut CpuBuf) {
+        let (n, k) = w.dims();
+        assert_eq!(x.width, k, "linear: input width {} vs weight in-features {k}", x.width);
+        assert_eq!(out.cols, n, "linear: output width {} vs weight out-features {n}", out.cols);
+        let m = x.buf.rows;
+        out.set_rows(m);
+        let xs = &x.buf.data[x.col..];
+        let x_stride = x.buf.cols;
+        let dst = &mut out.data[..m * n];
+        if m <= SKINNY_ROWS {
+            skinny_linear(xs, x_stride, m, w, b, act, write, dst);
+            return;
+        }
+        match w {
+            CpuMatrix::F32 { data, .. } => gemm_xwt(xs, x_stride, m, data, n, k, write, dst),
+            CpuMatrix::F16 { data, .. } => with_scratch(n * k, |wide| {
+                data.convert_to_f32_slice(wide);
+                gemm_xwt(xs, x_stride, m, wide, n, k, write, dst)
+            }),
+        }
+        if b.is_some() || act != Activation::None {
+            dst.par_chunks_mut(n).for_each(|row| epilogue(row, b.map(|v| v.as_slice()), act, None));
+        }
+    }
+
+    fn layer_norm(&self, x: &CpuBuf, gamma: &Vec<f32>, beta: &Vec<f32>, eps: f32, out: &mut CpuBuf) {
+        let d = x.cols;
+        out.set_rows(x.rows);
+        out.data[..x.rows * d]
+            .par_chunks_mut(d)
+            .zip(x.data[..x.rows * d].par_chunks(d))
+            .for_each(|(o, r)| {
+                let mean = r.iter().sum::<f32>() / d as f32;
+                let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for i in 0..d {
+                    o[i] = (r[i] - mean) * inv * gamma[i] + beta[i];
+                }
+            });
+    }
+
+    fn conv1d_gelu(&self, x: &CpuBuf, w: &CpuMatrix, b: &Vec<f32>, stride: usize, out: &mut CpuBuf) {
+        let (n, k3) = w.dims();
+        let c_in = x.cols;
+        assert_eq!(k3, 3 * c_in, "conv1d: weight has {k3} columns for {c_in} input channels");
+        let t_in = x.rows;
+        let t_out = (t_in + 2 - 3) / stride + 1;
+        // im2col: row t holds x[t·stride − 1 + j] for j = 0..3, channel-major
+        // within the tap (CT2's [out, in, 3] layout flattens as in·3 + tap).
+        with_scratch(t_out * k3, |cols| {
+            cols.par_chunks_mut(k3).enumerate().for_each(|(t, row)| {
+                for c in 0..c_in {
+                    for j in 0..3 {
+                        let src = (t * stride + j) as isize - 1;
+                        row[c * 3 + j] = if src >= 0 && (src as usize) < t_in { x.data[src as usize * c_in + c] } else { 0.0 };
+                    }
+                }
+            });
+            out.set_rows(t_out);
+            let dst = &mut out.data[..t_out * n];
+            match w {
+                CpuMatrix::F32 { data, .. } => gemm_xwt(cols, k3, t_out, data, n, k3, Write::Overwrite, dst),
+                CpuMatrix::F16 { .. } => unreachable!("convolution weights are loaded as f32"),
+            }
+        });
+        out.data[..t_out * n].par_chunks_mut(n).for_each(|row| epilogue(row, Some(b), Activation::Gelu, None));
+    }
+
+    fn add_rows(&self, x: &mut CpuBuf, table: &CpuMatrix, offset: usize) {
+        let d = x.cols;
+        let rows = x.rows;
+        x.data[..rows * d].par_chunks_mut(d).enumerate().for_each(|(i, r)| {
+            with_scratch(d, |buf| {
+                let t = table.row_f32(offset + i, buf);
+                r.iter_mut().zip(t).for_each(|(a, b)| *a += b);
+            })
+        });
+    }
+
+    fn embed(&self, tokens: &[u32], seq_len: usize, pos0: usize, embeddings: &CpuMatrix,
+        positions: &CpuMatrix, out: &mut CpuBuf) {
+        let d = out.cols;
+        out.set_rows(tokens.len());
+        for (i, (&t, r)) in tokens.iter().zip(out.data.chunks_mut(d)).enumerate() {
+            with_scratch(2 * d, |buf| {
+                let (b1, b2) = buf.split_at_mut(d);
+                let e = embeddings.row_f32(t as usize, b1);
+                let p = positions.row_f32(pos0 + i % seq_len, b2);
+                for j in 0..d {
+                    r[j] = e[j] + p[j];
+                }
+            });
+        }
+    }
+
+    fn attention(&self, q: View<'_, Self>, k: View<'_, Self>, v: View<'_, Self>, s: AttentionShape,
+        out: &mut CpuBuf, probs: Option<(&mut CpuBuf, &[usize])>) {
+        let d = q.width;
+        let hd = d / s.heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        out.set_rows(s.seqs * s.q_len);
+        assert_eq!(out.cols, d);
+        let out_ptr = SyncPtr(out.data.as_mut_ptr());
+        let (probs_ptr, probs_heads) = match probs {
+            Some((p, heads)) => {
+                assert_eq!(s.seqs, 1, "attention weights are returned for one sequence");
+                p.set_rows(heads.len() * s.q_len);
+                (Some(SyncPtr(p.data.as_mut_ptr())), heads)
+            }
+            None => (None, &[][..]),
+        };
+        (0..s.seqs * s.heads).into_par_iter().for_each(|task| {
+            let (seq, h) = (task / s.heads, task % s.heads);
+            let q0 = seq * s.q_len;
+            let kv0 = seq * s.kv_seq_stride;
+            let qs = &q.buf.data[q0 * q.buf.cols + q.col + h * hd..];
+            let ks = &k.buf.data[kv0 * k.buf.cols + k.col + h * hd..];
+            let vs = &v.buf.data[kv0 * v.buf.cols + v.col + h * hd..];
+            with_scratch(s.q_len * s.kv_len, |scores| {
+                // scores = q · kᵀ
+                if s.q_len >= 16 {
+                    unsafe {
+                        gemm::gemm(s.q_len, s.kv_len, hd, scores.as_mut_ptr(), 1, s.kv_len as isize, false,
+                            qs.as_ptr(), 1, q.buf.cols as isize, ks.as_ptr(), k.buf.cols as isize, 1,
+                            0.0, scale, false, false, false, gemm::Parallelism::None);
+                    }
+                } else {
+                    for i in 0..s.q_len {
+                        let qi = &qs[i * q.buf.cols..i * q.buf.cols + hd];
+                        for j in 0..s.kv_len {
+                            scores[i * s.kv_len + j] = dot(qi, &ks[j * k.buf.cols..j * k.buf.cols + hd]) * scale;
+                        }
+                    }
+                }
+                for i in 0..s.q_len {
+                    let row = &mut scores[i * s.kv_len..(i + 1) * s.kv_len];
+                    let visible = if s.causal { s.kv_len - s.q_len + i + 1 } else { s.kv_len };
+                    softmax(&mut row[..visible]);
+                    row[visible..].iter_mut().for_each(|x| *x = 0.0);
+                }
+                if let Some(pp) = probs_ptr {
+                    if let Some(slot) = probs_heads.iter().position(|&ph| ph == h) {
+                        // SAFETY: each (head) task writes its own disjoint band of rows.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(pp.get().add(slot * s.q_len * s.kv_len), s.q_len * s.kv_len) };
+                        dst.copy_from_slice(scores);
+                    }
+                }
+                // out = p · v, written into this head's columns of this sequence's rows.
+                let o = unsafe { out_ptr.get().add(q0 * d + h * hd) };
+                if s.q_len >= 16 {
+                    unsafe {
+                        gemm::gemm(s.q_len, hd, s.kv_len, o, 1, d as isize, false,
+                            scores.as_ptr(), 1, s.kv_len as isize, vs.as_ptr(), 1, v.buf.cols as isize,
+                            0.0, 1.0, false, false, false, gemm::Parallelism::None);
+                    }
+                } else {
+                    for i in 0..s.q_len {
+                        // SAFETY: rows of this sequence × columns of this head are disjoint across tasks.
+                        let oi = unsafe { std::slice::from_raw_parts_mut(o.add(i * d), hd) };
+                        oi.iter_mut().for_each(|x| *x = 0.0);
+                        let p = &scores[i * s.kv_len..(i + 1) * s.kv_len];
+                        for (j, &pj) in p.iter().enumerate() {
+                            if pj != 0.0 {
+                                axpy(pj, &vs[j * v.buf.cols..j * v.buf.cols + hd], oi);
+                            }
+                        }
+                    }
+                }
+            });
+        });
+    }
+
+    fn copy_rows(&self, src: View<'_, Self>, src_rows: &[usize], dst: &mut CpuBuf, dst_rows: &[usize]) {
+        assert_eq!(src.width, dst.cols);
+        let w = src.width;
+        let needed = dst_rows.iter().map(|r| r + 1).max().unwrap_or(0);
+        if needed > dst.rows {
+            dst.set_rows(needed);
+        }
+        for (&s, &t) in src_rows.iter().zip(dst_rows) {
+            let from = s * src.buf.cols + src.col;
+            dst.data[t * w..(t + 1) * w].copy_from_slice(&src.buf.data[from..from + w]);
+        }
+    }
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: used only to hand disjoint output regions to rayon tasks.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl Clone for SyncPtr {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl Copy for SyncPtr {}
+impl SyncPtr {
+    /// Through a method, so closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst (=|+=) x · Wᵀ` with W `[n, k]` row-major.
+#[allow(clippy::too_many_arguments)]
+fn gemm_xwt(x: &[f32], x_stride: usize, m: usize, w: &[f32], n: usize, k: usize, write: Write, dst: &mut [f32]) {
+    let read = write == Write::Accumulate;
+    // SAFETY: shapes and strides are checked by the callers; dst has m·n elements.
+    unsafe {
+        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, read, x.as_ptr(), 1, x_stride as isize,
+            w.as_ptr(), k as isize, 1, if read { 1.0 } else { 0.0 }, 1.0, false, false, false,
+            gemm::Parallelism::Rayon(0));
+    }
+}
+
+/// Linear layer for a few rows: each weight row is read once and dotted with
+/// every input row; the work is split over output features.
+#[allow(clippy::too_many_arguments)]
+fn skinny_linear(x: &[f32], x_stride: usize, m: usize, w: &CpuMatrix, b: Option<&Vec<f32>>, act: Activation,
+    write: Write, dst: &mut [f32]) {
+    let (n, k) = w.dims();
+    const CHUNK: usize = 64;
+    let dst_ptr = SyncPtr(dst.as_mut_ptr());
+    (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+        let lo = c * CHUNK;
+        let hi = (lo + CHUNK).min(n);
+        with_scratch(k, |wide| {
+            for o in lo..hi {
+                let wr = w.row_f32(o, wide);
+                for r in 0..m {
+                    let mut y = dot(&x[r * x_stride..r * x_stride + k], wr);
+                    if let Some(b) = b {
+                        y += b[o];
+                    }
+                    if act == Activation::Gelu {
+                        y = gelu(y);
+                    }
+                    // SAFETY: output column o belongs to this task only.
+                    unsafe {
+                        let p = dst_ptr.get().add(r * n + o);
+                        *p = if write == Write::Accumulate { *p + y } else { y };
+                    }
+                }
+            }
+        });
+    });
+}
+
+fn epilogue(row: &mut [f32], b: Option<&[f32]>, act: Activation, _res: Option<&[f32]>) {
+    if let Some(b) = b {
+        row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+    }
+    if act == Activation::Gelu {
+        row.iter_mut().for_each(|y| *y = gelu(*y));
+    }
+}
+
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Dot product with eight independent accumulators, so the compiler can keep
+/// them in one SIMD register (floating-point addition is not reassociated
+/// for us).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in chunks * 8..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
+}
+
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}

@@ -1,0 +1,295 @@
+//! Audio of any length, one 30 s window after another, the way
+//! faster-whisper's `generate_segments` walks it: the log-mel of the whole
+//! input is computed once (its clamp floor is file-wide), each window is cut
+//! at its timestamp tokens, the next window starts where the last complete
+//! segment ended, and the text so far conditions the next window.
+
+use crate::audio::mel::MelFrontend;
+use crate::backend::Backend;
+use crate::decode::alignment;
+use crate::decode::rules::Rules;
+use crate::decode::search::{decode_with_fallback, Rng, WindowResult};
+use crate::decode::{DecodeError, DecodeOptions, Segment, Task, Transcript, Word};
+use crate::model::{State, Whisper, HOP, WINDOW_FRAMES};
+
+const SAMPLE_RATE: f64 = 16_000.0;
+/// Mel frames per second.
+const FRAMES_PER_SECOND: f64 = SAMPLE_RATE / HOP as f64;
+/// Seconds per timestamp token.
+const TIME_PRECISION: f64 = 0.02;
+
+/// Runs a shared model over whole recordings; one per thread, each with its
+/// own [`State`].
+pub struct Transcriber<'m, B: Backend> {
+    model: &'m Whisper<B>,
+    mel: MelFrontend,
+    state: State<B>,
+    window: Vec<f32>,
+}
+
+impl<'m, B: Backend> Transcriber<'m, B> {
+    pub fn new(model: &'m Whisper<B>, max_seqs: usize) -> Result<Self, crate::model::ModelError> {
+        let mel = MelFrontend::new(model.dims.n_mels).map_err(|e| crate::model::ModelError::Mismatch {
+            path: model.dir.join("model.bin"),
+            reason: e.to_string(),
+        })?;
+        Ok(Transcriber {
+            model,
+            mel,
+            state: model.state(max_seqs)?,
+            window: vec![0.0; WINDOW_FRAMES * model.dims.n_mels],
+        })
+    }
+
+    pub fn model(&self) -> &'m Whisper<B> {
+        self.model
+    }
+
+    /// Transcribes 16 kHz mono samples. `progress` is called with the seconds
+    /// done after each window.
+    pub fn transcribe(&mut self, audio: &[f32], opts: &DecodeOptions, progress: &mut dyn FnMut(f64))
+        -> Result<Transcript, DecodeError> {
+        let model = self.model;
+        let tok = &model.tokenizer;
+        let sp = *tok.specials();
+        let n_mels = model.dims.n_mels;
+        let mel = self.mel.log_mel(audio);
+        // faster-whisper treats the extractor's last frame as padding.
+        let content_frames = mel.frames.saturating_sub(1);
+        let duration = audio.len() as f64 / SAMPLE_RATE;
+
+        let (language, language_probability) = self.language(&mel.data, content_frames, opts)?;
+        let mut sot_sequence = vec![sp.sot];
+        if tok.is_multilingual() {
+            let lang_token = tok.language_token(&language).ok_or_else(|| DecodeError::UnknownLanguage(language.clone()))?;
+            sot_sequence.push(lang_token);
+            sot_sequence.push(if opts.task == Task::Translate { sp.translate } else { sp.transcribe });
+        }
+        let rules = Rules::new(&sp, &model.config.suppress_ids, if opts.suppress_blank { &model.config.suppress_ids_begin } else { &[] },
+            !opts.without_timestamps, opts.max_initial_timestamp);
+
+        let mut all_tokens: Vec<u32> = Vec::new();
+        if let Some(p) = opts.initial_prompt.as_deref().filter(|p| !p.trim().is_empty()) {
+            let ids = tok.encode(&format!(" {}", p.trim())).map_err(|e| DecodeError::Prompt(e.to_string()))?;
+            all_tokens.extend(ids);
+        }
+        let mut prompt_reset_since = 0;
+        let mut rng = Rng::new(opts.seed);
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut seek = 0usize;
+        let mut prompt = Vec::with_capacity(model.decoder.text_ctx());
+        while seek < content_frames {
+            let segment_size = WINDOW_FRAMES.min(content_frames - seek);
+            let time_offset = seek as f64 / FRAMES_PER_SECOND;
+            self.fill_window(&mel.data, n_mels, seek, segment_size);
+            model.encode(&self.window, &mut self.state);
+
+            prompt.clear();
+            let previous = &all_tokens[prompt_reset_since..];
+            if !previous.is_empty() {
+                prompt.push(sp.sot_prev);
+                let keep = model.decoder.text_ctx() / 2 - 1;
+                prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+            }
+            let sot_index = prompt.len();
+            prompt.extend_from_slice(&sot_sequence);
+            if opts.without_timestamps {
+                prompt.push(sp.no_timestamps);
+            }
+
+            let result = decode_with_fallback(model, &mut self.state, &prompt, sot_index, &rules, opts, &mut rng);
+
+            if let Some(threshold) = opts.no_speech_threshold {
+                let silent = result.no_speech_prob > threshold
+                    && !opts.log_prob_threshold.is_some_and(|t| result.avg_logprob > t);
+                if silent {
+                    seek += segment_size;
+                    progress((seek as f64 / FRAMES_PER_SECOND).min(duration));
+                    continue;
+                }
+            }
+
+            let (mut window_segments, mut next_seek, single_ending) =
+                self.split(&result, seek, segment_size, opts.without_timestamps);
+
+            if opts.word_timestamps {
+                let last_word_end = self.add_words(&mut window_segments, &result, &sot_sequence, segment_size, time_offset, &language);
+                if !single_ending {
+                    if let Some(end) = last_word_end.filter(|&e| e > time_offset) {
+                        next_seek = (end * FRAMES_PER_SECOND).round() as usize;
+                    }
+                }
+            }
+            // Never stand still: a window that produced nothing usable moves on.
+            seek = if next_seek > seek { next_seek } else { seek + segment_size };
+
+            for (start, end, tokens, words) in window_segments {
+                let text = tok.decode(&tokens);
+                if start == end || text.trim().is_empty() {
+                    continue;
+                }
+                all_tokens.extend_from_slice(&tokens);
+                segments.push(Segment {
+                    id: segments.len(),
+                    seek: (time_offset * FRAMES_PER_SECOND).round() as usize,
+                    start,
+                    end,
+                    text,
+                    tokens,
+                    temperature: result.temperature,
+                    avg_logprob: result.avg_logprob,
+                    compression_ratio: result.compression_ratio,
+                    no_speech_prob: result.no_speech_prob,
+                    words,
+                });
+            }
+            if !opts.condition_on_previous_text || result.temperature > opts.prompt_reset_on_temperature {
+                prompt_reset_since = all_tokens.len();
+            }
+            progress((seek as f64 / FRAMES_PER_SECOND).min(duration));
+        }
+        Ok(Transcript { language, language_probability, duration, segments })
+    }
+
+    /// Copies `len` frames from `seek` into the window and pads the rest
+    /// with 0.0 in the normalised domain, as faster-whisper does.
+    fn fill_window(&mut self, mel: &[f32], n_mels: usize, seek: usize, len: usize) {
+        let n = len * n_mels;
+        self.window[..n].copy_from_slice(&mel[seek * n_mels..seek * n_mels + n]);
+        self.window[n..].iter_mut().for_each(|x| *x = 0.0);
+    }
+
+    /// The language to decode in: the requested one, English for English-only
+    /// models, or the most likely language token after `<|startoftranscript|>`
+    /// on the first window.
+    fn language(&mut self, mel: &[f32], content_frames: usize, opts: &DecodeOptions)
+        -> Result<(String, f32), DecodeError> {
+        let tok = &self.model.tokenizer;
+        if !tok.is_multilingual() {
+            return match opts.language.as_deref() {
+                None => Ok(("en".into(), 1.0)),
+                Some(l) if tok_code(l) == "en" => Ok(("en".into(), 1.0)),
+                Some(l) => Err(DecodeError::EnglishOnly(l.into())),
+            };
+        }
+        if let Some(l) = opts.language.as_deref() {
+            let id = tok.language_token(l).ok_or_else(|| DecodeError::UnknownLanguage(l.into()))?;
+            let code = tok.language_code(id).ok_or_else(|| DecodeError::UnknownLanguage(l.into()))?;
+            return Ok((code.into(), 1.0));
+        }
+        let model = self.model;
+        let n_mels = model.dims.n_mels;
+        self.fill_window(mel, n_mels, 0, WINDOW_FRAMES.min(content_frames));
+        model.encode(&self.window, &mut self.state);
+        let sp = tok.specials();
+        model.decoder.reset(&mut self.state.decoder);
+        let mut logits = Vec::new();
+        model.decoder.forward(&model.backend, &mut self.state.decoder, &[sp.sot], 1, &[0], &mut logits);
+        let langs = tok.language_tokens();
+        let max = langs.iter().map(|&(id, _)| logits[id as usize]).fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = langs.iter().map(|&(id, _)| (logits[id as usize] - max).exp()).sum();
+        let (best, code) = langs
+            .iter()
+            .max_by(|a, b| logits[a.0 as usize].total_cmp(&logits[b.0 as usize]))
+            .copied()
+            .unwrap_or((0, "en"));
+        let p = if best == 0 { 1.0 } else { (logits[best as usize] - max).exp() / sum };
+        Ok((code.into(), p))
+    }
+
+    /// Cuts a window's tokens into segments at timestamp pairs. Returns the
+    /// segments (start, end, tokens, words), the next seek, and whether the
+    /// window ended on a single timestamp (all its content was consumed).
+    #[allow(clippy::type_complexity)]
+    fn split(&self, r: &WindowResult, seek: usize, segment_size: usize, without_timestamps: bool)
+        -> (Vec<(f64, f64, Vec<u32>, Option<Vec<Word>>)>, usize, bool) {
+        let tb = self.model.tokenizer.specials().timestamp_begin;
+        let time_offset = seek as f64 / FRAMES_PER_SECOND;
+        let tokens = &r.tokens;
+        let mut out = Vec::new();
+        let n = tokens.len();
+        let single_ending = n >= 2 && tokens[n - 2] < tb && tokens[n - 1] >= tb;
+        let ts = |t: u32| (t - tb) as f64 * TIME_PRECISION;
+        if without_timestamps {
+            out.push((time_offset, time_offset + segment_size as f64 / FRAMES_PER_SECOND, tokens.clone(), None));
+            return (out, seek + segment_size, false);
+        }
+        let mut cuts: Vec<usize> = (1..n).filter(|&i| tokens[i] >= tb && tokens[i - 1] >= tb).collect();
+        if !cuts.is_empty() {
+            if single_ending {
+                cuts.push(n);
+            }
+            let mut last = 0;
+            for &c in &cuts {
+                let slice = &tokens[last..c];
+                out.push((time_offset + ts(slice[0]), time_offset + ts(slice[slice.len() - 1]), slice.to_vec(), None));
+                last = c;
+            }
+            let next = if single_ending { seek + segment_size } else { seek + (tokens[last - 1] - tb) as usize * 2 };
+            (out, next, single_ending)
+        } else {
+            let mut dur = segment_size as f64 / FRAMES_PER_SECOND;
+            if let Some(&t) = tokens.iter().rev().find(|&&t| t >= tb) {
+                if t != tb {
+                    dur = ts(t);
+                }
+            }
+            out.push((time_offset, time_offset + dur, tokens.clone(), None));
+            (out, seek + segment_size, single_ending)
+        }
+    }
+
+    /// Word timestamps for every segment of the window; segments take their
+    /// first word's start and last word's end. Returns the last word's end.
+    #[allow(clippy::type_complexity)]
+    fn add_words(&mut self, segs: &mut [(f64, f64, Vec<u32>, Option<Vec<Word>>)], r: &WindowResult, sot_sequence: &[u32],
+        num_frames: usize, time_offset: f64, language: &str) -> Option<f64> {
+        let eot = self.model.tokenizer.specials().eot;
+        let mut text = Vec::new();
+        let mut probs = Vec::new();
+        let mut per_segment = Vec::with_capacity(segs.len());
+        for (_, _, toks, _) in segs.iter() {
+            let mut count = 0;
+            for &t in toks {
+                if t < eot {
+                    text.push(t);
+                    count += 1;
+                }
+            }
+            per_segment.push(count);
+        }
+        for (&t, &lp) in r.tokens.iter().zip(&r.token_logprobs) {
+            if t < eot {
+                probs.push(lp.exp());
+            }
+        }
+        let words = alignment::align(self.model, &mut self.state, sot_sequence, &text, &probs, num_frames, language);
+        let mut it = words.into_iter().peekable();
+        let mut last_end = None;
+        for (seg, &count) in segs.iter_mut().zip(&per_segment) {
+            let mut taken = 0;
+            let mut ws = Vec::new();
+            while taken < count {
+                let Some(w) = it.next() else { break };
+                taken += w.tokens.len();
+                ws.push(Word { word: w.word, start: time_offset + w.start, end: time_offset + w.end, probability: w.probability });
+            }
+            if let (Some(first), Some(last)) = (ws.first(), ws.last()) {
+                seg.0 = first.start;
+                seg.1 = last.end;
+                last_end = Some(last.end);
+            }
+            seg.3 = Some(ws);
+        }
+        last_end
+    }
+}
+
+fn tok_code(l: &str) -> String {
+    let l = l.to_ascii_lowercase();
+    if l == "english" {
+        "en".into()
+    } else {
+        l
+    }
+}

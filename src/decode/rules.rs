@@ -1,0 +1,200 @@
+//! Which tokens may come next: CTranslate2's logits processors for Whisper
+//! (`shared/docs/ct2-whisper-format.md` §7), applied in place to one row of
+//! logits before every choice.
+
+use crate::model::tokenizer::SpecialTokens;
+
+/// The fixed part of the rules for one decoding run.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Suppressed at every step (`config.json` `suppress_ids`).
+    suppress: Vec<u32>,
+    /// Suppressed at the first step only (a lone space and end-of-text).
+    suppress_begin: Vec<u32>,
+    eot: u32,
+    no_timestamps: u32,
+    ts_begin: u32,
+    ts_end: u32,
+    timestamps: bool,
+    max_initial_ts_index: u32,
+}
+
+impl Rules {
+    pub fn new(sp: &SpecialTokens, suppress: &[u32], suppress_begin: &[u32], timestamps: bool,
+        max_initial_timestamp: f32) -> Self {
+        Rules {
+            suppress: suppress.to_vec(),
+            suppress_begin: suppress_begin.to_vec(),
+            eot: sp.eot,
+            no_timestamps: sp.no_timestamps,
+            ts_begin: sp.timestamp_begin,
+            ts_end: sp.timestamp_end,
+            timestamps,
+            max_initial_ts_index: (max_initial_timestamp / 0.02).round() as u32,
+        }
+    }
+
+    pub fn eot(&self) -> u32 {
+        self.eot
+    }
+
+    pub fn timestamp_begin(&self) -> u32 {
+        self.ts_begin
+    }
+
+    /// Disables (sets to −∞) every token not allowed after `seq`, the tokens
+    /// generated so far in this window (prompt excluded).
+    pub fn apply(&self, seq: &[u32], logits: &mut [f32]) {
+        let step = seq.len();
+        let off = |l: &mut [f32], ids: &[u32]| {
+            for &i in ids {
+                if let Some(x) = l.get_mut(i as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        };
+        let range = |l: &mut [f32], lo: u32, hi: u32| {
+            let hi = (hi as usize).min(l.len());
+            let lo = (lo as usize).min(hi);
+            l[lo..hi].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+        };
+        off(logits, &self.suppress);
+        if step == 0 {
+            off(logits, &self.suppress_begin);
+        }
+        if !self.timestamps {
+            return;
+        }
+        let (tb, te) = (self.ts_begin, self.ts_end);
+        off(logits, &[self.no_timestamps]);
+        let mut check_mass = false;
+        if step == 0 {
+            // The first token is a timestamp no later than max_initial_timestamp.
+            range(logits, 0, tb);
+            range(logits, tb + self.max_initial_ts_index + 1, te + 1);
+        } else {
+            let last = seq[step - 1];
+            if last >= tb {
+                // A missing penultimate token counts as a timestamp: after the
+                // first timestamp, text (or end) must follow.
+                let penult = if step >= 2 { seq[step - 2] } else { last };
+                if penult >= tb {
+                    range(logits, tb, te + 1);
+                } else {
+                    range(logits, 0, self.eot);
+                    range(logits, tb, last);
+                    check_mass = true;
+                }
+            } else {
+                check_mass = true;
+                if let Some(&prev) = seq.iter().rev().find(|&&t| t >= tb) {
+                    // Timestamps only move forward.
+                    range(logits, tb, prev + 1);
+                }
+            }
+        }
+        if check_mass && self.timestamp_mass_wins(logits) {
+            range(logits, 0, tb);
+        }
+    }
+
+    /// True when the probability mass of all timestamps beats the single
+    /// most likely text token (computed after the other suppressions).
+    fn timestamp_mass_wins(&self, logits: &[f32]) -> bool {
+        let tb = self.ts_begin as usize;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        if !max.is_finite() {
+            return false;
+        }
+        let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+        let lse = max + sum.ln();
+        let ts = &logits[tb..];
+        let ts_max = ts.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        if !ts_max.is_finite() {
+            return false;
+        }
+        let ts_lse = ts_max + ts.iter().map(|&x| (x as f64 - ts_max).exp()).sum::<f64>().ln();
+        let text_max = logits[..tb].iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        ts_lse - lse > text_max - lse
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specials() -> SpecialTokens {
+        // tiny.en's layout, shrunk: text 0..10, eot 10, no_timestamps 11, timestamps 12..=20.
+        SpecialTokens {
+            eot: 10,
+            sot: 99,
+            translate: 99,
+            transcribe: 99,
+            sot_lm: 99,
+            sot_prev: 99,
+            no_speech: 99,
+            no_timestamps: 11,
+            timestamp_begin: 12,
+            timestamp_end: 20,
+            multilingual: false,
+        }
+    }
+
+    fn allowed(rules: &Rules, seq: &[u32]) -> Vec<usize> {
+        let mut l = vec![0.0f32; 21];
+        rules.apply(seq, &mut l);
+        (0..21).filter(|&i| l[i].is_finite()).collect()
+    }
+
+    #[test]
+    fn first_token_is_an_early_timestamp() {
+        let r = Rules::new(&specials(), &[], &[10], true, 0.06);
+        assert_eq!(allowed(&r, &[]), vec![12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn first_timestamp_is_followed_by_text_or_end() {
+        let r = Rules::new(&specials(), &[], &[], true, 1.0);
+        assert_eq!(allowed(&r, &[13]), (0..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn timestamps_after_text_move_forward() {
+        let r = Rules::new(&specials(), &[3], &[], true, 1.0);
+        let a = allowed(&r, &[12, 1, 2, 15, 16, 4]);
+        assert!(!a.contains(&3), "suppressed at every step");
+        assert!(!a.contains(&16) && a.contains(&17), "strictly after the last timestamp: {a:?}");
+    }
+
+    #[test]
+    fn single_timestamp_after_text_closes_or_ends() {
+        let r = Rules::new(&specials(), &[], &[], true, 1.0);
+        // Text is out; eot and timestamps ≥ 15 remain…
+        let mut l = vec![0.0f32; 21];
+        l[10] = 5.0;
+        r.apply(&[12, 1, 15], &mut l);
+        let a: Vec<usize> = (0..21).filter(|&i| l[i].is_finite()).collect();
+        assert_eq!(a, vec![10, 15, 16, 17, 18, 19, 20]);
+        // …and when the six timestamps together outweigh eot, one is forced.
+        assert_eq!(allowed(&r, &[12, 1, 15]), vec![15, 16, 17, 18, 19, 20]);
+    }
+
+    #[test]
+    fn timestamp_mass_forces_a_timestamp() {
+        let r = Rules::new(&specials(), &[], &[], true, 1.0);
+        let mut l = vec![0.0f32; 21];
+        l[1] = 1.0; // best text token
+        for x in &mut l[12..] {
+            *x = 0.9; // nine timestamps, each a bit less likely, but more in sum
+        }
+        r.apply(&[12, 1], &mut l);
+        assert!(l[..12].iter().all(|x| !x.is_finite()));
+    }
+
+    #[test]
+    fn without_timestamps_only_suppression_applies() {
+        let r = Rules::new(&specials(), &[5], &[10], false, 1.0);
+        assert_eq!(allowed(&r, &[]).len(), 21 - 2);
+        assert_eq!(allowed(&r, &[1]).len(), 20);
+    }
+}

@@ -1,0 +1,356 @@
+//! Search over one 30 s window: greedy, sampling (best of N) and beam search,
+//! wrapped in faster-whisper's temperature fallback.
+
+use std::io::Write as _;
+
+use crate::backend::Backend;
+use crate::decode::rules::Rules;
+use crate::decode::DecodeOptions;
+use crate::model::{State, Whisper};
+
+/// The chosen hypothesis for one window.
+#[derive(Debug, Clone)]
+pub struct WindowResult {
+    /// Generated tokens, end-of-text excluded.
+    pub tokens: Vec<u32>,
+    /// Log-probability of each token in `tokens`.
+    pub token_logprobs: Vec<f32>,
+    pub avg_logprob: f32,
+    pub no_speech_prob: f32,
+    pub temperature: f32,
+    pub compression_ratio: f32,
+}
+
+#[derive(Debug, Clone)]
+struct Hypothesis {
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    sum_logprob: f64,
+    finished: bool,
+}
+
+impl Hypothesis {
+    fn new() -> Self {
+        Hypothesis { tokens: Vec::new(), logprobs: Vec::new(), sum_logprob: 0.0, finished: false }
+    }
+
+    /// CTranslate2's ranking score: log-probability over length^penalty
+    /// (length without end-of-text).
+    fn score(&self, length_penalty: f32) -> f64 {
+        let len = self.tokens.len().max(1) as f64;
+        self.sum_logprob / len.powf(length_penalty as f64)
+    }
+}
+
+/// A small deterministic PRNG for sampling (xorshift64*): reproducible runs
+/// without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// zlib compression ratio of the text: high for repetition loops.
+pub fn compression_ratio(text: &str) -> f32 {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(bytes);
+    let packed = enc.finish().map(|v| v.len()).unwrap_or(bytes.len());
+    bytes.len() as f32 / packed.max(1) as f32
+}
+
+fn log_softmax_at(row: &[f32], idx: usize, scale: f32) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
+    let sum: f64 = row.iter().map(|&x| ((x * scale - max) as f64).exp()).sum();
+    (row[idx] * scale - max) - sum.ln() as f32
+}
+
+fn log_softmax_into(row: &[f32], out: &mut Vec<f32>) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64 + row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln();
+    out.clear();
+    out.extend(row.iter().map(|&x| (x as f64 - lse) as f32));
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Decodes the window already encoded into `st`, retrying at higher
+/// temperatures while the result looks like a failure (repetitive or
+/// improbable), as faster-whisper does.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_with_fallback<B: Backend>(model: &Whisper<B>, st: &mut State<B>, prompt: &[u32], sot_index: usize,
+    rules: &Rules, opts: &DecodeOptions, rng: &mut Rng) -> WindowResult {
+    let mut tried: Vec<WindowResult> = Vec::new();
+    for &temperature in &opts.temperatures {
+        let r = decode_once(model, st, prompt, sot_index, rules, opts, temperature, rng);
+        let mut fallback = false;
+        if opts.compression_ratio_threshold.is_some_and(|t| r.compression_ratio > t) {
+            fallback = true;
+        }
+        if opts.log_prob_threshold.is_some_and(|t| r.avg_logprob < t) {
+            fallback = true;
+        }
+        // Silence: an improbable result is expected, not a failure.
+        if opts.no_speech_threshold.is_some_and(|t| r.no_speech_prob > t)
+            && opts.log_prob_threshold.is_some_and(|t| r.avg_logprob < t)
+        {
+            fallback = false;
+        }
+        tried.push(r);
+        if !fallback {
+            return tried.pop().expect("just pushed");
+        }
+    }
+    // Every temperature failed: the most probable result that is not a
+    // repetition loop, if any.
+    let cr = opts.compression_ratio_threshold.unwrap_or(f32::INFINITY);
+    let pick = |rs: Vec<&WindowResult>| {
+        rs.into_iter().max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob)).cloned()
+    };
+    pick(tried.iter().filter(|r| r.compression_ratio <= cr).collect())
+        .or_else(|| pick(tried.iter().collect()))
+        .expect("at least one temperature is tried")
+}
+
+/// One decoding of the window at one temperature.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_once<B: Backend>(model: &Whisper<B>, st: &mut State<B>, prompt: &[u32], sot_index: usize,
+    rules: &Rules, opts: &DecodeOptions, temperature: f32, rng: &mut Rng) -> WindowResult {
+    let b = &model.backend;
+    let dec = &model.decoder;
+    let vocab = dec.vocab();
+    let max_length = dec.text_ctx();
+    // CTranslate2's cap on generated tokens (end-of-text included).
+    let max_new = (max_length / 2).min(max_length.saturating_sub(prompt.len().saturating_sub(1))).max(1);
+
+    dec.reset(&mut st.decoder);
+    let mut logits = Vec::with_capacity(2 * vocab);
+    dec.forward(b, &mut st.decoder, prompt, 1, &[sot_index, prompt.len() - 1], &mut logits);
+    let no_speech_prob = {
+        let row = &logits[..vocab];
+        let id = model.tokenizer.specials().no_speech as usize;
+        log_softmax_at(row, id, 1.0).exp()
+    };
+    logits.drain(..vocab);
+
+    let n = if temperature > 0.0 { opts.best_of.max(1) } else { opts.beam_size.max(1) };
+    let n = n.min(st.decoder.max_seqs());
+    let best = if temperature > 0.0 {
+        sample(model, st, &mut logits, rules, n, temperature, max_new, opts.length_penalty, rng)
+    } else if n > 1 {
+        beam_search(model, st, &mut logits, rules, n, opts.patience, max_new, opts.length_penalty)
+    } else {
+        sample(model, st, &mut logits, rules, 1, 0.0, max_new, opts.length_penalty, rng)
+    };
+
+    let text = model.tokenizer.decode(&best.tokens);
+    let avg_logprob = (best.sum_logprob / (best.tokens.len() + 1) as f64) as f32;
+    WindowResult {
+        compression_ratio: compression_ratio(text.trim()),
+        tokens: best.tokens,
+        token_logprobs: best.logprobs,
+        avg_logprob,
+        no_speech_prob,
+        temperature,
+    }
+}
+
+/// Greedy (temperature 0) or sampled decoding of `n` independent sequences;
+/// returns the best by score.
+#[allow(clippy::too_many_arguments)]
+fn sample<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, rules: &Rules, n: usize,
+    temperature: f32, max_new: usize, length_penalty: f32, rng: &mut Rng) -> Hypothesis {
+    let b = &model.backend;
+    let dec = &model.decoder;
+    let vocab = dec.vocab();
+    let eot = rules.eot();
+    if n > 1 {
+        // Every sequence starts from the one prompt: replicate its cache.
+        let order = vec![0; n];
+        dec.reorder(b, &mut st.decoder, &order);
+        let first = logits[..vocab].to_vec();
+        logits.clear();
+        for _ in 0..n {
+            logits.extend_from_slice(&first);
+        }
+    }
+    let mut hyps = vec![Hypothesis::new(); n];
+    let mut feed = vec![0u32; n];
+    let select: Vec<usize> = (0..n).collect();
+    let mut probs = Vec::with_capacity(vocab);
+    for step in 0..max_new {
+        for (i, h) in hyps.iter_mut().enumerate() {
+            if h.finished {
+                feed[i] = eot;
+                continue;
+            }
+            let row = &mut logits[i * vocab..(i + 1) * vocab];
+            rules.apply(&h.tokens, row);
+            let tok = if temperature > 0.0 {
+                let inv = 1.0 / temperature;
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                probs.clear();
+                probs.extend(row.iter().map(|&x| (((x - max) * inv) as f64).exp()));
+                let total: f64 = probs.iter().sum();
+                let mut u = rng.next_f64() * total;
+                let mut pick = argmax(row);
+                for (j, &p) in probs.iter().enumerate() {
+                    if u < p {
+                        pick = j;
+                        break;
+                    }
+                    u -= p;
+                }
+                pick
+            } else {
+                argmax(row)
+            };
+            let lp = log_softmax_at(row, tok, if temperature > 0.0 { 1.0 / temperature } else { 1.0 });
+            h.sum_logprob += lp as f64;
+            if tok as u32 == eot || step + 1 == max_new {
+                h.finished = true;
+            }
+            if tok as u32 != eot {
+                h.tokens.push(tok as u32);
+                h.logprobs.push(lp);
+            }
+            feed[i] = tok as u32;
+        }
+        if hyps.iter().all(|h| h.finished) {
+            break;
+        }
+        dec.forward(b, &mut st.decoder, &feed, n, &select, logits);
+    }
+    hyps.into_iter()
+        .max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty)))
+        .expect("n ≥ 1")
+}
+
+/// Beam search as CTranslate2 runs it for Whisper: keep the `beam` best
+/// partial sequences; a sequence that picks end-of-text is finished; stop
+/// once `beam × patience` sequences have finished.
+#[allow(clippy::too_many_arguments)]
+fn beam_search<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, rules: &Rules, beam: usize,
+    patience: f32, max_new: usize, length_penalty: f32) -> Hypothesis {
+    let b = &model.backend;
+    let dec = &model.decoder;
+    let vocab = dec.vocab();
+    let eot = rules.eot();
+    let max_finished = ((beam as f32 * patience).round() as usize).max(1);
+    let mut alive = vec![Hypothesis::new()];
+    let mut finished: Vec<Hypothesis> = Vec::new();
+    let mut logp = Vec::with_capacity(vocab);
+    // (score, parent, token, token log-prob)
+    let mut cands: Vec<(f64, usize, u32, f32)> = Vec::with_capacity(beam * (beam + 1));
+    for step in 0..max_new {
+        cands.clear();
+        for (i, h) in alive.iter().enumerate() {
+            let row = &mut logits[i * vocab..(i + 1) * vocab];
+            rules.apply(&h.tokens, row);
+            log_softmax_into(row, &mut logp);
+            // The beam+1 best tokens of this row are enough: at most `beam`
+            // of all candidates survive, plus one that may finish.
+            for (tok, lp) in top_k(&logp, beam + 1) {
+                cands.push((h.sum_logprob + lp as f64, i, tok, lp));
+            }
+        }
+        cands.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut next: Vec<Hypothesis> = Vec::with_capacity(beam);
+        let mut order: Vec<usize> = Vec::with_capacity(beam);
+        for &(sum, parent, tok, lp) in &cands {
+            if tok == eot || step + 1 == max_new {
+                if finished.len() < max_finished {
+                    let mut h = alive[parent].clone();
+                    h.sum_logprob = sum;
+                    if tok != eot {
+                        h.tokens.push(tok);
+                        h.logprobs.push(lp);
+                    }
+                    h.finished = true;
+                    finished.push(h);
+                }
+            } else if next.len() < beam {
+                let mut h = alive[parent].clone();
+                h.tokens.push(tok);
+                h.logprobs.push(lp);
+                h.sum_logprob = sum;
+                next.push(h);
+                order.push(parent);
+            }
+        }
+        if finished.len() >= max_finished || next.is_empty() {
+            break;
+        }
+        dec.reorder(b, &mut st.decoder, &order);
+        let feed: Vec<u32> = next.iter().map(|h| *h.tokens.last().expect("just pushed")).collect();
+        let select: Vec<usize> = (0..next.len()).collect();
+        dec.forward(b, &mut st.decoder, &feed, next.len(), &select, logits);
+        alive = next;
+    }
+    let pool = if finished.is_empty() { alive } else { finished };
+    pool.into_iter()
+        .max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty)))
+        .expect("beam ≥ 1")
+}
+
+/// The `k` largest entries of `row`, best first.
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &x) in row.iter().enumerate() {
+        if best.len() == k && x <= best[k - 1].1 {
+            continue;
+        }
+        let pos = best.iter().position(|&(_, y)| x > y).unwrap_or(best.len());
+        best.insert(pos, (i as u32, x));
+        best.truncate(k);
+    }
+    best.retain(|&(_, x)| x.is_finite());
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetition_compresses_well() {
+        let loop_text = "I'm sorry. ".repeat(20);
+        assert!(compression_ratio(&loop_text) > 2.4);
+        assert!(compression_ratio("And so my fellow Americans, ask not what your country can do for you.") < 2.0);
+    }
+
+    #[test]
+    fn top_k_is_sorted_and_skips_disabled() {
+        let row = [0.1, f32::NEG_INFINITY, 0.7, 0.3, 0.5];
+        assert_eq!(top_k(&row, 3), vec![(2, 0.7), (4, 0.5), (3, 0.3)]);
+        assert_eq!(top_k(&[f32::NEG_INFINITY, 1.0], 2), vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn rng_is_uniform_enough() {
+        let mut r = Rng::new(7);
+        let mean = (0..10_000).map(|_| r.next_f64()).sum::<f64>() / 10_000.0;
+        assert!((mean - 0.5).abs() < 0.02);
+    }
+}
