@@ -102,6 +102,8 @@ pub struct Ct2File {
     pub spec_name: String,
     pub spec_revision: u32,
     tensors: HashMap<String, Tensor>,
+    /// Alias name → target name (CT2 stores tied weights once).
+    aliases: HashMap<String, String>,
 }
 
 /// Largest tensor we accept: guards against a corrupt header asking us to
@@ -130,7 +132,8 @@ impl Ct2File {
             (String::new(), 1)
         };
         let count = r.u32("the header")?;
-        let mut tensors = HashMap::with_capacity(count as usize);
+        // The count comes from the file: do not let a corrupt one size an allocation.
+        let mut tensors = HashMap::with_capacity((count as usize).min(4096));
         for _ in 0..count {
             let name = r.string("a variable name")?;
             let rank = r.u8(&name)? as usize;
@@ -138,7 +141,10 @@ impl Ct2File {
             for _ in 0..rank {
                 shape.push(r.u32(&name)? as usize);
             }
-            let elems: u64 = shape.iter().map(|&d| d as u64).product();
+            let elems = shape
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+                .ok_or_else(|| r.format(format!("`{name}`: shape {shape:?} overflows")))?;
             let (code, num_bytes) = if version >= 4 {
                 let code = r.u8(&name)?;
                 (code, r.u32(&name)? as u64)
@@ -159,7 +165,7 @@ impl Ct2File {
                 1 => 1,
                 _ => return Err(r.format(format!("`{name}`: unknown data type code {code}"))),
             };
-            if num_bytes != elems * item || num_bytes > MAX_TENSOR_BYTES {
+            if elems.checked_mul(item) != Some(num_bytes) || num_bytes > MAX_TENSOR_BYTES {
                 return Err(r.format(format!(
                     "`{name}`: {num_bytes} payload bytes for shape {shape:?} of {item}-byte items"
                 )));
@@ -172,27 +178,28 @@ impl Ct2File {
             }
             tensors.insert(name, tensor);
         }
+        let mut aliases = HashMap::new();
         if version >= 3 {
-            let aliases = r.u32("the alias section")?;
-            for _ in 0..aliases {
+            let count = r.u32("the alias section")?;
+            for _ in 0..count {
                 let alias = r.string("the alias section")?;
                 let target = r.string("the alias section")?;
-                let tensor = tensors
-                    .get(&target)
-                    .cloned()
-                    .ok_or_else(|| r.format(format!("alias `{alias}` points to unknown `{target}`")))?;
-                tensors.insert(alias, tensor);
+                if !tensors.contains_key(&target) {
+                    return Err(r.format(format!("alias `{alias}` points to unknown `{target}`")));
+                }
+                aliases.insert(alias, target);
             }
         }
         if r.pos != file_len {
             return Err(r.format(format!("{} unexpected bytes after the last record", file_len - r.pos)));
         }
-        Ok(Ct2File { path, spec_name, spec_revision, tensors })
+        Ok(Ct2File { path, spec_name, spec_revision, tensors, aliases })
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor, Ct2Error> {
+        let target = self.aliases.get(name).map(String::as_str).unwrap_or(name);
         self.tensors
-            .get(name)
+            .get(target)
             .ok_or_else(|| Ct2Error::Missing { path: self.path.clone(), name: name.to_string() })
     }
 
@@ -221,11 +228,12 @@ impl Ct2File {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.aliases.contains_key(name)
     }
 
+    /// Every variable name, aliases included.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+        self.tensors.keys().chain(self.aliases.keys()).map(String::as_str)
     }
 }
 
@@ -284,6 +292,10 @@ impl<R: Read> Cursor<'_, R> {
     }
 
     fn bytes(&mut self, n: usize, what: &str) -> Result<Vec<u8>, Ct2Error> {
+        // Check before allocating: a corrupt length must not size a buffer.
+        if self.pos + n as u64 > self.file_len {
+            return Err(Ct2Error::Truncated { path: self.path.to_path_buf(), what: what.to_string(), offset: self.file_len });
+        }
         let mut v = vec![0; n];
         self.fill(&mut v, what)?;
         Ok(v)
