@@ -5,5 +5,9 @@ pub mod decode;
 pub mod mel;
 pub mod resample;
 
+pub use decode::{decode_file, load_mono_16k, AudioError, DecodedAudio};
+pub use mel::{Mel, MelFrontend};
+pub use resample::Resampler;
+
 /// Whisper's input rate.
 pub const SAMPLE_RATE: u32 = 16_000;

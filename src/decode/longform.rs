@@ -82,7 +82,9 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             let segment_size = WINDOW_FRAMES.min(content_frames - seek);
             let time_offset = seek as f64 / FRAMES_PER_SECOND;
             self.fill_window(&mel.data, n_mels, seek, segment_size);
+            let t0 = std::time::Instant::now();
             model.encode(&self.window, &mut self.state);
+            let encoded = t0.elapsed();
 
             prompt.clear();
             let previous = &all_tokens[prompt_reset_since..];
@@ -98,6 +100,15 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             }
 
             let result = decode_with_fallback(model, &mut self.state, &prompt, sot_index, &rules, opts, &mut rng);
+            tracing::debug!(
+                seek,
+                encode_ms = encoded.as_millis() as u64,
+                decode_ms = (t0.elapsed() - encoded).as_millis() as u64,
+                tokens = result.tokens.len(),
+                prompt = prompt.len(),
+                temperature = result.temperature,
+                "window"
+            );
 
             if let Some(threshold) = opts.no_speech_threshold {
                 let silent = result.no_speech_prob > threshold
