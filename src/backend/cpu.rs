@@ -14,6 +14,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::simd;
 use super::{Activation, AttentionShape, Backend, BackendError, HostMatrix, Precision, View, Write};
 
 /// Rows of `x` up to which a linear layer takes the streaming (dot-product)
@@ -351,27 +352,24 @@ fn skinny_linear(x: &[f32], x_stride: usize, m: usize, w: &CpuMatrix, b: Option<
     const CHUNK: usize = 64;
     let dst_ptr = SyncPtr(dst.as_mut_ptr());
     (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
-        let lo = c * CHUNK;
-        let hi = (lo + CHUNK).min(n);
-        with_scratch(k, |wide| {
-            for o in lo..hi {
-                let wr = w.row_f32(o, wide);
-                for r in 0..m {
-                    let mut y = dot(&x[r * x_stride..r * x_stride + k], wr);
-                    if let Some(b) = b {
-                        y += b[o];
-                    }
-                    if act == Activation::Gelu {
-                        y = gelu(y);
-                    }
-                    // SAFETY: output column o belongs to this task only.
-                    unsafe {
-                        let p = dst_ptr.get().add(r * n + o);
-                        *p = if write == Write::Accumulate { *p + y } else { y };
-                    }
+        let mut ys = [0.0f32; 8];
+        for o in c * CHUNK..((c + 1) * CHUNK).min(n) {
+            match w {
+                CpuMatrix::F32 { data, .. } => simd::dot_rows_f32(x, x_stride, m, &data[o * k..(o + 1) * k], &mut ys),
+                CpuMatrix::F16 { data, .. } => simd::dot_rows_f16(x, x_stride, m, &data[o * k..(o + 1) * k], &mut ys),
+            }
+            for (r, &y) in ys.iter().enumerate().take(m) {
+                let mut y = y + b.map_or(0.0, |b| b[o]);
+                if act == Activation::Gelu {
+                    y = gelu(y);
+                }
+                // SAFETY: output column o belongs to this task only.
+                unsafe {
+                    let p = dst_ptr.get().add(r * n + o);
+                    *p = if write == Write::Accumulate { *p + y } else { y };
                 }
             }
-        });
+        }
     });
 }
 
@@ -386,30 +384,10 @@ fn epilogue(row: &mut [f32], b: Option<&[f32]>, act: Activation, _res: Option<&[
 
 #[inline]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * x * (1.0 + simd::erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Dot product with eight independent accumulators, so the compiler can keep
-/// them in one SIMD register (floating-point addition is not reassociated
-/// for us).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for i in chunks * 8..n {
-        s += a[i] * b[i];
-    }
-    s
-}
+use simd::dot;
 
 #[inline]
 fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
