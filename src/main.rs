@@ -63,6 +63,9 @@ struct TranscribeArgs {
     /// Decode at temperature 0 only (no fallback on failed windows).
     #[arg(long)]
     no_fallback: bool,
+    /// Decode every window, even those without detected speech (as faster-whisper does).
+    #[arg(long)]
+    no_vad: bool,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -70,7 +73,7 @@ struct TranscribeArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,symphonia_core=off,symphonia=off".into()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -100,6 +103,7 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         task: if args.translate { Task::Translate } else { Task::Transcribe },
         word_timestamps: args.word_timestamps,
         initial_prompt: args.initial_prompt.clone(),
+        vad: !args.no_vad,
         temperatures: if args.no_fallback { vec![0.0] } else { DecodeOptions::default().temperatures },
         ..DecodeOptions::default()
     };

@@ -4,6 +4,7 @@
 pub mod decode;
 pub mod mel;
 pub mod resample;
+pub mod vad;
 
 pub use decode::{decode_file, load_mono_16k, AudioError, DecodedAudio};
 pub use mel::{Mel, MelFrontend};

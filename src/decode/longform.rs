@@ -5,6 +5,7 @@
 //! segment ended, and the text so far conditions the next window.
 
 use crate::audio::mel::MelFrontend;
+use crate::audio::vad::{self, VadConfig};
 use crate::backend::Backend;
 use crate::decode::alignment;
 use crate::decode::rules::Rules;
@@ -15,6 +16,8 @@ use crate::model::{State, Whisper, HOP, WINDOW_FRAMES};
 const SAMPLE_RATE: f64 = 16_000.0;
 /// Mel frames per second.
 const FRAMES_PER_SECOND: f64 = SAMPLE_RATE / HOP as f64;
+/// A window with less voiced audio than this (10 ms frames) is not decoded.
+const MIN_SPEECH_FRAMES: usize = 20;
 /// Seconds per timestamp token.
 const TIME_PRECISION: f64 = 0.02;
 
@@ -57,6 +60,9 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         // faster-whisper treats the extractor's last frame as padding.
         let content_frames = mel.frames.saturating_sub(1);
         let duration = audio.len() as f64 / SAMPLE_RATE;
+        // One decision per mel frame: windows without speech never reach the
+        // decoder, which would otherwise make text up for them.
+        let speech = opts.vad.then(|| vad::speech_frames(audio, VadConfig::default()));
 
         let (language, language_probability) = self.language(&mel.data, content_frames, opts)?;
         let mut sot_sequence = vec![sp.sot];
@@ -81,6 +87,16 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         while seek < content_frames {
             let segment_size = WINDOW_FRAMES.min(content_frames - seek);
             let time_offset = seek as f64 / FRAMES_PER_SECOND;
+            if let Some(speech) = &speech {
+                let end = (seek + segment_size).min(speech.len());
+                let voiced = speech.get(seek..end).map_or(0, |w| w.iter().filter(|&&s| s).count());
+                if voiced < MIN_SPEECH_FRAMES {
+                    tracing::debug!(seek, voiced, "window without speech skipped");
+                    seek += segment_size;
+                    progress((seek as f64 / FRAMES_PER_SECOND).min(duration));
+                    continue;
+                }
+            }
             self.fill_window(&mel.data, n_mels, seek, segment_size);
             let t0 = std::time::Instant::now();
             model.encode(&self.window, &mut self.state);

@@ -43,6 +43,8 @@ pub struct DecodeOptions {
     pub max_initial_timestamp: f32,
     pub word_timestamps: bool,
     pub suppress_blank: bool,
+    /// Skip windows in which the voice activity detector finds no speech.
+    pub vad: bool,
     /// Seed of the sampler used at temperatures above 0 (reproducible runs).
     pub seed: u64,
 }
@@ -73,6 +75,7 @@ impl Default for DecodeOptions {
             max_initial_timestamp: 1.0,
             word_timestamps: false,
             suppress_blank: true,
+            vad: true,
             seed: 0,
         }
     }

@@ -247,9 +247,11 @@ fn sample<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f3
         .expect("n ≥ 1")
 }
 
-/// Beam search as CTranslate2 runs it for Whisper: keep the `beam` best
-/// partial sequences; a sequence that picks end-of-text is finished; stop
-/// once `beam × patience` sequences have finished.
+/// Beam search as CTranslate2 runs it for Whisper: the `2·beam` best
+/// continuations are ranked; of the first `beam`, an end-of-text finishes
+/// its hypothesis and hands its slot to the next unfinished runner-up; the
+/// search stops once `beam × patience` hypotheses have finished, and the
+/// best by length-normalised score wins.
 #[allow(clippy::too_many_arguments)]
 fn beam_search<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, rules: &Rules, beam: usize,
     patience: f32, max_new: usize, length_penalty: f32) -> Hypothesis {
@@ -258,52 +260,63 @@ fn beam_search<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut V
     let vocab = dec.vocab();
     let eot = rules.eot();
     let max_finished = ((beam as f32 * patience).round() as usize).max(1);
+    let n_cand = 2 * beam;
     let mut alive = vec![Hypothesis::new()];
     let mut finished: Vec<Hypothesis> = Vec::new();
     let mut logp = Vec::with_capacity(vocab);
-    // (score, parent, token, token log-prob)
-    let mut cands: Vec<(f64, usize, u32, f32)> = Vec::with_capacity(beam * (beam + 1));
+    // (cumulative log-prob, parent, token, token log-prob)
+    let mut cands: Vec<(f64, usize, u32, f32)> = Vec::with_capacity(beam * n_cand);
+    let mut order: Vec<usize> = Vec::with_capacity(beam);
+    let mut feed: Vec<u32> = Vec::with_capacity(beam);
     for step in 0..max_new {
+        let last_step = step + 1 == max_new;
         cands.clear();
         for (i, h) in alive.iter().enumerate() {
             let row = &mut logits[i * vocab..(i + 1) * vocab];
             rules.apply(&h.tokens, row);
             log_softmax_into(row, &mut logp);
-            // The beam+1 best tokens of this row are enough: at most `beam`
-            // of all candidates survive, plus one that may finish.
-            for (tok, lp) in top_k(&logp, beam + 1) {
+            for (tok, lp) in top_k(&logp, n_cand) {
                 cands.push((h.sum_logprob + lp as f64, i, tok, lp));
             }
         }
         cands.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut next: Vec<Hypothesis> = Vec::with_capacity(beam);
-        let mut order: Vec<usize> = Vec::with_capacity(beam);
-        for &(sum, parent, tok, lp) in &cands {
-            if tok == eot || step + 1 == max_new {
-                if finished.len() < max_finished {
-                    let mut h = alive[parent].clone();
-                    h.sum_logprob = sum;
-                    if tok != eot {
-                        h.tokens.push(tok);
-                        h.logprobs.push(lp);
-                    }
-                    h.finished = true;
-                    finished.push(h);
-                }
-            } else if next.len() < beam {
-                let mut h = alive[parent].clone();
-                h.tokens.push(tok);
-                h.logprobs.push(lp);
-                h.sum_logprob = sum;
-                next.push(h);
-                order.push(parent);
+        cands.truncate(n_cand);
+        let extend = |c: &(f64, usize, u32, f32)| {
+            let mut h = alive[c.1].clone();
+            if c.2 != eot {
+                h.tokens.push(c.2);
+                h.logprobs.push(c.3);
             }
+            h.sum_logprob = c.0;
+            h
+        };
+        let mut next: Vec<Hypothesis> = Vec::with_capacity(beam);
+        order.clear();
+        let mut runner_up = beam.min(cands.len());
+        for k in 0..beam.min(cands.len()) {
+            let mut pick = k;
+            if cands[k].2 == eot || last_step {
+                let mut h = extend(&cands[k]);
+                h.finished = true;
+                finished.push(h);
+                // The slot goes to the next candidate that does not end.
+                match (runner_up..cands.len()).find(|&j| cands[j].2 != eot) {
+                    Some(j) => {
+                        pick = j;
+                        runner_up = j + 1;
+                    }
+                    None => continue,
+                }
+            }
+            next.push(extend(&cands[pick]));
+            order.push(cands[pick].1);
         }
-        if finished.len() >= max_finished || next.is_empty() {
+        if last_step || finished.len() >= max_finished || next.is_empty() {
             break;
         }
         dec.reorder(b, &mut st.decoder, &order);
-        let feed: Vec<u32> = next.iter().map(|h| *h.tokens.last().expect("just pushed")).collect();
+        feed.clear();
+        feed.extend(next.iter().map(|h| *h.tokens.last().expect("alive hypotheses end in a token")));
         let select: Vec<usize> = (0..next.len()).collect();
         dec.forward(b, &mut st.decoder, &feed, next.len(), &select, logits);
         alive = next;
