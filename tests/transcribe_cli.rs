@@ -45,11 +45,12 @@ fn jfk_is_transcribed_exactly() {
 }
 
 /// faster-whisper 1.2.1 (CTranslate2 4.8.5, float32, tiny.en, language en,
-/// default fallback) scored 5.37% greedy and 5.17% with beam 5 over these
-/// files with this normaliser (`benches/compare.py`, benches/results/accuracy.md).
+/// default fallback) scored 13.50% greedy and 11.90% with beam 5 over these
+/// 32 files with this normaliser (measured by `benches/compare.py`, see
+/// benches/results/accuracy.md; the reference side is manifest.tsv).
 /// The bar: no worse than faster-whisper by more than 0.5 points.
-const FASTER_WHISPER_WER_GREEDY: f64 = 0.0537;
-const FASTER_WHISPER_WER_BEAM5: f64 = 0.0517;
+const FASTER_WHISPER_WER_GREEDY: f64 = 0.1350;
+const FASTER_WHISPER_WER_BEAM5: f64 = 0.1190;
 
 #[test]
 fn corpus_word_error_rate_is_on_par_with_faster_whisper() {
