@@ -239,6 +239,10 @@ impl Backend for Cpu {
             }
             None => (None, &[][..]),
         };
+        if s.q_len == 1 && s.kv_seq_stride == 0 && s.seqs > 1 && s.seqs <= 8 && probs_ptr.is_none() {
+            shared_kv_step(q, k, v, s, out);
+            return;
+        }
         (0..s.seqs * s.heads).into_par_iter().for_each(|task| {
             let (seq, h) = (task / s.heads, task % s.heads);
             let q0 = seq * s.q_len;
@@ -312,6 +316,45 @@ impl Backend for Cpu {
             dst.data[t * w..(t + 1) * w].copy_from_slice(&src.buf.data[from..from + w]);
         }
     }
+}
+
+/// One decoding step of several sequences (beams) against one shared K/V
+/// (cross-attention): every key and value row is read once for all of them.
+fn shared_kv_step(q: View<'_, Cpu>, k: View<'_, Cpu>, v: View<'_, Cpu>, s: AttentionShape, out: &mut CpuBuf) {
+    let d = q.width;
+    let hd = d / s.heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let n = s.seqs;
+    let out_ptr = SyncPtr(out.data.as_mut_ptr());
+    (0..s.heads).into_par_iter().for_each(|h| {
+        with_scratch(n * s.kv_len + n * hd, |buf| {
+            let (scores, acc) = buf.split_at_mut(n * s.kv_len);
+            let qs = &q.buf.data[q.col + h * hd..];
+            let mut ys = [0.0f32; 8];
+            for j in 0..s.kv_len {
+                let kr = &k.buf.data[j * k.buf.cols + k.col + h * hd..][..hd];
+                simd::dot_rows_f32(qs, q.buf.cols, n, kr, &mut ys);
+                for r in 0..n {
+                    scores[r * s.kv_len + j] = ys[r] * scale;
+                }
+            }
+            for r in 0..n {
+                softmax(&mut scores[r * s.kv_len..(r + 1) * s.kv_len]);
+            }
+            acc.iter_mut().for_each(|x| *x = 0.0);
+            for j in 0..s.kv_len {
+                let vr = &v.buf.data[j * v.buf.cols + v.col + h * hd..][..hd];
+                for r in 0..n {
+                    axpy(scores[r * s.kv_len + j], vr, &mut acc[r * hd..(r + 1) * hd]);
+                }
+            }
+            for r in 0..n {
+                // SAFETY: row r × this head's columns belong to this task only.
+                let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * d + h * hd), hd) };
+                o.copy_from_slice(&acc[r * hd..(r + 1) * hd]);
+            }
+        });
+    });
 }
 
 struct SyncPtr(*mut f32);
@@ -394,13 +437,4 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
 }
 
-fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inv);
-}
+use simd::softmax;

@@ -16,7 +16,7 @@
 //!   fused Q/K/V projections are split without copies.
 
 pub mod cpu;
-mod simd;
+pub mod simd;
 
 use half::f16;
 

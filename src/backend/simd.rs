@@ -76,6 +76,45 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `Σ exp(x[i] − shift)`; −∞ entries contribute nothing.
+pub fn exp_sum(x: &[f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the features were detected above.
+        return unsafe { avx2::exp_sum(x, shift) };
+    }
+    x.iter().map(|&v| (v - shift).exp()).sum()
+}
+
+/// In-place softmax of one row.
+pub fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the features were detected above.
+        unsafe { avx2::exp_in_place(row, max) };
+        let inv = 1.0 / row.iter().sum::<f32>();
+        row.iter_mut().for_each(|v| *v *= inv);
+        return;
+    }
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `log Σ exp(x[i])` of a row (−∞ when every entry is −∞).
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    max + exp_sum(x, max).ln()
+}
+
 /// `erf(x)` to within 1.5e-7 (Abramowitz & Stegun 7.1.26): the exact GELU
 /// without the cost of a libm `erf` per activation.
 #[inline]
@@ -105,6 +144,62 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
+    }
+
+    /// exp of 8 lanes (Cephes' single-precision polynomial, ~1 ulp on
+    /// [−87, 88]; inputs below are flushed to 0).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let lo = _mm256_set1_ps(-87.3);
+        let below = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+        let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.3));
+        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        let r2 = _mm256_mul_ps(r, r);
+        p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+        _mm256_andnot_ps(below, _mm256_mul_ps(p, pow2))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sum(x: &[f32], shift: f32) -> f32 {
+        let body = x.len() / 8 * 8;
+        let sh = _mm256_set1_ps(shift);
+        let mut acc = _mm256_setzero_ps();
+        let p = x.as_ptr();
+        let mut i = 0;
+        while i < body {
+            acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), sh)));
+            i += 8;
+        }
+        let mut s = hsum(acc);
+        for &v in &x[body..] {
+            s += (v - shift).exp();
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_in_place(x: &mut [f32], shift: f32) {
+        let body = x.len() / 8 * 8;
+        let sh = _mm256_set1_ps(shift);
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i < body {
+            _mm256_storeu_ps(p.add(i), exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), sh)));
+            i += 8;
+        }
+        for v in &mut x[body..] {
+            *v = (*v - shift).exp();
+        }
     }
 
     macro_rules! dot_rows {
@@ -166,6 +261,26 @@ mod tests {
             assert!((o16[r] as f64 - exact16).abs() < 1e-4);
         }
         assert!((dot(&x[..k], &w) - o32[0]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn vector_exp_matches_libm() {
+        let x: Vec<f32> = (0..2000).map(|i| -90.0 + i as f32 * 0.05).chain([f32::NEG_INFINITY]).collect();
+        let mut y = x.clone();
+        let max = 9.95;
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            unsafe { avx2::exp_in_place(&mut y, max) };
+            for (a, b) in x.iter().zip(&y) {
+                let e = (a - max).exp();
+                assert!((b - e).abs() <= 2e-7 * e + 1e-37, "exp({}) = {b}, want {e}", a - max);
+            }
+        }
+        let direct: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+        assert!((exp_sum(&x, max) - direct).abs() < 1e-5 * direct);
+        let mut row = vec![1.0, 2.0, f32::NEG_INFINITY, 3.0];
+        softmax(&mut row);
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6 && row[2] == 0.0);
     }
 
     #[test]

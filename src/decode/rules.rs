@@ -2,6 +2,7 @@
 //! (`shared/docs/ct2-whisper-format.md` §7), applied in place to one row of
 //! logits before every choice.
 
+use crate::backend::simd::log_sum_exp;
 use crate::model::tokenizer::SpecialTokens;
 
 /// The fixed part of the rules for one decoding run.
@@ -102,20 +103,11 @@ impl Rules {
     /// most likely text token (computed after the other suppressions).
     fn timestamp_mass_wins(&self, logits: &[f32]) -> bool {
         let tb = self.ts_begin as usize;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        if !max.is_finite() {
-            return false;
-        }
-        let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-        let lse = max + sum.ln();
-        let ts = &logits[tb..];
-        let ts_max = ts.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        if !ts_max.is_finite() {
-            return false;
-        }
-        let ts_lse = ts_max + ts.iter().map(|&x| (x as f64 - ts_max).exp()).sum::<f64>().ln();
-        let text_max = logits[..tb].iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        ts_lse - lse > text_max - lse
+        // Both sides are log-probabilities under the same normaliser, which
+        // cancels: compare the timestamps' log-sum-exp with the best text logit.
+        let ts_lse = log_sum_exp(&logits[tb..]);
+        let text_max = logits[..tb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        ts_lse.is_finite() && ts_lse > text_max
     }
 }
 

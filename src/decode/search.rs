@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 
+use crate::backend::simd::log_sum_exp;
 use crate::backend::Backend;
 use crate::decode::rules::Rules;
 use crate::decode::DecodeOptions;
@@ -73,16 +74,18 @@ pub fn compression_ratio(text: &str) -> f32 {
 }
 
 fn log_softmax_at(row: &[f32], idx: usize, scale: f32) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
-    let sum: f64 = row.iter().map(|&x| ((x * scale - max) as f64).exp()).sum();
-    (row[idx] * scale - max) - sum.ln() as f32
+    if scale == 1.0 {
+        return row[idx] - log_sum_exp(row);
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| (((x - max) * scale) as f64).exp()).sum();
+    (row[idx] - max) * scale - sum.ln() as f32
 }
 
 fn log_softmax_into(row: &[f32], out: &mut Vec<f32>) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max as f64 + row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln();
+    let lse = log_sum_exp(row);
     out.clear();
-    out.extend(row.iter().map(|&x| (x as f64 - lse) as f32));
+    out.extend(row.iter().map(|&x| x - lse));
 }
 
 fn argmax(row: &[f32]) -> usize {
