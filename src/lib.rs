@@ -10,12 +10,31 @@
 //!   ─▶ transcribe (offline text / JSON / SRT / VTT)
 //! ```
 //!
+//! The daemon (`scribed serve`) puts a network side in front of it:
+//!
+//! ```text
+//! websocket frames ─▶ server::connection (pcm decode ─▶ downmix ─▶ resample ─▶ ring)
+//!   ─▶ session::worker thread (VAD ─▶ policy ─▶ Transcriber) ─▶ bounded channel
+//!   ─▶ server::connection ─▶ JSON results (protocol) ─▶ websocket
+//! ```
+//!
 //! The model weights (`model::Whisper`) are loaded once and shared read-only;
 //! everything that changes while decoding lives in a per-stream
 //! `model::State`, sized once when it is created.
 
 pub mod audio;
 pub mod backend;
+pub mod client;
+pub mod config;
 pub mod decode;
+pub mod metrics;
 pub mod model;
+// Wire-format PCM lives beside the audio front end; it is mounted here so the
+// daemon's work leaves `audio/mod.rs` untouched.
+#[path = "audio/pcm.rs"]
+pub mod pcm;
+pub mod policy;
+pub mod protocol;
+pub mod server;
+pub mod session;
 pub mod transcribe;

@@ -24,6 +24,58 @@ struct Cli {
 enum Command {
     /// Transcribe audio files (WAV, FLAC, MP3, Ogg/Vorbis) to stdout.
     Transcribe(TranscribeArgs),
+    /// Run the daemon: Deepgram-compatible live transcription at /v1/listen.
+    Serve(ServeArgs),
+    /// Stream an audio file to a daemon as a live client would.
+    Stream(StreamArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the bound address is
+    /// printed on stdout). Default 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// CTranslate2 Whisper model directory (default: $SCRIBED_MODEL, else models/tiny.en).
+    #[arg(long, env = "SCRIBED_MODEL")]
+    model: Option<PathBuf>,
+    /// TOML configuration file; flags win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Concurrent sessions; more get HTTP 503 with Retry-After.
+    #[arg(long)]
+    max_sessions: Option<usize>,
+    /// Accepted API key (repeatable). Without any, no key is required.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    file: PathBuf,
+    /// Daemon base URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    /// Pace relative to real time (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Show interim results.
+    #[arg(long)]
+    interim: bool,
+    /// Print the raw JSON messages, one per line.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, env = "SCRIBED_API_KEY")]
+    api_key: Option<String>,
+    /// Frame length in milliseconds (20–100).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(20..=100))]
+    frame_ms: u32,
+    /// Extra query parameters for /v1/listen (k=v&k2=v2).
+    #[arg(long, default_value = "")]
+    query: String,
 }
 
 #[derive(Args)]
@@ -71,13 +123,20 @@ struct TranscribeArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemon logs one line per session start and end by default.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info,symphonia_core=off,symphonia=off",
+        _ => "warn,symphonia_core=off,symphonia=off",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,symphonia_core=off,symphonia=off".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Transcribe(args) => transcribe(args),
+        Command::Serve(args) => serve(args),
+        Command::Stream(args) => stream(args),
     };
     match result {
         Ok(code) => code,
@@ -158,4 +217,112 @@ fn progress_bar(seconds: f64) -> Option<indicatif::ProgressBar> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let flags = scribed::config::Overrides {
+        listen: args.listen,
+        model: args.model,
+        max_sessions: args.max_sessions,
+        api_keys: args.api_keys,
+        threads: args.threads,
+    };
+    let config = scribed::config::Config::load(args.config.as_deref(), flags, PathBuf::from("models/tiny.en"))?;
+    init_threads(config.threads)?;
+    let model = Whisper::load(&config.model, Cpu).with_context(|| format!("loading the model from {}", config.model.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("scribed-net")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, model = %config.model.display(), max_sessions = config.max_sessions, keys = config.api_keys.len(), "listening");
+        // Scripts and tests read the bound address (port 0 picks one) here.
+        println!("listening on {addr}");
+        std::io::stdout().flush()?;
+        let (shared, stop) = scribed::server::Shared::new(std::sync::Arc::new(model), config);
+        scribed::server::run(listener, shared, stop, shutdown_signal()).await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
+    use scribed::protocol::ServerMessage;
+    let samples = load_mono_16k(&args.file)?;
+    let opts = scribed::client::stream::StreamOptions {
+        url: args.url,
+        speed: args.speed,
+        interim: args.interim,
+        api_key: args.api_key,
+        frame_ms: args.frame_ms,
+        extra_query: args.query,
+    };
+    let tty = std::io::stdout().is_terminal();
+    let json = args.json;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut interim_shown = false;
+    runtime.block_on(scribed::client::stream::stream_samples(&samples, &opts, |msg, raw| {
+        let mut out = std::io::stdout().lock();
+        if json {
+            let _ = writeln!(out, "{raw}");
+            return;
+        }
+        match msg {
+            ServerMessage::Results { is_final, .. } => {
+                let text = msg.transcript().unwrap_or("");
+                if *is_final {
+                    if interim_shown && tty {
+                        let _ = write!(out, "\r\x1b[2K");
+                    }
+                    interim_shown = false;
+                    if !text.is_empty() {
+                        let _ = writeln!(out, "{text}");
+                    }
+                } else if tty {
+                    let _ = write!(out, "\r\x1b[2K\x1b[2m{text}\x1b[0m");
+                    interim_shown = true;
+                } else {
+                    let _ = writeln!(out, "… {text}");
+                }
+            }
+            ServerMessage::Metadata { duration, lag_seconds, words, .. } => {
+                if interim_shown && tty {
+                    let _ = write!(out, "\r\x1b[2K");
+                }
+                eprintln!("scribed: {duration:.1} s of audio, {words} words, worst lag {lag_seconds:.2} s");
+            }
+            ServerMessage::Error { description, .. } => eprintln!("scribed: server: {description}"),
+            _ => {}
+        }
+        let _ = out.flush();
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }

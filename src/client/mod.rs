@@ -1,0 +1,3 @@
+//! Clients of the daemon. They depend on `protocol`, never on `server`.
+
+pub mod stream;

@@ -1,0 +1,147 @@
+//! The daemon's configuration: a TOML file and command-line flags, merged
+//! (flags win) and validated once into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The TOML file, every key optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub model: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
+    pub api_keys: Option<Vec<String>>,
+    pub threads: Option<usize>,
+    /// Seconds without audio or KeepAlive before a session is closed.
+    pub no_audio_timeout_s: Option<f64>,
+    /// Largest websocket frame/message accepted, bytes.
+    pub max_frame_bytes: Option<usize>,
+    /// Audio buffered per session channel before backpressure, seconds.
+    pub ring_seconds: Option<f64>,
+    /// New audio between two hypotheses, milliseconds.
+    pub step_ms: Option<u64>,
+    /// Seconds a stalled socket write may take before the session ends.
+    pub write_timeout_s: Option<f64>,
+    /// Seconds given to sessions to flush on shutdown.
+    pub shutdown_grace_s: Option<f64>,
+}
+
+/// What the flags set (`None`: not given).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub model: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
+    pub api_keys: Vec<String>,
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub model: PathBuf,
+    pub max_sessions: usize,
+    pub api_keys: Vec<String>,
+    pub threads: Option<usize>,
+    pub no_audio_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub ring_seconds: f64,
+    pub step_ms: u64,
+    pub write_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Config {
+    /// Reads `file` (when given) and applies the flags over it.
+    pub fn load(file: Option<&Path>, flags: Overrides, default_model: PathBuf) -> Result<Config, ConfigError> {
+        let f = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?
+            }
+        };
+        Self::merge(f, flags, default_model)
+    }
+
+    pub fn merge(f: FileConfig, flags: Overrides, default_model: PathBuf) -> Result<Config, ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+        let listen_s = flags.listen.or(f.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_s.parse().map_err(|_| invalid("listen", format!("`{listen_s}` is not ADDRESS:PORT")))?;
+        let max_sessions = flags.max_sessions.or(f.max_sessions).unwrap_or(4);
+        if !(1..=4096).contains(&max_sessions) {
+            return Err(invalid("max_sessions", format!("{max_sessions} is outside 1–4096")));
+        }
+        let api_keys = if flags.api_keys.is_empty() { f.api_keys.unwrap_or_default() } else { flags.api_keys };
+        if api_keys.iter().any(|k| k.is_empty()) {
+            return Err(invalid("api_keys", "an API key is empty".into()));
+        }
+        let secs = |key, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
+                return Err(invalid(key, format!("{v} s is not a positive duration")));
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let ring_seconds = f.ring_seconds.unwrap_or(20.0);
+        if !(ring_seconds.is_finite() && (1.0..=600.0).contains(&ring_seconds)) {
+            return Err(invalid("ring_seconds", format!("{ring_seconds} is outside 1–600")));
+        }
+        let step_ms = f.step_ms.unwrap_or(600);
+        if !(100..=5000).contains(&step_ms) {
+            return Err(invalid("step_ms", format!("{step_ms} is outside 100–5000")));
+        }
+        let max_frame_bytes = f.max_frame_bytes.unwrap_or(4 << 20);
+        if !(1024..=256 << 20).contains(&max_frame_bytes) {
+            return Err(invalid("max_frame_bytes", format!("{max_frame_bytes} is outside 1 KiB–256 MiB")));
+        }
+        Ok(Config {
+            listen,
+            model: flags.model.or(f.model).unwrap_or(default_model),
+            max_sessions,
+            api_keys,
+            threads: flags.threads.or(f.threads),
+            no_audio_timeout: secs("no_audio_timeout_s", f.no_audio_timeout_s, 10.0)?,
+            max_frame_bytes,
+            ring_seconds,
+            step_ms,
+            write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
+            shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let f: FileConfig = toml::from_str("listen = \"0.0.0.0:9000\"\nmax_sessions = 8\napi_keys = [\"a\"]\nstep_ms = 800\n").unwrap();
+        let c = Config::merge(f.clone(), Overrides { max_sessions: Some(2), ..Default::default() }, "m".into()).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_sessions, 2);
+        assert_eq!(c.api_keys, vec!["a"]);
+        assert_eq!(c.step_ms, 800);
+        let c = Config::merge(f, Overrides { api_keys: vec!["b".into()], ..Default::default() }, "m".into()).unwrap();
+        assert_eq!(c.api_keys, vec!["b"]);
+        assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
+        assert!(Config::merge(FileConfig::default(), Overrides { max_sessions: Some(0), ..Default::default() }, "m".into()).is_err());
+    }
+}

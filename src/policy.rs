@@ -1,0 +1,557 @@
+//! The streaming policy: what is interim, what is final, when to transcribe.
+//!
+//! Pure state, no model and no audio: the session worker feeds it one voice
+//! decision per 10 ms frame and the words of each hypothesis, and it answers
+//! with what to send. Tested here without a model.
+//!
+//! The policy is VAD-segmented LocalAgreement-2:
+//! - audio is grouped into utterances: one starts at the first speech frame
+//!   (plus a short pre-roll) and ends after `endpointing` ms of silence;
+//!   silence before it is dropped, so noise and pauses never reach Whisper;
+//! - every `step` of new audio the worker re-transcribes the utterance so far
+//!   (≤ 30 s); words that two consecutive hypotheses agree on, as a prefix of
+//!   what is not yet final, become final; the rest is the interim tail;
+//! - at the endpoint (or `Finalize`, or the end of the stream) one more
+//!   hypothesis finalises everything and the utterance is closed;
+//! - an utterance that nears Whisper's 30 s window is cut after its last final
+//!   word, and the rest carries over into the next one.
+//!
+//! Times are seconds from the start of the stream. Final words are clamped to
+//! be monotonic, and interim words never start before the last final word
+//! ends, so interims and finals agree on one clock.
+
+/// Seconds per VAD frame.
+pub const FRAME_SECONDS: f64 = 0.01;
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// New audio between two hypotheses of the same utterance, frames.
+    pub step_frames: u64,
+    /// Trailing silence that ends an utterance, frames; `None`: never.
+    pub endpoint_frames: Option<u64>,
+    /// Silence after the last word before `UtteranceEnd`, seconds.
+    pub utterance_end: Option<f64>,
+    pub vad_events: bool,
+    pub interim_results: bool,
+    /// Audio kept before the first speech frame, frames.
+    pub preroll_frames: u64,
+    /// Utterance length that forces a cut, frames (below Whisper's 30 s).
+    pub max_utterance_frames: u64,
+    /// Interim words this close to the end of the audio are held back from
+    /// a forced cut, seconds.
+    pub cut_margin: f64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            step_frames: 60,
+            endpoint_frames: Some(50),
+            utterance_end: None,
+            vad_events: false,
+            interim_results: true,
+            preroll_frames: 30,
+            max_utterance_frames: 2500,
+            cut_margin: 1.0,
+        }
+    }
+}
+
+/// A word of a hypothesis, times in seconds from the stream start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// As Whisper wrote it, punctuation included, no surrounding space.
+    pub text: String,
+    pub start: f64,
+    pub end: f64,
+    pub probability: f32,
+}
+
+impl Word {
+    /// Lower case, letters, digits and apostrophes only: what agreement and
+    /// de-duplication compare.
+    pub fn norm(&self) -> String {
+        normalize(&self.text)
+    }
+}
+
+pub fn normalize(text: &str) -> String {
+    text.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect()
+}
+
+/// Why the worker should transcribe now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// Enough new audio for a fresh hypothesis.
+    Step,
+    /// The utterance nears 30 s: commit what is agreed and cut.
+    Cut,
+    /// Silence ended the utterance.
+    Endpoint,
+    /// The client asked to flush (`Finalize`).
+    Finalize,
+    /// The stream ends (`CloseStream`, shutdown).
+    Close,
+}
+
+/// What to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Emit {
+    SpeechStarted { timestamp: f64 },
+    UtteranceEnd { last_word_end: f64 },
+    Results(Update),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    pub words: Vec<Word>,
+    /// The audio span the result covers (finals tile the stream).
+    pub start: f64,
+    pub end: f64,
+    pub is_final: bool,
+    pub speech_final: bool,
+    pub from_finalize: bool,
+}
+
+/// Per-stream policy state.
+#[derive(Debug)]
+pub struct Policy {
+    cfg: PolicyConfig,
+    /// VAD frames seen (the stream clock).
+    frames: u64,
+    /// First frame of the current utterance buffer.
+    utt_start: u64,
+    has_speech: bool,
+    silence_run: u64,
+    /// Frame count when the last hypothesis was asked for.
+    last_hyp: u64,
+    /// Final words of the current utterance.
+    committed: Vec<Word>,
+    /// The previous hypothesis of the current utterance.
+    prev: Vec<Word>,
+    /// Where the last final result ended, seconds (finals tile from here).
+    final_cursor: f64,
+    /// End of the last final word of the stream, seconds.
+    last_word_end: f64,
+    /// Words were sent since the last `UtteranceEnd`.
+    words_since_utterance_end: bool,
+    last_interim: Vec<String>,
+    /// Final text of the stream so far, for the prompt.
+    context: String,
+    words_final: u64,
+}
+
+impl Policy {
+    pub fn new(cfg: PolicyConfig) -> Self {
+        Policy {
+            cfg,
+            frames: 0,
+            utt_start: 0,
+            has_speech: false,
+            silence_run: 0,
+            last_hyp: 0,
+            committed: Vec::new(),
+            prev: Vec::new(),
+            final_cursor: 0.0,
+            last_word_end: 0.0,
+            words_since_utterance_end: false,
+            last_interim: Vec::new(),
+            context: String::new(),
+            words_final: 0,
+        }
+    }
+
+    /// First frame of the audio the next hypothesis must cover: the worker
+    /// drops what lies before.
+    pub fn utterance_start(&self) -> u64 {
+        self.utt_start
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Whether the utterance holds speech (a hypothesis is worth making).
+    pub fn has_speech(&self) -> bool {
+        self.has_speech
+    }
+
+    /// Final words sent so far.
+    pub fn words_final(&self) -> u64 {
+        self.words_final
+    }
+
+    /// The tail of the final text, to condition the next hypothesis.
+    pub fn context(&self, max_chars: usize) -> &str {
+        let c = self.context.as_str();
+        if c.len() <= max_chars {
+            return c;
+        }
+        let mut at = c.len() - max_chars;
+        while !c.is_char_boundary(at) {
+            at += 1;
+        }
+        // Start on a word boundary.
+        match c[at..].find(' ') {
+            Some(sp) => &c[at + sp + 1..],
+            None => &c[at..],
+        }
+    }
+
+    /// One 10 ms voice decision. Returns what to send now and, when due,
+    /// why to transcribe. `Step` may be deferred by the caller (to coalesce
+    /// under load); `Endpoint` and `Cut` must be served before the next frame.
+    pub fn on_frame(&mut self, speech: bool, out: &mut Vec<Emit>) -> Option<Reason> {
+        self.frames += 1;
+        let now = self.frames as f64 * FRAME_SECONDS;
+        if speech {
+            self.silence_run = 0;
+            if !self.has_speech {
+                self.has_speech = true;
+                self.last_hyp = self.frames;
+                if self.cfg.vad_events {
+                    out.push(Emit::SpeechStarted { timestamp: round3((self.frames - 1) as f64 * FRAME_SECONDS) });
+                }
+            }
+        } else {
+            self.silence_run += 1;
+        }
+        if !self.has_speech {
+            // Keep only the pre-roll of the silence before speech.
+            self.utt_start = self.utt_start.max(self.frames.saturating_sub(self.cfg.preroll_frames));
+        }
+        if let Some(gap) = self.cfg.utterance_end {
+            if self.words_since_utterance_end && !speech && !self.has_speech && now - self.last_word_end >= gap {
+                self.words_since_utterance_end = false;
+                out.push(Emit::UtteranceEnd { last_word_end: round3(self.last_word_end) });
+            }
+        }
+        if !self.has_speech {
+            return None;
+        }
+        if self.cfg.endpoint_frames.is_some_and(|n| self.silence_run >= n.max(1)) {
+            return Some(Reason::Endpoint);
+        }
+        if self.frames - self.utt_start >= self.cfg.max_utterance_frames {
+            return Some(Reason::Cut);
+        }
+        if self.frames - self.last_hyp >= self.cfg.step_frames {
+            return Some(Reason::Step);
+        }
+        None
+    }
+
+    /// A step is due (the caller deferred it).
+    pub fn step_due(&self) -> bool {
+        self.has_speech && self.frames - self.last_hyp >= self.cfg.step_frames
+    }
+
+    /// Whether a flush (`Finalize`, close) has anything to finalise.
+    pub fn pending(&self) -> bool {
+        self.has_speech || !self.prev.is_empty()
+    }
+
+    /// The words of a hypothesis of the utterance (all audio from
+    /// [`Policy::utterance_start`] to now), made for `reason`.
+    pub fn on_hypothesis(&mut self, reason: Reason, words: Vec<Word>, out: &mut Vec<Emit>) {
+        self.last_hyp = self.frames;
+        let now = self.frames as f64 * FRAME_SECONDS;
+        let tail = self.after_committed(&words);
+        match reason {
+            Reason::Step | Reason::Cut => {
+                let prev_tail = self.after_committed(&self.prev);
+                let agreed = tail.iter().zip(&prev_tail).take_while(|(a, b)| a.norm() == b.norm()).count();
+                let mut fin: Vec<Word> = tail[..agreed].to_vec();
+                let mut rest: Vec<Word> = tail[agreed..].to_vec();
+                if reason == Reason::Cut {
+                    // Whisper's window is full: commit all but the words still
+                    // being spoken, and start the next utterance after them.
+                    let keep = rest.iter().position(|w| w.end > now - self.cfg.cut_margin).unwrap_or(rest.len());
+                    fin.extend(rest.drain(..keep));
+                }
+                let end = fin.last().map(|w| w.end);
+                self.commit(fin, end.unwrap_or(self.final_cursor), false, false, out);
+                if reason == Reason::Cut {
+                    let cut_at = self.committed.last().map_or(now - self.cfg.cut_margin, |w| w.end);
+                    let cut_frame = ((cut_at / FRAME_SECONDS).floor() as u64).clamp(self.utt_start, self.frames);
+                    self.context_push_committed();
+                    self.utt_start = cut_frame;
+                    self.committed.clear();
+                    self.prev = rest.clone();
+                } else {
+                    self.prev = words;
+                }
+                self.interim(rest, now, out);
+            }
+            Reason::Endpoint | Reason::Finalize | Reason::Close => {
+                let from_finalize = reason == Reason::Finalize;
+                let had = !tail.is_empty();
+                if had || from_finalize {
+                    let end = if reason == Reason::Endpoint {
+                        now - self.silence_run as f64 * FRAME_SECONDS
+                    } else {
+                        now
+                    };
+                    self.commit(tail, end, true, from_finalize, out);
+                }
+                self.context_push_committed();
+                self.end_utterance();
+            }
+        }
+    }
+
+    /// A flush with nothing to transcribe (no speech in the utterance).
+    pub fn flush_empty(&mut self, reason: Reason, out: &mut Vec<Emit>) {
+        let now = self.frames as f64 * FRAME_SECONDS;
+        if reason == Reason::Finalize {
+            self.commit(Vec::new(), now, false, true, out);
+        }
+        self.end_utterance();
+    }
+
+    fn end_utterance(&mut self) {
+        self.committed.clear();
+        self.prev.clear();
+        self.last_interim.clear();
+        self.has_speech = false;
+        self.utt_start = self.frames;
+        self.last_hyp = self.frames;
+    }
+
+    fn context_push_committed(&mut self) {
+        for w in &self.committed {
+            if !self.context.is_empty() {
+                self.context.push(' ');
+            }
+            self.context.push_str(&w.text);
+        }
+        // Bounded: only the tail is ever used.
+        if self.context.len() > 4096 {
+            let cut = self.context.len() - 2048;
+            let cut = (cut..self.context.len()).find(|&i| self.context.is_char_boundary(i)).unwrap_or(0);
+            self.context.drain(..cut);
+        }
+    }
+
+    /// The words of `hyp` that come after the committed ones.
+    fn after_committed(&self, hyp: &[Word]) -> Vec<Word> {
+        let n = self.committed.len();
+        if n == 0 {
+            return hyp.to_vec();
+        }
+        // Usually the hypothesis repeats the final words verbatim.
+        if hyp.len() >= n && hyp.iter().zip(&self.committed).all(|(a, b)| a.norm() == b.norm()) {
+            return hyp[n..].to_vec();
+        }
+        // Otherwise align by time, then drop a repeated seam of 1–3 words.
+        let cut = self.committed.last().map_or(0.0, |w| w.end);
+        let mut tail: Vec<Word> = hyp.iter().filter(|w| (w.start + w.end) / 2.0 >= cut).cloned().collect();
+        for k in (1..=3.min(n).min(tail.len())).rev() {
+            let seam = tail[..k].iter().map(Word::norm).eq(self.committed[n - k..].iter().map(Word::norm));
+            if seam {
+                tail.drain(..k);
+                break;
+            }
+        }
+        tail
+    }
+
+    fn commit(&mut self, words: Vec<Word>, end: f64, speech_final: bool, from_finalize: bool, out: &mut Vec<Emit>) {
+        if words.is_empty() && !from_finalize && !speech_final {
+            return;
+        }
+        if words.is_empty() && speech_final && !from_finalize {
+            return;
+        }
+        let words = self.monotonic(words);
+        let start = self.final_cursor;
+        let end = end.max(words.last().map_or(start, |w| w.end)).max(start);
+        if let Some(w) = words.last() {
+            self.last_word_end = w.end;
+            self.words_since_utterance_end = true;
+        }
+        self.final_cursor = end;
+        self.words_final += words.len() as u64;
+        self.committed.extend(words.iter().cloned());
+        self.last_interim.clear();
+        out.push(Emit::Results(Update {
+            words,
+            start: round3(start),
+            end: round3(end),
+            is_final: true,
+            speech_final,
+            from_finalize,
+        }));
+    }
+
+    fn interim(&mut self, words: Vec<Word>, now: f64, out: &mut Vec<Emit>) {
+        if !self.cfg.interim_results || words.is_empty() {
+            return;
+        }
+        let words = self.monotonic(words);
+        let key: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
+        if key == self.last_interim {
+            return;
+        }
+        self.last_interim = key;
+        out.push(Emit::Results(Update {
+            words,
+            start: round3(self.final_cursor),
+            end: round3(now.max(self.final_cursor)),
+            is_final: false,
+            speech_final: false,
+            from_finalize: false,
+        }));
+    }
+
+    /// Clamps word times so they never go back past the last final word.
+    fn monotonic(&self, words: Vec<Word>) -> Vec<Word> {
+        let mut floor = self.last_word_end;
+        words
+            .into_iter()
+            .map(|mut w| {
+                w.start = round3(w.start.max(floor));
+                w.end = round3(w.end.max(w.start));
+                floor = w.end;
+                w
+            })
+            .collect()
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(text: &str, start: f64, end: f64) -> Word {
+        Word { text: text.into(), start, end, probability: 0.9 }
+    }
+
+    fn frames(p: &mut Policy, speech: bool, n: usize, out: &mut Vec<Emit>) -> Option<Reason> {
+        let mut due = None;
+        for _ in 0..n {
+            if let Some(r) = p.on_frame(speech, out) {
+                due = Some(due.map_or(r, |d: Reason| d.max(r)));
+                if r >= Reason::Cut {
+                    return due;
+                }
+            }
+        }
+        due
+    }
+
+    fn results(out: &[Emit]) -> Vec<&Update> {
+        out.iter().filter_map(|e| if let Emit::Results(u) = e { Some(u) } else { None }).collect()
+    }
+
+    #[test]
+    fn silence_emits_nothing() {
+        let mut p = Policy::new(PolicyConfig { utterance_end: Some(1.0), vad_events: true, ..Default::default() });
+        let mut out = Vec::new();
+        assert_eq!(frames(&mut p, false, 6000, &mut out), None);
+        assert!(out.is_empty());
+        assert!(!p.pending());
+        assert_eq!(p.utterance_start(), 6000 - 30);
+    }
+
+    #[test]
+    fn local_agreement_commits_the_agreed_prefix() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut out = Vec::new();
+        frames(&mut p, false, 100, &mut out);
+        assert_eq!(frames(&mut p, true, 60, &mut out), Some(Reason::Step));
+        p.on_hypothesis(Reason::Step, vec![w("Hello", 1.0, 1.3), w("wor", 1.3, 1.6)], &mut out);
+        let r = results(&out);
+        assert_eq!(r.len(), 1);
+        assert!(!r[0].is_final);
+        out.clear();
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, vec![w("Hello", 1.0, 1.3), w("world,", 1.3, 1.7), w("how", 1.8, 2.0)], &mut out);
+        let r = results(&out);
+        assert_eq!(r.len(), 2);
+        assert!(r[0].is_final && !r[0].speech_final);
+        assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["Hello"]);
+        assert!(!r[1].is_final);
+        assert_eq!(r[1].words.len(), 2);
+        out.clear();
+        // Endpoint: everything after the committed words becomes final.
+        assert_eq!(frames(&mut p, false, 50, &mut out), Some(Reason::Endpoint));
+        p.on_hypothesis(Reason::Endpoint, vec![w("Hello", 1.0, 1.3), w("world,", 1.3, 1.7), w("how", 1.8, 2.0), w("are", 2.0, 2.2)], &mut out);
+        let r = results(&out);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].is_final && r[0].speech_final);
+        assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["world,", "how", "are"]);
+        assert_eq!(p.words_final(), 4);
+        assert_eq!(p.context(100), "Hello world, how are");
+        assert!(!p.pending());
+    }
+
+    #[test]
+    fn changed_committed_words_are_not_repeated() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut out = Vec::new();
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, vec![w("one", 0.0, 0.3), w("two", 0.3, 0.6)], &mut out);
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, vec![w("one", 0.0, 0.3), w("two", 0.3, 0.6), w("three", 0.7, 1.0)], &mut out);
+        out.clear();
+        // Whisper re-spells a committed word: alignment falls back to time.
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, vec![w("One", 0.0, 0.3), w("2", 0.3, 0.6), w("three", 0.7, 1.0), w("four", 1.1, 1.3)], &mut out);
+        let r = results(&out);
+        assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["three"]);
+    }
+
+    #[test]
+    fn finalize_flushes_with_from_finalize_and_times_stay_monotonic() {
+        let mut p = Policy::new(PolicyConfig { interim_results: false, ..Default::default() });
+        let mut out = Vec::new();
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, vec![w("a", 0.5, 0.4)], &mut out);
+        assert!(out.is_empty(), "no interims when not asked for");
+        p.on_hypothesis(Reason::Finalize, vec![w("a", 0.5, 0.4), w("b", 0.3, 0.9)], &mut out);
+        let r = results(&out);
+        assert!(r[0].from_finalize && r[0].is_final);
+        let ws = &r[0].words;
+        assert!(ws[0].end >= ws[0].start && ws[1].start >= ws[0].end);
+    }
+
+    #[test]
+    fn long_utterances_are_cut_before_30_s() {
+        let mut p = Policy::new(PolicyConfig { endpoint_frames: None, ..Default::default() });
+        let mut out = Vec::new();
+        let mut reason = None;
+        for _ in 0..3000 {
+            if let Some(r) = p.on_frame(true, &mut out) {
+                if r == Reason::Cut {
+                    reason = Some(r);
+                    break;
+                }
+                p.on_hypothesis(r, Vec::new(), &mut out);
+            }
+        }
+        assert_eq!(reason, Some(Reason::Cut));
+        let hyp: Vec<Word> = (0..50).map(|i| w("x", i as f64 * 0.5, i as f64 * 0.5 + 0.4)).collect();
+        p.on_hypothesis(Reason::Cut, hyp, &mut out);
+        let r = results(&out);
+        assert!(r[0].is_final);
+        assert!(p.utterance_start() > 2000, "{}", p.utterance_start());
+    }
+
+    #[test]
+    fn utterance_end_and_speech_started() {
+        let mut p = Policy::new(PolicyConfig { utterance_end: Some(1.0), vad_events: true, ..Default::default() });
+        let mut out = Vec::new();
+        frames(&mut p, true, 10, &mut out);
+        assert!(matches!(out[0], Emit::SpeechStarted { .. }));
+        assert_eq!(frames(&mut p, false, 50, &mut out), Some(Reason::Endpoint));
+        p.on_hypothesis(Reason::Endpoint, vec![w("hi", 0.0, 0.1)], &mut out);
+        out.clear();
+        frames(&mut p, false, 200, &mut out);
+        assert_eq!(out, vec![Emit::UtteranceEnd { last_word_end: 0.1 }]);
+    }
+}

@@ -1,0 +1,511 @@
+//! The wire protocol of `/v1/listen`: Deepgram's live-streaming subset.
+//!
+//! Shared by the server and the clients (clients depend on this module, never
+//! on the server). It holds the query parameters (parsed once, before the
+//! websocket upgrade, into [`ListenParams`]), the client's text messages, the
+//! server's messages, and the mapping from every session error to a wire
+//! error and a close code.
+//!
+//! Documented choices where Deepgram leaves room:
+//! - an unknown `type` in a client text message gets an `Error` message and
+//!   the session goes on (newer clients may send messages we do not know);
+//! - a text message that is not JSON, or JSON without a string `type`, gets
+//!   an `Error` message and close 1007 (invalid payload);
+//! - empty binary frames are ignored; binary or text after `CloseStream` is
+//!   ignored (the stream is already being flushed);
+//! - a frame larger than the configured maximum closes with 1009.
+
+use serde::{Deserialize, Serialize};
+
+/// Close codes the server uses.
+pub mod close {
+    /// `CloseStream` handled: everything flushed, `Metadata` sent.
+    pub const NORMAL: u16 = 1000;
+    /// The daemon is shutting down (finals were flushed first).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Audio that is not in the announced (or any supported) format.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Malformed JSON, odd-length linear16, NaN/Inf floats.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame above the configured maximum size.
+    pub const TOO_BIG: u16 = 1009;
+    /// No audio for too long, an internal error, a client that never reads.
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// Audio encodings accepted in binary frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Signed 16-bit little-endian PCM.
+    Linear16,
+    /// 32-bit little-endian IEEE float PCM.
+    Linear32,
+    /// G.711 µ-law, 8 bits per sample.
+    Mulaw,
+    /// G.711 A-law, 8 bits per sample.
+    Alaw,
+}
+
+impl Encoding {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "linear16" => Some(Self::Linear16),
+            "linear32" => Some(Self::Linear32),
+            "mulaw" => Some(Self::Mulaw),
+            "alaw" => Some(Self::Alaw),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linear16 => "linear16",
+            Self::Linear32 => "linear32",
+            Self::Mulaw => "mulaw",
+            Self::Alaw => "alaw",
+        }
+    }
+
+    /// Bytes per sample of one channel.
+    pub fn sample_bytes(self) -> usize {
+        match self {
+            Self::Linear16 => 2,
+            Self::Linear32 => 4,
+            Self::Mulaw | Self::Alaw => 1,
+        }
+    }
+}
+
+pub const MIN_SAMPLE_RATE: u32 = 8_000;
+pub const MAX_SAMPLE_RATE: u32 = 96_000;
+pub const MAX_CHANNELS: u16 = 8;
+
+/// The query parameters of `/v1/listen`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenParams {
+    /// `None`: a WAV header is expected at the start of the stream.
+    pub encoding: Option<Encoding>,
+    pub sample_rate: Option<u32>,
+    pub channels: u16,
+    pub multichannel: bool,
+    pub interim_results: bool,
+    /// Silence (ms) that ends an utterance; `None` when `endpointing=false`.
+    pub endpointing_ms: Option<u32>,
+    pub utterance_end_ms: Option<u32>,
+    pub vad_events: bool,
+    pub language: Option<String>,
+    /// Words to bias the decoder towards (they become the prompt).
+    pub keyterms: Vec<String>,
+    pub punctuate: bool,
+    pub smart_format: bool,
+    /// Accepted for compatibility; the daemon serves the model it loaded.
+    pub model: Option<String>,
+}
+
+/// Default silence that ends an utterance. Deepgram's default is 10 ms of
+/// its own VAD; ours has a 200 ms hangover, and splitting a sentence at every
+/// breath costs Whisper its context, so the default is longer.
+pub const DEFAULT_ENDPOINTING_MS: u32 = 500;
+
+/// A query parameter that was rejected: HTTP 400 with this as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid query parameter `{param}`: {reason}")]
+pub struct ParamError {
+    pub param: String,
+    pub reason: String,
+}
+
+impl ParamError {
+    fn new(param: &str, reason: impl Into<String>) -> Self {
+        ParamError { param: param.to_string(), reason: reason.into() }
+    }
+
+    /// The HTTP 400 body.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "err_code": "INVALID_QUERY_PARAMETER",
+            "err_msg": self.to_string(),
+            "param": self.param,
+            "reason": self.reason,
+        })
+        .to_string()
+    }
+}
+
+impl ListenParams {
+    /// Parses a raw query string (without the `?`). Unknown parameters are
+    /// ignored, as Deepgram does; every known one is checked.
+    pub fn parse(query: &str) -> Result<Self, ParamError> {
+        let mut p = ListenParams {
+            encoding: None,
+            sample_rate: None,
+            channels: 1,
+            multichannel: false,
+            interim_results: false,
+            endpointing_ms: Some(DEFAULT_ENDPOINTING_MS),
+            utterance_end_ms: None,
+            vad_events: false,
+            language: None,
+            keyterms: Vec::new(),
+            punctuate: true,
+            smart_format: false,
+            model: None,
+        };
+        for pair in query.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(k).map_err(|e| ParamError::new(k, e))?;
+            let value = percent_decode(v).map_err(|e| ParamError::new(&key, e))?;
+            let k = key.as_str();
+            match k {
+                "encoding" => {
+                    p.encoding = Some(Encoding::parse(&value).ok_or_else(|| {
+                        ParamError::new(k, format!("`{value}` is not one of linear16, linear32, mulaw, alaw"))
+                    })?)
+                }
+                "sample_rate" => {
+                    let rate: u32 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
+                    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
+                        return Err(ParamError::new(k, format!("{rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz")));
+                    }
+                    p.sample_rate = Some(rate);
+                }
+                "channels" => {
+                    let n: u16 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
+                    if !(1..=MAX_CHANNELS).contains(&n) {
+                        return Err(ParamError::new(k, format!("{n} is outside 1–{MAX_CHANNELS}")));
+                    }
+                    p.channels = n;
+                }
+                "multichannel" => p.multichannel = parse_bool(k, &value)?,
+                "interim_results" => p.interim_results = parse_bool(k, &value)?,
+                "vad_events" => p.vad_events = parse_bool(k, &value)?,
+                "punctuate" => p.punctuate = parse_bool(k, &value)?,
+                "smart_format" => p.smart_format = parse_bool(k, &value)?,
+                "endpointing" => {
+                    p.endpointing_ms = match value.as_str() {
+                        "false" => None,
+                        "true" => Some(DEFAULT_ENDPOINTING_MS),
+                        _ => {
+                            let ms: u32 = value
+                                .parse()
+                                .map_err(|_| ParamError::new(k, format!("`{value}` is neither milliseconds nor false")))?;
+                            if ms > 60_000 {
+                                return Err(ParamError::new(k, "at most 60000 ms"));
+                            }
+                            Some(ms)
+                        }
+                    }
+                }
+                "utterance_end_ms" => {
+                    let ms: u32 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
+                    if !(1000..=60_000).contains(&ms) {
+                        return Err(ParamError::new(k, format!("{ms} ms is outside 1000–60000 ms")));
+                    }
+                    p.utterance_end_ms = Some(ms);
+                }
+                "language" => {
+                    let ok = !value.is_empty()
+                        && value.len() <= 16
+                        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                    if !ok {
+                        return Err(ParamError::new(k, format!("`{value}` is not a language code")));
+                    }
+                    // `en-US` → `en`: Whisper knows languages, not regions.
+                    let base = value.split(['-', '_']).next().unwrap_or(&value).to_ascii_lowercase();
+                    p.language = Some(base);
+                }
+                "keyterm" | "keywords" => {
+                    let term = value.trim();
+                    if term.len() > 200 {
+                        return Err(ParamError::new(k, "a key term is at most 200 bytes"));
+                    }
+                    if !term.is_empty() {
+                        if p.keyterms.len() >= 100 {
+                            return Err(ParamError::new(k, "at most 100 key terms"));
+                        }
+                        // Deepgram's `keywords` carry an optional `:boost`.
+                        let term = if k == "keywords" { term.split(':').next().unwrap_or(term) } else { term };
+                        p.keyterms.push(term.to_string());
+                    }
+                }
+                "model" => p.model = Some(value),
+                _ => {}
+            }
+        }
+        if p.encoding.is_some() && p.sample_rate.is_none() {
+            return Err(ParamError::new("sample_rate", "required when `encoding` is given"));
+        }
+        Ok(p)
+    }
+}
+
+fn parse_bool(param: &str, v: &str) -> Result<bool, ParamError> {
+    match v {
+        "true" | "" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ParamError::new(param, format!("`{v}` is neither true nor false"))),
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one key or value.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or("bad percent escape")?;
+                out.push(byte);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8".to_string())
+}
+
+/// A text message from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    KeepAlive,
+    Finalize,
+    CloseStream,
+    /// A well-formed message of a type we do not handle.
+    Unknown(String),
+}
+
+impl ClientMessage {
+    /// `Err` when the text is not a JSON object with a string `type`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Typed {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let t: Typed = serde_json::from_str(text).map_err(|e| format!("malformed JSON message: {e}"))?;
+        Ok(match t.kind.as_str() {
+            "KeepAlive" => Self::KeepAlive,
+            "Finalize" => Self::Finalize,
+            "CloseStream" => Self::CloseStream,
+            _ => Self::Unknown(t.kind),
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        let kind = match self {
+            Self::KeepAlive => "KeepAlive",
+            Self::Finalize => "Finalize",
+            Self::CloseStream => "CloseStream",
+            Self::Unknown(k) => k,
+        };
+        serde_json::json!({ "type": kind }).to_string()
+    }
+}
+
+/// One word of a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireWord {
+    /// Lower case, without punctuation.
+    pub word: String,
+    pub start: f64,
+    pub end: f64,
+    pub confidence: f64,
+    pub punctuated_word: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    pub transcript: String,
+    pub confidence: f64,
+    pub words: Vec<WireWord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    pub alternatives: Vec<Alternative>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMetadata {
+    pub request_id: String,
+    pub model_info: ModelInfo,
+    pub model_uuid: String,
+}
+
+/// Messages the server sends. `type` tags them as Deepgram does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ServerMessage {
+    Results {
+        /// `[channel, channel count]`.
+        channel_index: Vec<u32>,
+        duration: f64,
+        start: f64,
+        is_final: bool,
+        speech_final: bool,
+        from_finalize: bool,
+        channel: Channel,
+        metadata: ResultMetadata,
+    },
+    SpeechStarted {
+        channel: Vec<u32>,
+        timestamp: f64,
+    },
+    UtteranceEnd {
+        channel: Vec<u32>,
+        last_word_end: f64,
+    },
+    Metadata {
+        transaction_key: String,
+        request_id: String,
+        sha256: String,
+        created: String,
+        duration: f64,
+        channels: u32,
+        models: Vec<String>,
+        /// scribed: audio received but not yet transcribed when the stream
+        /// ended (the worst over the session), seconds.
+        lag_seconds: f64,
+        /// scribed: final words sent.
+        words: u64,
+    },
+    Error {
+        /// Machine-readable error kind.
+        variant: String,
+        description: String,
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(variant: &str, description: impl Into<String>) -> Self {
+        let d = description.into();
+        ServerMessage::Error { variant: variant.to_string(), message: d.clone(), description: d }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail
+        // (non-finite floats become `null`).
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// The transcript of a `Results` message, if it is one.
+    pub fn transcript(&self) -> Option<&str> {
+        match self {
+            ServerMessage::Results { channel, .. } => channel.alternatives.first().map(|a| a.transcript.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a session ends, with the error message and close code it gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    BadAudio(String),
+    #[error("{0}")]
+    UnsupportedAudio(String),
+    #[error("{0}")]
+    BadMessage(String),
+    #[error("frame of {got} bytes exceeds the {max}-byte limit")]
+    FrameTooBig { got: usize, max: usize },
+    #[error("no audio or KeepAlive for {0} s")]
+    NoAudioTimeout(u64),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SessionError {
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::BadAudio(_) | Self::BadMessage(_) => close::INVALID_PAYLOAD,
+            Self::UnsupportedAudio(_) => close::UNSUPPORTED_DATA,
+            Self::FrameTooBig { .. } => close::TOO_BIG,
+            Self::NoAudioTimeout(_) | Self::Internal(_) => close::INTERNAL,
+        }
+    }
+
+    pub fn variant(&self) -> &'static str {
+        match self {
+            Self::BadAudio(_) => "BAD_AUDIO",
+            Self::UnsupportedAudio(_) => "UNSUPPORTED_AUDIO",
+            Self::BadMessage(_) => "BAD_MESSAGE",
+            Self::FrameTooBig { .. } => "FRAME_TOO_BIG",
+            Self::NoAudioTimeout(_) => "NET-0001",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn message(&self) -> ServerMessage {
+        ServerMessage::error(self.variant(), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_defaults_and_values() {
+        let p = ListenParams::parse("").unwrap();
+        assert_eq!(p.encoding, None);
+        assert_eq!(p.endpointing_ms, Some(DEFAULT_ENDPOINTING_MS));
+        let p = ListenParams::parse(
+            "encoding=mulaw&sample_rate=8000&channels=2&interim_results=true&endpointing=false&keyterm=Kennedy&keyterm=New%20York&foo=bar&language=en-US",
+        )
+        .unwrap();
+        assert_eq!(p.encoding, Some(Encoding::Mulaw));
+        assert_eq!(p.sample_rate, Some(8000));
+        assert_eq!(p.channels, 2);
+        assert!(p.interim_results);
+        assert_eq!(p.endpointing_ms, None);
+        assert_eq!(p.keyterms, vec!["Kennedy", "New York"]);
+        assert_eq!(p.language.as_deref(), Some("en"));
+    }
+
+    #[test]
+    fn params_rejected_with_the_name() {
+        for (q, param) in [
+            ("encoding=opus&sample_rate=16000", "encoding"),
+            ("encoding=linear16", "sample_rate"),
+            ("encoding=linear16&sample_rate=4000", "sample_rate"),
+            ("encoding=linear16&sample_rate=abc", "sample_rate"),
+            ("channels=0", "channels"),
+            ("interim_results=maybe", "interim_results"),
+            ("endpointing=-5", "endpointing"),
+            ("utterance_end_ms=10", "utterance_end_ms"),
+            ("language=e%20n", "language"),
+        ] {
+            let e = ListenParams::parse(q).unwrap_err();
+            assert_eq!(e.param, param, "{q}");
+            assert!(e.to_json().contains(param));
+        }
+    }
+
+    #[test]
+    fn client_messages() {
+        assert_eq!(ClientMessage::parse(r#"{"type":"KeepAlive"}"#), Ok(ClientMessage::KeepAlive));
+        assert_eq!(ClientMessage::parse(r#"{"type":"Foo"}"#), Ok(ClientMessage::Unknown("Foo".into())));
+        assert!(ClientMessage::parse("{nope").is_err());
+        assert!(ClientMessage::parse(r#"{"kind":1}"#).is_err());
+    }
+
+    #[test]
+    fn server_message_shape() {
+        let m = ServerMessage::error("X", "y");
+        let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(v["type"], "Error");
+        assert_eq!(SessionError::FrameTooBig { got: 2, max: 1 }.close_code(), 1009);
+    }
+}

@@ -1,0 +1,197 @@
+//! The daemon's network side: `run(listener, shared, shutdown)` accepts
+//! connections until `shutdown` resolves, routes each request, and on
+//! shutdown lets every session flush its finals and close with 1001 before
+//! returning.
+//!
+//! Admission is a semaphore of `max_sessions` permits taken with
+//! `try_acquire` before the websocket upgrade: a request beyond it gets 503
+//! with `Retry-After` at once instead of queueing. The permit lives as long
+//! as the session.
+
+pub mod connection;
+pub mod http;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::backend::cpu::Cpu;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::Whisper;
+use crate::protocol::ListenParams;
+
+/// What every connection shares: the model (read-only), the settings, the
+/// metrics and the session slots.
+pub struct Shared {
+    pub model: Arc<Whisper<Cpu>>,
+    pub model_name: String,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub slots: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(model: Arc<Whisper<Cpu>>, config: Config) -> (Arc<Shared>, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(false);
+        let model_name = model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "whisper".into());
+        let shared = Shared {
+            model,
+            model_name,
+            slots: Arc::new(Semaphore::new(config.max_sessions)),
+            config,
+            metrics: Arc::new(Metrics::default()),
+            shutdown: rx,
+            next_id: AtomicU64::new(1),
+        };
+        (Arc::new(shared), tx)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains the sessions.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: watch::Sender<bool>, shutdown: impl Future<Output = ()>) {
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    tasks.spawn(async move { handle(stream, shared).await; let _ = peer; });
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let active = shared.metrics.sessions_active.load(Ordering::Relaxed);
+    tracing::info!(active, "shutting down: flushing sessions");
+    let _ = stop.send(true);
+    let grace = shared.config.shutdown_grace;
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(?grace, "sessions still open after the grace period; closing them");
+        tasks.shutdown().await;
+    }
+}
+
+async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
+    let req = match tokio::time::timeout(Duration::from_secs(10), http::read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(http::HeadError::TooLarge)) => {
+            return http::respond_json(&mut stream, 431, &[], &http::error_body("HEAD_TOO_LARGE", "request head too large")).await
+        }
+        Ok(Err(http::HeadError::Malformed(m))) => {
+            return http::respond_json(&mut stream, 400, &[], &http::error_body("BAD_REQUEST", &m)).await
+        }
+        _ => return,
+    };
+    if req.method != "GET" {
+        return http::respond_json(&mut stream, 405, &[("Allow", "GET".into())], &http::error_body("METHOD_NOT_ALLOWED", "only GET"))
+            .await;
+    }
+    match req.path.as_str() {
+        "/healthz" => http::respond(&mut stream, 200, "text/plain", &[], "ok\n").await,
+        "/readyz" => {
+            if shared.slots.available_permits() > 0 && !shared.shutting_down() {
+                http::respond(&mut stream, 200, "text/plain", &[], "ready\n").await
+            } else {
+                http::respond(&mut stream, 503, "text/plain", &[("Retry-After", "1".into())], "busy\n").await
+            }
+        }
+        "/metrics" => {
+            let body = shared.metrics.render(shared.config.max_sessions);
+            http::respond(&mut stream, 200, "text/plain; version=0.0.4", &[], &body).await
+        }
+        "/v1/listen" | "/v1/listen/" => listen(stream, req, shared).await,
+        _ => http::respond_json(&mut stream, 404, &[], &http::error_body("NOT_FOUND", "no such route")).await,
+    }
+}
+
+/// `/v1/listen`: auth, parameters, admission, upgrade — in that order.
+async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) {
+    let m = &shared.metrics;
+    let echo = match http::authorize(&req, &shared.config.api_keys) {
+        http::Auth::Allowed { echo_token_protocol } => echo_token_protocol,
+        http::Auth::Denied => {
+            m.rejected_auth_total.fetch_add(1, Ordering::Relaxed);
+            let body = http::error_body("INVALID_AUTH", "missing or wrong API key (Authorization: Token KEY)");
+            return http::respond_json(&mut stream, 401, &[("WWW-Authenticate", "Token".into())], &body).await;
+        }
+    };
+    let params = match ListenParams::parse(&req.query) {
+        Ok(p) => p,
+        Err(e) => {
+            m.rejected_params_total.fetch_add(1, Ordering::Relaxed);
+            return http::respond_json(&mut stream, 400, &[], &e.to_json()).await;
+        }
+    };
+    if !req.is_upgrade() {
+        let body = http::error_body("UPGRADE_REQUIRED", "/v1/listen is a websocket endpoint");
+        return http::respond_json(&mut stream, 426, &[("Upgrade", "websocket".into())], &body).await;
+    }
+    if shared.shutting_down() {
+        let body = http::error_body("SHUTTING_DOWN", "the daemon is shutting down");
+        return http::respond_json(&mut stream, 503, &[("Retry-After", "5".into())], &body).await;
+    }
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        m.rejected_busy_total.fetch_add(1, Ordering::Relaxed);
+        let body = http::error_body("TOO_MANY_SESSIONS", "every session slot is in use; retry later");
+        return http::respond_json(&mut stream, 503, &[("Retry-After", "1".into())], &body).await;
+    };
+    let id = shared.next_id();
+    let request_id = request_id(id);
+    let Some(answer) = http::handshake_response(&req, echo, &request_id) else { return };
+    use tokio::io::AsyncWriteExt;
+    if stream.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(shared.config.max_frame_bytes))
+        .max_frame_size(Some(shared.config.max_frame_bytes));
+    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        stream,
+        req.rest,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(ws_config),
+    )
+    .await;
+    connection::serve(ws, params, shared.clone(), request_id, id, shared.shutdown.clone()).await;
+    drop(permit);
+}
+
+/// A unique, UUID-shaped request id (time and sequence number).
+fn request_id(seq: u64) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let h = (t as u64) ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (h >> 32) as u32,
+        (h >> 16) as u16,
+        (h & 0xfff) as u16,
+        (seq & 0xfff) as u16,
+        (t as u64 ^ seq) & 0xffff_ffff_ffff
+    )
+}

@@ -1,0 +1,130 @@
+//! A session: one stream's audio turned into text.
+//!
+//! Each channel of a session is a [`Pipe`]: the network side owns the
+//! producer half of a lock-free SPSC ring (`ringbuf`) of 16 kHz samples and
+//! the sending half of a control channel; a worker on its own OS thread owns
+//! the consumer half, the VAD, the streaming policy and a `Transcriber` (the
+//! per-stream decoder state), and sends JSON back over a bounded tokio
+//! channel. The two sides meet only there: the worker never touches the
+//! socket and the network task never waits on inference.
+
+pub mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ringbuf::traits::{Producer, Split};
+use ringbuf::{HeapProd, HeapRb};
+use tokio::sync::{mpsc, Notify};
+
+use crate::backend::cpu::Cpu;
+use crate::metrics::Metrics;
+use crate::model::Whisper;
+use crate::policy::PolicyConfig;
+
+/// Network → worker. Every message carries the count of samples pushed into
+/// the ring before it, so the worker acts on exactly the audio that came
+/// before it on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Audio up to `upto` is in the ring.
+    Audio { upto: u64 },
+    /// Flush everything up to `upto` (`Finalize`).
+    Finalize { upto: u64 },
+    /// Flush everything up to `upto`, report and stop.
+    Close { upto: u64 },
+}
+
+/// Worker → network.
+#[derive(Debug)]
+pub enum Output {
+    /// A server message, already serialised.
+    Message { json: String, is_final: bool, has_words: bool },
+    /// The worker flushed and stopped.
+    Done(ChannelSummary),
+    /// The worker failed (an error or a panic); the session ends.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChannelSummary {
+    pub words: u64,
+    pub audio_seconds: f64,
+    /// Worst lag seen: audio received but not yet transcribed, seconds.
+    pub max_lag_seconds: f64,
+    pub transcriptions: u64,
+}
+
+/// Per-session settings the worker needs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub policy: PolicyConfig,
+    pub keyterms: Vec<String>,
+    pub language: Option<String>,
+    pub punctuate: bool,
+    pub request_id: String,
+    pub model_name: String,
+    pub channel_index: u32,
+    pub channel_count: u32,
+    /// Metrics key of this channel (unique in the process).
+    pub metrics_key: u64,
+}
+
+/// The network side of one channel.
+pub struct Pipe {
+    prod: HeapProd<f32>,
+    ctl: std::sync::mpsc::Sender<Control>,
+    /// Samples pushed into the ring so far (shared with the worker: lag).
+    received: Arc<AtomicU64>,
+    pushed: u64,
+    /// Samples waiting for room in the ring (backpressure).
+    pub pending: Vec<f32>,
+}
+
+impl Pipe {
+    /// Starts the worker thread of one channel.
+    pub fn spawn(
+        model: Arc<Whisper<Cpu>>,
+        settings: WorkerSettings,
+        ring_samples: usize,
+        space: Arc<Notify>,
+        out: mpsc::Sender<Output>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Pipe> {
+        let (prod, cons) = HeapRb::<f32>::new(ring_samples.max(16_000)).split();
+        let (ctl, ctl_rx) = std::sync::mpsc::channel();
+        let received = Arc::new(AtomicU64::new(0));
+        let ctx = worker::Context { model, settings, cons, ctl: ctl_rx, space, received: received.clone(), out, metrics };
+        std::thread::Builder::new().name("scribed-session".into()).spawn(move || worker::run(ctx))?;
+        Ok(Pipe { prod, ctl, received, pushed: 0, pending: Vec::new() })
+    }
+
+    /// Moves as much pending audio into the ring as fits. Returns whether
+    /// everything went in.
+    pub fn push_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let n = self.prod.push_slice(&self.pending);
+        if n > 0 {
+            self.pending.drain(..n);
+            self.pushed += n as u64;
+            self.received.store(self.pushed, Ordering::Release);
+            // A worker that is gone shows up as a closed output channel.
+            let _ = self.ctl.send(Control::Audio { upto: self.pushed });
+        }
+        self.pending.is_empty()
+    }
+
+    pub fn finalize(&self) {
+        let _ = self.ctl.send(Control::Finalize { upto: self.pushed });
+    }
+
+    pub fn close(&self) {
+        let _ = self.ctl.send(Control::Close { upto: self.pushed });
+    }
+
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+}

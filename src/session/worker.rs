@@ -1,0 +1,318 @@
+//! The session worker: one OS thread per session channel that drains the
+//! ring, runs the VAD and the streaming policy, and transcribes.
+//!
+//! Inference blocks for hundreds of milliseconds, so it runs here and not on
+//! the async runtime. Under load the worker coalesces: it drains all the
+//! audio that arrived while it was busy before the next hypothesis, so a
+//! slow machine makes fewer, larger steps (and reports its lag) instead of
+//! falling further behind. Endpoints are still served at the exact frame.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringbuf::traits::Consumer;
+use ringbuf::HeapCons;
+use tokio::sync::{mpsc, Notify};
+
+use super::{ChannelSummary, Control, Output, WorkerSettings};
+use crate::audio::vad::{Vad, VadConfig, FRAME};
+use crate::backend::cpu::Cpu;
+use crate::decode::{DecodeOptions, Transcriber};
+use crate::metrics::Metrics;
+use crate::model::Whisper;
+use crate::policy::{normalize, Emit, Policy, Reason, Update, Word};
+use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMessage, WireWord};
+
+/// Characters of earlier final text put into the prompt.
+const CONTEXT_CHARS: usize = 200;
+
+pub struct Context {
+    pub model: Arc<Whisper<Cpu>>,
+    pub settings: WorkerSettings,
+    pub cons: HeapCons<f32>,
+    pub ctl: Receiver<Control>,
+    pub space: Arc<Notify>,
+    pub received: Arc<AtomicU64>,
+    pub out: mpsc::Sender<Output>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why the worker stopped early.
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("the client went away")]
+    Gone,
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// The thread's body: a panic or an error ends this session only.
+pub fn run(ctx: Context) {
+    let out = ctx.out.clone();
+    let metrics = ctx.metrics.clone();
+    let key = ctx.settings.metrics_key;
+    let result = catch_unwind(AssertUnwindSafe(|| Worker::new(ctx).and_then(|mut w| w.run())));
+    metrics.clear_lag(key);
+    let failure = match result {
+        Ok(Ok(())) | Ok(Err(WorkerError::Gone)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => {
+            metrics.worker_panics_total.fetch_add(1, Ordering::Relaxed);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            tracing::error!(panic = %what, "session worker panicked");
+            format!("session worker panicked: {what}")
+        }
+    };
+    let _ = out.blocking_send(Output::Failed(failure));
+}
+
+struct Worker {
+    model: Arc<Whisper<Cpu>>,
+    s: WorkerSettings,
+    cons: HeapCons<f32>,
+    ctl: Receiver<Control>,
+    space: Arc<Notify>,
+    received: Arc<AtomicU64>,
+    out: mpsc::Sender<Output>,
+    metrics: Arc<Metrics>,
+    policy: Policy,
+    vad: Vad,
+    /// Audio of the current utterance; `buf[0]` is frame `buf_start`.
+    buf: Vec<f32>,
+    buf_start: u64,
+    /// A partial 10 ms frame.
+    frame: Vec<f32>,
+    consumed: u64,
+    chunk: Vec<f32>,
+    emits: Vec<Emit>,
+    summary: ChannelSummary,
+}
+
+impl Worker {
+    fn new(ctx: Context) -> Result<Self, WorkerError> {
+        let policy = Policy::new(ctx.settings.policy.clone());
+        Ok(Worker {
+            model: ctx.model,
+            s: ctx.settings,
+            cons: ctx.cons,
+            ctl: ctx.ctl,
+            space: ctx.space,
+            received: ctx.received,
+            out: ctx.out,
+            metrics: ctx.metrics,
+            policy,
+            vad: Vad::new(VadConfig::default()),
+            buf: Vec::with_capacity(31 * 16_000),
+            buf_start: 0,
+            frame: Vec::with_capacity(FRAME),
+            consumed: 0,
+            chunk: vec![0.0; 8_000],
+            emits: Vec::new(),
+            summary: ChannelSummary::default(),
+        })
+    }
+
+    fn run(&mut self) -> Result<(), WorkerError> {
+        let model = self.model.clone();
+        let mut tr = Transcriber::new(&model, 1).map_err(|e| WorkerError::Engine(e.to_string()))?;
+        loop {
+            // A closed control channel: the connection is gone, stop quietly.
+            let first = self.ctl.recv().map_err(|_| WorkerError::Gone)?;
+            let mut batch = vec![first];
+            batch.extend(self.ctl.try_iter());
+            for ctl in batch {
+                match ctl {
+                    Control::Audio { upto } => self.consume(upto, &mut tr)?,
+                    Control::Finalize { upto } => {
+                        self.consume(upto, &mut tr)?;
+                        self.flush(Reason::Finalize, &mut tr)?;
+                    }
+                    Control::Close { upto } => {
+                        self.consume(upto, &mut tr)?;
+                        // The partial last frame belongs to the stream too.
+                        if !self.frame.is_empty() {
+                            let f = std::mem::take(&mut self.frame);
+                            self.buf.extend_from_slice(&f);
+                        }
+                        self.flush(Reason::Close, &mut tr)?;
+                        self.summary.words = self.policy.words_final();
+                        self.summary.audio_seconds = self.consumed as f64 / 16_000.0;
+                        let _ = self.out.blocking_send(Output::Done(self.summary));
+                        return Ok(());
+                    }
+                }
+            }
+            if self.policy.step_due() {
+                self.transcribe(Reason::Step, &mut tr)?;
+            }
+        }
+    }
+
+    /// Feeds the audio up to sample `upto` through the VAD and the policy,
+    /// serving endpoints and cuts at their exact frame.
+    fn consume(&mut self, upto: u64, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
+        while self.consumed < upto {
+            let want = ((upto - self.consumed) as usize).min(self.chunk.len());
+            let n = self.cons.pop_slice(&mut self.chunk[..want]);
+            if n == 0 {
+                // The network side pushes before it sends `upto`; this is
+                // unreachable unless the ring lies.
+                break;
+            }
+            self.space.notify_one();
+            self.consumed += n as u64;
+            for i in 0..n {
+                self.frame.push(self.chunk[i]);
+                if self.frame.len() < FRAME {
+                    continue;
+                }
+                let speech = self.vad.push(&self.frame);
+                self.buf.extend_from_slice(&self.frame);
+                self.frame.clear();
+                let due = self.policy.on_frame(speech, &mut self.emits);
+                self.send_emits()?;
+                self.trim();
+                if let Some(r @ (Reason::Endpoint | Reason::Cut)) = due {
+                    self.transcribe(r, tr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the audio before the policy's utterance start.
+    fn trim(&mut self) {
+        let start = self.policy.utterance_start();
+        if start > self.buf_start {
+            let n = (((start - self.buf_start) as usize) * FRAME).min(self.buf.len());
+            self.buf.drain(..n);
+            self.buf_start = start;
+        }
+    }
+
+    fn flush(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
+        if self.policy.pending() {
+            self.transcribe(reason, tr)
+        } else {
+            self.policy.flush_empty(reason, &mut self.emits);
+            self.send_emits()?;
+            self.trim();
+            Ok(())
+        }
+    }
+
+    fn transcribe(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
+        let mut prompt = self.s.keyterms.join(", ");
+        let context = self.policy.context(CONTEXT_CHARS);
+        if !context.is_empty() {
+            if !prompt.is_empty() {
+                prompt.push_str(". ");
+            }
+            prompt.push_str(context);
+        }
+        let multilingual = self.model.is_multilingual();
+        let opts = DecodeOptions {
+            beam_size: 1,
+            best_of: 1,
+            temperatures: vec![0.0],
+            word_timestamps: true,
+            condition_on_previous_text: false,
+            initial_prompt: (!prompt.is_empty()).then_some(prompt),
+            language: if multilingual { self.s.language.clone() } else { None },
+            vad: true,
+            ..DecodeOptions::default()
+        };
+        let t0 = Instant::now();
+        let transcript = tr.transcribe(&self.buf, &opts, &mut |_| {}).map_err(|e| WorkerError::Engine(e.to_string()))?;
+        let spent = t0.elapsed();
+        let offset = self.buf_start as f64 * 0.01;
+        let words: Vec<Word> = transcript
+            .segments
+            .iter()
+            .flat_map(|s| s.words.iter().flatten())
+            .filter(|w| !w.word.trim().is_empty())
+            .map(|w| Word { text: w.word.trim().to_string(), start: offset + w.start, end: offset + w.end, probability: w.probability })
+            .collect();
+        self.policy.on_hypothesis(reason, words, &mut self.emits);
+        self.summary.transcriptions += 1;
+        self.metrics.transcriptions_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.inference_us.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
+        let received = self.received.load(Ordering::Acquire);
+        let lag = received.saturating_sub(self.consumed) as f64 / 16_000.0 + spent.as_secs_f64();
+        self.summary.max_lag_seconds = self.summary.max_lag_seconds.max(lag);
+        self.metrics.set_lag(self.s.metrics_key, (lag * 1e3) as u64);
+        tracing::debug!(?reason, audio_s = self.buf.len() as f64 / 16_000.0, ms = spent.as_millis() as u64, lag, "hypothesis");
+        self.send_emits()?;
+        self.trim();
+        Ok(())
+    }
+
+    fn send_emits(&mut self) -> Result<(), WorkerError> {
+        for e in std::mem::take(&mut self.emits) {
+            let ch = vec![self.s.channel_index, self.s.channel_count];
+            let (msg, is_final, has_words) = match e {
+                Emit::SpeechStarted { timestamp } => (ServerMessage::SpeechStarted { channel: ch, timestamp }, false, false),
+                Emit::UtteranceEnd { last_word_end } => (ServerMessage::UtteranceEnd { channel: ch, last_word_end }, false, false),
+                Emit::Results(u) => {
+                    let has = !u.words.is_empty();
+                    let fin = u.is_final;
+                    if fin {
+                        self.metrics.results_final_total.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.words_final_total.fetch_add(u.words.len() as u64, Ordering::Relaxed);
+                    } else {
+                        self.metrics.results_interim_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (self.results(u, ch), fin, has)
+                }
+            };
+            let json = msg.to_json();
+            self.out.blocking_send(Output::Message { json, is_final, has_words }).map_err(|_| WorkerError::Gone)?;
+        }
+        Ok(())
+    }
+
+    fn results(&self, u: Update, channel_index: Vec<u32>) -> ServerMessage {
+        let words: Vec<WireWord> = u
+            .words
+            .iter()
+            .map(|w| WireWord {
+                word: normalize(&w.text),
+                start: w.start,
+                end: w.end,
+                confidence: round3(w.probability as f64),
+                punctuated_word: w.text.clone(),
+            })
+            .collect();
+        let transcript = if self.s.punctuate {
+            words.iter().map(|w| w.punctuated_word.as_str()).collect::<Vec<_>>().join(" ")
+        } else {
+            words.iter().map(|w| w.word.as_str()).collect::<Vec<_>>().join(" ")
+        };
+        let confidence = if words.is_empty() { 0.0 } else { words.iter().map(|w| w.confidence).sum::<f64>() / words.len() as f64 };
+        ServerMessage::Results {
+            channel_index,
+            duration: round3(u.end - u.start),
+            start: u.start,
+            is_final: u.is_final,
+            speech_final: u.speech_final,
+            from_finalize: u.from_finalize,
+            channel: Channel { alternatives: vec![Alternative { transcript, confidence: round3(confidence), words }] },
+            metadata: ResultMetadata {
+                request_id: self.s.request_id.clone(),
+                model_info: ModelInfo { name: self.s.model_name.clone(), version: env!("CARGO_PKG_VERSION").into(), arch: "whisper".into() },
+                model_uuid: self.s.model_name.clone(),
+            },
+        }
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
