@@ -463,7 +463,8 @@ mod tests {
         let mut p = Policy::new(PolicyConfig::default());
         let mut out = Vec::new();
         frames(&mut p, false, 100, &mut out);
-        assert_eq!(frames(&mut p, true, 60, &mut out), Some(Reason::Step));
+        // The first speech frame starts the step clock.
+        assert_eq!(frames(&mut p, true, 61, &mut out), Some(Reason::Step));
         p.on_hypothesis(Reason::Step, vec![w("Hello", 1.0, 1.3), w("wor", 1.3, 1.6)], &mut out);
         let r = results(&out);
         assert_eq!(r.len(), 1);
