@@ -29,10 +29,6 @@ pub mod config;
 pub mod decode;
 pub mod metrics;
 pub mod model;
-// Wire-format PCM lives beside the audio front end; it is mounted here so the
-// daemon's work leaves `audio/mod.rs` untouched.
-#[path = "audio/pcm.rs"]
-pub mod pcm;
 pub mod policy;
 pub mod protocol;
 pub mod server;

@@ -315,7 +315,7 @@ fn other_encodings_give_the_same_words() {
     let run = |q: &str, frames| rt.block_on(session(&d.ws(q), &[], with_close(frames), FAST));
     let base = run("encoding=linear16&sample_rate=16000", audio.chunks(800).map(pcm16).collect()).finals();
     let a8 = resample(&audio, 8_000);
-    let mulaw: Vec<u8> = a8.iter().map(|&x| scribed::pcm::linear_to_mulaw((x.clamp(-1.0, 1.0) * 32767.0) as i16)).collect();
+    let mulaw: Vec<u8> = a8.iter().map(|&x| scribed::audio::pcm::linear_to_mulaw((x.clamp(-1.0, 1.0) * 32767.0) as i16)).collect();
     let a44 = resample(&audio, 44_100);
     let stereo: Vec<f32> = a44.iter().flat_map(|&x| [x, x]).collect();
     let a48 = resample(&audio, 48_000);

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod mel;
+pub mod pcm;
 pub mod resample;
 pub mod vad;
 

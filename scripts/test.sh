@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the project's one test command (also what CI runs).
+#
+#   bash scripts/test.sh [extra cargo test args...]
+#
+# 1. scripts/setup.sh --with-base --no-run: installs what is missing, fetches
+#    models/tiny.en and models/base (checked by sha256), cargo build --release.
+# 2. cargo test --release: every unit and integration test; the integration
+#    tests run the real binary (CARGO_BIN_EXE_scribed) on real audio from
+#    ../shared/audio.
+# Exits non-zero when anything fails. Cargo's own "test result:" lines are
+# printed as they come, then one total line.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+bash scripts/setup.sh --with-base --no-run
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+echo "test: cargo test --release $*"
+set +e
+cargo test --release "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+
+# One total over all test binaries, from cargo's per-binary summary lines.
+awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i) ~ /^passed/)  p += $(i-1)
+            if ($(i) ~ /^failed/)  f += $(i-1)
+            if ($(i) ~ /^ignored/) s += $(i-1)
+        }
+        n++
+     }
+     END { if (n) printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+if [ "$rc" -ne 0 ]; then
+    echo "test: FAILED (cargo test exit $rc)" >&2
+fi
+exit "$rc"
