@@ -95,7 +95,7 @@ impl PcmDecoder {
         };
         let bytes = format.sample.bytes();
         if !self.carry_partial {
-            if frame.len() % bytes != 0 {
+            if !frame.len().is_multiple_of(bytes) {
                 let name = match format.sample {
                     SampleFormat::Linear16 => "linear16",
                     SampleFormat::Linear32 => "linear32",

@@ -7,6 +7,10 @@ use crate::model::ct2::Ct2File;
 use crate::model::layers::{matrix, LayerNorm, Linear, Mlp};
 use crate::model::{Dims, ModelError};
 
+/// Where a forward pass copies the cross-attention weights of the requested
+/// (layer, head) pairs.
+type AlignmentOut<'a> = (&'a [(usize, usize)], &'a mut Vec<f32>);
+
 pub struct DecoderBlock<B: Backend> {
     attn_ln: LayerNorm<B>,
     /// Fused Q;K;V, `[3d, d]`.
@@ -183,7 +187,7 @@ impl<B: Backend> TextDecoder<B> {
 
     #[allow(clippy::too_many_arguments)]
     fn run(&self, b: &B, st: &mut DecoderState<B>, tokens: &[u32], seqs: usize, select: &[usize],
-        logits: &mut Vec<f32>, mut align: Option<(&[(usize, usize)], &mut Vec<f32>)>) {
+        logits: &mut Vec<f32>, mut align: Option<AlignmentOut<'_>>) {
         let d = self.d;
         assert_eq!(seqs, st.seqs, "decoder: {seqs} sequences fed to a state holding {}", st.seqs);
         let q_len = tokens.len() / seqs;

@@ -82,7 +82,7 @@ impl Dims {
             return Err(mismatch("no encoder or decoder layers found".into()));
         }
         for heads in [dims.encoder_heads, dims.decoder_heads] {
-            if heads == 0 || dims.d_model % heads != 0 {
+            if heads == 0 || !dims.d_model.is_multiple_of(heads) {
                 return Err(mismatch(format!("{heads} heads do not divide d_model {}", dims.d_model)));
             }
         }
