@@ -149,7 +149,7 @@ impl Backend for Cpu {
             }),
         }
         if b.is_some() || act != Activation::None {
-            dst.par_chunks_mut(n).for_each(|row| epilogue(row, b.map(|v| v.as_slice()), act, None));
+            dst.par_chunks_mut(n).for_each(|row| epilogue(row, b.map(|v| v.as_slice()), act));
         }
     }
 
@@ -193,7 +193,7 @@ impl Backend for Cpu {
                 CpuMatrix::F16 { .. } => unreachable!("convolution weights are loaded as f32"),
             }
         });
-        out.data[..t_out * n].par_chunks_mut(n).for_each(|row| epilogue(row, Some(b), Activation::Gelu, None));
+        out.data[..t_out * n].par_chunks_mut(n).for_each(|row| epilogue(row, Some(b), Activation::Gelu));
     }
 
     fn add_rows(&self, x: &mut CpuBuf, table: &CpuMatrix, offset: usize) {
@@ -416,7 +416,7 @@ fn skinny_linear(x: &[f32], x_stride: usize, m: usize, w: &CpuMatrix, b: Option<
     });
 }
 
-fn epilogue(row: &mut [f32], b: Option<&[f32]>, act: Activation, _res: Option<&[f32]>) {
+fn epilogue(row: &mut [f32], b: Option<&[f32]>, act: Activation) {
     if let Some(b) = b {
         row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
     }
