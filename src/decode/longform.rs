@@ -192,16 +192,23 @@ impl<'m, B: Backend> Transcriber<'m, B> {
     fn language(&mut self, mel: &[f32], content_frames: usize, opts: &DecodeOptions)
         -> Result<(String, f32), DecodeError> {
         let tok = &self.model.tokenizer;
+        // A requested language is resolved through the vocabulary, which
+        // knows both codes and English names.
+        let requested = match opts.language.as_deref() {
+            None => None,
+            Some(l) => Some(
+                tok.language_token(l)
+                    .and_then(|id| tok.language_code(id))
+                    .ok_or_else(|| DecodeError::UnknownLanguage(l.into()))?,
+            ),
+        };
         if !tok.is_multilingual() {
-            return match opts.language.as_deref() {
-                None => Ok(("en".into(), 1.0)),
-                Some(l) if tok_code(l) == "en" => Ok(("en".into(), 1.0)),
-                Some(l) => Err(DecodeError::EnglishOnly(l.into())),
+            return match requested {
+                None | Some("en") => Ok(("en".into(), 1.0)),
+                Some(_) => Err(DecodeError::EnglishOnly(opts.language.clone().unwrap_or_default())),
             };
         }
-        if let Some(l) = opts.language.as_deref() {
-            let id = tok.language_token(l).ok_or_else(|| DecodeError::UnknownLanguage(l.into()))?;
-            let code = tok.language_code(id).ok_or_else(|| DecodeError::UnknownLanguage(l.into()))?;
+        if let Some(code) = requested {
             return Ok((code.into(), 1.0));
         }
         let model = self.model;
@@ -309,14 +316,5 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             seg.3 = Some(ws);
         }
         last_end
-    }
-}
-
-fn tok_code(l: &str) -> String {
-    let l = l.to_ascii_lowercase();
-    if l == "english" {
-        "en".into()
-    } else {
-        l
     }
 }
