@@ -1,0 +1,492 @@
+//! Streaming benchmark: replays the shared audio through the real daemon over
+//! real websockets at real-time pace and reports what a live-captioning user
+//! feels — interim and final word latency, streaming vs offline word error
+//! rate, how many concurrent sessions keep up — and, with `--soak-hours`,
+//! whether memory or latency grow over a long session.
+//!
+//! ```text
+//! cargo bench --bench stream                                  # 1 session, 6 files
+//! cargo bench --bench stream -- --sessions 1,2,3 --files 6    # capacity sweep
+//! cargo bench --bench stream -- --soak-hours 3 --speed 2      # no-growth run
+//! ```
+//!
+//! It starts its own daemon (this build's `scribed serve` on a free loopback
+//! port) and stops it at the end; `--url` uses a running one instead.
+//!
+//! Latency of a word: the time its final (or first interim) result arrived
+//! minus the time the end of its audio was sent (stream start + word end /
+//! speed). A word's first interim is the first result of any kind holding a
+//! word with the same text starting within 0.5 s of it. Offline WER is
+//! computed in-process (greedy, the same model) before streaming starts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Args {
+    /// A running daemon; by default the benchmark starts its own.
+    #[arg(long)]
+    url: Option<String>,
+    /// Concurrent sessions; a comma-separated list runs one row each.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    sessions: Vec<usize>,
+    /// Playback speed (1 = real time).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    #[arg(long, default_value = "../shared/audio")]
+    audio_dir: PathBuf,
+    #[arg(long, default_value = "models/tiny.en")]
+    model: PathBuf,
+    /// Reference files to replay per session (the shorter LibriSpeech ones
+    /// and jfk, in manifest order).
+    #[arg(long, default_value_t = 6)]
+    files: usize,
+    /// Instead of the latency run: one session streaming all reference files
+    /// joined, repeated for this many hours of audio.
+    #[arg(long)]
+    soak_hours: Option<f64>,
+    /// Seconds between RSS/lag samples in the soak run.
+    #[arg(long, default_value_t = 10.0)]
+    sample_every: f64,
+    /// `cargo bench` passes this; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let refs = reference_files(&a.audio_dir)?;
+    let max = a.sessions.iter().copied().max().unwrap_or(1).max(1);
+    let daemon = match &a.url {
+        Some(_) => None,
+        None => Some(Daemon::start(&a.model, max + 1)?),
+    };
+    let url = a.url.clone().unwrap_or_else(|| format!("ws://{}", daemon.as_ref().map_or("", |d| d.addr.as_str())));
+    let pid = daemon.as_ref().map(|d| d.child.id());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match a.soak_hours {
+        Some(hours) => soak(&rt, &a, &url, pid, &refs, hours)?,
+        None => latency(&rt, &a, &url, refs)?,
+    }
+    drop(daemon);
+    Ok(())
+}
+
+/// `(file, reference transcript)` of every file with a reference, shortest
+/// clips first as in the manifest.
+fn reference_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let manifest = std::fs::read_to_string(dir.join("manifest.tsv"))?;
+    Ok(manifest
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            let (file, secs, reference) = (c.first()?, c.get(1)?.parse::<f64>().ok()?, c.get(2)?);
+            (!reference.starts_with('[') && secs < 40.0).then(|| (file.to_string(), reference.to_string()))
+        })
+        .collect())
+}
+
+/// This build's daemon on a free loopback port, stopped with SIGTERM on drop.
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(model: &std::path::Path, max_sessions: usize) -> anyhow::Result<Daemon> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scribed"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-sessions", &max_sessions.to_string(), "--model"])
+            .arg(model)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).read_line(&mut line)?;
+        let addr = line.trim().strip_prefix("listening on ").map(str::to_string);
+        match addr {
+            Some(addr) => Ok(Daemon { child, addr }),
+            None => {
+                let _ = child.kill();
+                anyhow::bail!("the daemon did not start (said {line:?})")
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn norm(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect::<String>())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+fn word_errors(reference: &str, hyp: &str) -> (usize, usize) {
+    let (r, h) = (norm(reference), norm(hyp));
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    (prev[h.len()], r.len())
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn words(m: &Value) -> Vec<Value> {
+    m["channel"]["alternatives"][0]["words"].as_array().cloned().unwrap_or_default()
+}
+
+fn to_linear16(samples: &[f32]) -> Vec<Vec<u8>> {
+    samples
+        .chunks(320)
+        .map(|c| c.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect())
+        .collect()
+}
+
+/// Streams `samples` as one session in 20 ms frames at `speed`, then
+/// `CloseStream`; returns every message with its arrival time, and the
+/// stream's start.
+async fn stream_one(url: &str, samples: &[f32], speed: f64) -> anyhow::Result<(Vec<(Instant, Value)>, Instant)> {
+    let full = format!("{url}/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true");
+    let (ws, _) = tokio_tungstenite::connect_async(full.as_str()).await?;
+    let (mut tx, mut rx) = ws.split();
+    let frames = to_linear16(samples);
+    let t0 = Instant::now();
+    let start = tokio::time::Instant::from_std(t0);
+    let gap = Duration::from_secs_f64(0.02 / speed);
+    let sender = async move {
+        for (i, f) in frames.into_iter().enumerate() {
+            // A frame is sent once all of its audio has "happened".
+            tokio::time::sleep_until(start + gap * (i as u32 + 1)).await;
+            if tx.send(Message::binary(f)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Message::text(r#"{"type":"CloseStream"}"#)).await;
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    };
+    let receiver = async {
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = rx.next().await {
+            match m {
+                Message::Text(t) => got.push((Instant::now(), serde_json::from_str(t.as_str()).unwrap_or(Value::Null))),
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        got
+    };
+    tokio::select! { got = receiver => Ok((got, t0)), _ = sender => anyhow::bail!("the daemon never closed the stream") }
+}
+
+#[derive(Default)]
+struct Tally {
+    interim: Vec<f64>,
+    fin: Vec<f64>,
+    errors: usize,
+    words: usize,
+    lag: Vec<f64>,
+}
+
+fn score(msgs: &[(Instant, Value)], t0: Instant, speed: f64, reference: &str, t: &mut Tally) {
+    let mut finals = String::new();
+    for (at, m) in msgs {
+        if m["type"] == "Metadata" {
+            t.lag.push(m["lag_seconds"].as_f64().unwrap_or(0.0));
+        }
+        if m["type"] != "Results" || m["is_final"] != true {
+            continue;
+        }
+        finals.push(' ');
+        finals.push_str(m["channel"]["alternatives"][0]["transcript"].as_str().unwrap_or(""));
+        for w in words(m) {
+            let (ws, we) = (w["start"].as_f64().unwrap_or(0.0), w["end"].as_f64().unwrap_or(0.0));
+            let spoken = t0 + Duration::from_secs_f64(we / speed);
+            t.fin.push(at.saturating_duration_since(spoken).as_secs_f64());
+            let first = msgs
+                .iter()
+                .filter(|(_, m2)| m2["type"] == "Results")
+                .find(|(_, m2)| {
+                    words(m2).iter().any(|w2| {
+                        w2["word"] == w["word"] && (w2["start"].as_f64().unwrap_or(-9.0) - ws).abs() < 0.5
+                    })
+                })
+                .map_or(*at, |(a, _)| *a);
+            t.interim.push(first.saturating_duration_since(spoken).as_secs_f64());
+        }
+    }
+    let (e, n) = word_errors(reference, &finals);
+    t.errors += e;
+    t.words += n;
+}
+
+/// The latency run: `files` reference files per session, for each session
+/// count in `--sessions`, one table row each.
+fn latency(rt: &tokio::runtime::Runtime, a: &Args, url: &str, refs: Vec<(String, String)>) -> anyhow::Result<()> {
+    // Offline transcripts first, so they do not compete with the streams.
+    let model = scribed::model::Whisper::load(&a.model, scribed::backend::cpu::Cpu)?;
+    let opts = scribed::decode::DecodeOptions { beam_size: 1, ..Default::default() };
+    let mut tr = scribed::decode::Transcriber::new(&model, opts.max_seqs())?;
+    let mut offline = (0, 0);
+    let mut audio = Vec::new();
+    for (f, r) in refs.into_iter().take(a.files) {
+        let s = scribed::audio::load_mono_16k(&a.audio_dir.join(&f))?;
+        let (e, n) = word_errors(&r, &tr.transcribe(&s, &opts, &mut |_| {})?.text());
+        offline = (offline.0 + e, offline.1 + n);
+        audio.push((f, s, r));
+    }
+    drop(tr);
+    drop(model);
+    let audio = Arc::new(audio);
+    println!(
+        "| sessions | final p50 | final p95 | interim p50 | interim p95 | WER streaming | WER offline | worst lag | wall |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &sessions in &a.sessions {
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let wall = Instant::now();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for s in 0..sessions {
+                let (audio, tally, url, speed) = (audio.clone(), tally.clone(), url.to_string(), a.speed);
+                tasks.push(tokio::spawn(async move {
+                    // Stagger the sessions so their utterances do not align.
+                    tokio::time::sleep(Duration::from_millis(700 * s as u64)).await;
+                    for (_, samples, reference) in audio.iter() {
+                        let (msgs, t0) = stream_one(&url, samples, speed).await?;
+                        let mut t = tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        score(&msgs, t0, speed, reference, &mut t);
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(())
+        })?;
+        let mut t = tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        println!(
+            "| {sessions} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} % | {:.2} % | {:.2} s | {:.0} s |",
+            pct(&mut t.fin, 0.5),
+            pct(&mut t.fin, 0.95),
+            pct(&mut t.interim, 0.5),
+            pct(&mut t.interim, 0.95),
+            100.0 * t.errors as f64 / t.words.max(1) as f64,
+            100.0 * offline.0 as f64 / offline.1.max(1) as f64,
+            t.lag.iter().copied().fold(0.0, f64::max),
+            wall.elapsed().as_secs_f64()
+        );
+    }
+    println!("speed {}x, {} files per session ({} words)", a.speed, audio.len(), offline.1);
+    Ok(())
+}
+
+/// One sample of the daemon's state during the soak run.
+struct Sample {
+    /// Audio sent so far, seconds.
+    audio: f64,
+    rss_mib: f64,
+    lag: f64,
+    /// Daemon-wide `(hypotheses, inference seconds)` so far.
+    inference: (f64, f64),
+}
+
+/// The no-growth run: every reference file joined (a second of silence
+/// between them) and repeated to `hours` of audio, streamed as one session.
+/// One row per block of repetitions: final latency, word error rate against
+/// the references, the daemon's RSS and lag.
+fn soak(rt: &tokio::runtime::Runtime, a: &Args, url: &str, pid: Option<u32>, refs: &[(String, String)], hours: f64) -> anyhow::Result<()> {
+    let mut once = Vec::new();
+    let mut reference = String::new();
+    for (f, r) in refs {
+        once.extend(scribed::audio::load_mono_16k(&a.audio_dir.join(f))?);
+        once.extend(std::iter::repeat_n(0.0f32, 16_000));
+        reference.push(' ');
+        reference.push_str(r);
+    }
+    let rep_secs = once.len() as f64 / 16_000.0;
+    let reps = ((hours * 3600.0) / rep_secs).ceil().max(1.0) as usize;
+    // About ten rows, whatever the length.
+    let per_row = reps.div_ceil(10);
+    let frames: Vec<Vec<u8>> = to_linear16(&once);
+    let total_frames = frames.len() * reps;
+    eprintln!("soak: {reps} × {rep_secs:.0} s = {:.2} h of audio at {}x", reps as f64 * rep_secs / 3600.0, a.speed);
+
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let metrics_addr = url.trim_start_matches("ws://").to_string();
+    let (msgs, t0) = rt.block_on(async {
+        let full = format!("{url}/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true");
+        let (ws, _) = tokio_tungstenite::connect_async(full.as_str()).await?;
+        let (mut tx, mut rx) = ws.split();
+        let t0 = Instant::now();
+        let start = tokio::time::Instant::from_std(t0);
+        let gap = Duration::from_secs_f64(0.02 / a.speed);
+        let sent_tx = sent.clone();
+        let sender = async move {
+            for i in 0..total_frames {
+                tokio::time::sleep_until(start + gap.mul_f64((i + 1) as f64)).await;
+                if tx.send(Message::binary(frames[i % frames.len()].clone())).await.is_err() {
+                    return;
+                }
+                sent_tx.store(i as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = tx.send(Message::text(r#"{"type":"CloseStream"}"#)).await;
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        };
+        let (samples2, sent2) = (samples.clone(), sent.clone());
+        let every = Duration::from_secs_f64(a.sample_every);
+        let sampler = async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let audio = sent2.load(std::sync::atomic::Ordering::Relaxed) as f64 * 0.02;
+                let rss_mib = pid.and_then(rss_mib).unwrap_or(f64::NAN);
+                let m = scrape(&metrics_addr);
+                let get = |name: &str| m.iter().find(|(k, _)| k == name).map_or(f64::NAN, |(_, v)| *v);
+                let lag = get("scribed_lag_seconds_max");
+                let inference = (get("scribed_transcriptions_total"), get("scribed_inference_seconds_total"));
+                if let Ok(mut s) = samples2.lock() {
+                    s.push(Sample { audio, rss_mib, lag, inference });
+                }
+            }
+        };
+        let receiver = async {
+            let mut got = Vec::new();
+            let mut next_report = 600.0;
+            while let Some(Ok(m)) = rx.next().await {
+                if let Message::Text(t) = m {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                    if v["type"] == "Results" && v["is_final"] == true {
+                        let end = v["start"].as_f64().unwrap_or(0.0);
+                        if end > next_report {
+                            eprintln!("soak: {:.0} min of audio, {:.0} s wall", end / 60.0, t0.elapsed().as_secs_f64());
+                            next_report += 600.0;
+                        }
+                        got.push((Instant::now(), v));
+                    } else if v["type"] == "Metadata" {
+                        got.push((Instant::now(), v));
+                    }
+                } else if let Message::Close(_) = m {
+                    break;
+                }
+            }
+            got
+        };
+        tokio::select! {
+            got = receiver => anyhow::Ok((got, t0)),
+            _ = sender => anyhow::bail!("the daemon never closed the stream"),
+            _ = sampler => unreachable!(),
+        }
+    })?;
+
+    // Rows: final words bucketed by the repetition they start in.
+    let rows = reps.div_ceil(per_row);
+    let mut lat = vec![Vec::new(); rows];
+    let mut hyp = vec![String::new(); rows];
+    let mut reps_in = vec![0usize; rows];
+    for r in 0..reps {
+        reps_in[r / per_row] += 1;
+    }
+    let mut meta_lag = f64::NAN;
+    for (at, m) in &msgs {
+        if m["type"] == "Metadata" {
+            meta_lag = m["lag_seconds"].as_f64().unwrap_or(f64::NAN);
+            continue;
+        }
+        for w in words(m) {
+            let (ws, we) = (w["start"].as_f64().unwrap_or(0.0), w["end"].as_f64().unwrap_or(0.0));
+            let row = ((ws / rep_secs) as usize / per_row).min(rows - 1);
+            lat[row].push(at.saturating_duration_since(t0 + Duration::from_secs_f64(we / a.speed)).as_secs_f64());
+            hyp[row].push(' ');
+            hyp[row].push_str(w["punctuated_word"].as_str().or(w["word"].as_str()).unwrap_or(""));
+        }
+    }
+    let samples = samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    println!(
+        "| audio (h) | final p50 | final p95 | WER | RSS max (MiB) | lag max | ms per hypothesis | words |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in 0..rows {
+        let (from, to) = ((row * per_row) as f64 * rep_secs, ((row * per_row + reps_in[row]) as f64) * rep_secs);
+        let refs_text = std::iter::repeat_n(reference.as_str(), reps_in[row]).collect::<Vec<_>>().join(" ");
+        let (e, n) = word_errors(&refs_text, &hyp[row]);
+        let in_row: Vec<&Sample> = samples.iter().filter(|s| s.audio >= from && s.audio < to).collect();
+        let (rss, lag) = in_row.iter().fold((f64::NAN, f64::NAN), |(r, l), s| (r.max(s.rss_mib), l.max(s.lag)));
+        // Mean compute time of one hypothesis within the row.
+        let per_hyp = match (in_row.first(), in_row.last()) {
+            (Some(a), Some(b)) if b.inference.0 > a.inference.0 => 1e3 * (b.inference.1 - a.inference.1) / (b.inference.0 - a.inference.0),
+            _ => f64::NAN,
+        };
+        let n_words = lat[row].len();
+        println!(
+            "| {:.2}–{:.2} | {:.2} s | {:.2} s | {:.2} % | {:.1} | {:.2} s | {per_hyp:.0} | {} |",
+            from / 3600.0,
+            to / 3600.0,
+            pct(&mut lat[row], 0.5),
+            pct(&mut lat[row], 0.95),
+            100.0 * e as f64 / n.max(1) as f64,
+            rss,
+            lag,
+            n_words
+        );
+    }
+    println!(
+        "{reps} repetitions of {rep_secs:.1} s at {}x, wall {:.0} s, final Metadata lag {meta_lag:.2} s",
+        a.speed,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Resident set size of a process, MiB, from `/proc`.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Every sample line of the daemon's `/metrics` (empty when unreachable).
+fn scrape(addr: &str) -> Vec<(String, f64)> {
+    let get = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    };
+    get()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
