@@ -16,6 +16,7 @@
 //!   fused Q/K/V projections are split without copies.
 
 pub mod cpu;
+pub mod cuda;
 pub mod simd;
 
 use half::f16;

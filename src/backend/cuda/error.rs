@@ -1,0 +1,35 @@
+//! Every way the CUDA backend can fail, as one error type.
+//!
+//! cudarc's driver, NVRTC and cuBLAS errors convert with `?`; the variants
+//! of our own say what to do about them (install the driver, pick another
+//! GPU, lower `max_sessions`), because these reach the user at start-up.
+
+use cudarc::cublas::result::CublasError;
+use cudarc::driver::DriverError;
+use cudarc::nvrtc::result::NvrtcError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("no CUDA driver library (libcuda.so.1) could be loaded: install the NVIDIA driver, or use --device cpu")]
+    NoDriver,
+    #[error("the CUDA driver is installed but reports no GPU (CUDA_ERROR_NO_DEVICE)")]
+    NoDevice,
+    #[error("GPU index {index} is out of range: the driver reports {count} device(s) (0..{count})")]
+    DeviceOutOfRange { index: usize, count: usize },
+    #[error("NVRTC (libnvrtc.so.13) could not be loaded: install the CUDA 13 runtime compiler (package cuda-nvrtc-13-0, or the PyPI wheel nvidia-cuda-nvrtc) and put it on the library path")]
+    NoNvrtc,
+    #[error("cuBLAS (libcublas.so.13, libcublasLt.so.13) could not be loaded: install the CUDA 13 cuBLAS library and put it on the library path")]
+    NoCublas,
+    #[error("GPU {index} has compute capability {major}.{minor}; scribed's kernels need 7.0 or newer")]
+    UnsupportedArch { index: usize, major: i32, minor: i32 },
+    #[error("{file}: NVRTC failed to compile it ({status}):\n{log}")]
+    Compile { file: &'static str, status: String, log: String },
+    #[error("{file}: NVRTC reported warnings, which scribed treats as errors:\n{log}")]
+    CompileWarning { file: &'static str, log: String },
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] DriverError),
+    #[error("NVRTC: {0}")]
+    Nvrtc(#[from] NvrtcError),
+    #[error("cuBLAS: {0}")]
+    Cublas(#[from] CublasError),
+}
