@@ -116,7 +116,7 @@ pub struct ParamError {
 }
 
 impl ParamError {
-    fn new(param: &str, reason: impl Into<String>) -> Self {
+    pub fn new(param: &str, reason: impl Into<String>) -> Self {
         ParamError { param: param.to_string(), reason: reason.into() }
     }
 

@@ -27,11 +27,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(model: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(model, extra, &[])
+    }
+
+    fn start_with_env(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2", "--model"])
             .arg(model)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -67,6 +72,35 @@ fn http(addr: &str, path: &str, headers: &[&str]) -> (u16, String, String) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// A websocket upgrade request: returns as soon as a 101 head is in (the
+/// server would keep that connection open), else the whole refusal.
+fn try_upgrade(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for h in UPGRADE {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.starts_with(b"HTTP/1.1 101") && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -540,4 +574,105 @@ fn sigterm_flushes_finals_and_closes_with_1001() {
     assert!(normalize(&text).starts_with(&["and".to_string(), "so".to_string()]), "finals flushed: {text}");
     let status = d.child.wait().unwrap();
     assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
+}
+
+#[test]
+fn a_worker_panic_ends_only_its_own_session() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start_with_env(&model, &[], &[("SCRIBED_FAULT_INJECTION", "1")]);
+    let audio = load("jfk.wav");
+    let rt = rt();
+    let lin16 = d.ws("encoding=linear16&sample_rate=16000&interim_results=true");
+    let doomed_url = format!("{lin16}&keyterm=__scribed_fault_panic__");
+    let (doomed, good) = rt.block_on(async {
+        tokio::join!(session(&doomed_url, &[], frames16(&audio, 50), FAST), session(&lin16, &[], frames16(&audio, 50), FAST))
+    });
+    // The panicking session gets an error message and 1011, nothing else.
+    assert_eq!(doomed.close, Some(1011), "{:?}", doomed.msgs);
+    let err = doomed.of_type("Error");
+    assert_eq!(err.len(), 1, "{:?}", doomed.msgs);
+    assert_eq!(err[0]["variant"], "INTERNAL");
+    assert!(err[0]["description"].as_str().unwrap().contains("panicked"), "{}", err[0]);
+    // The session beside it lost nothing.
+    assert_eq!(good.close, Some(1000));
+    let (errors, n) = word_errors(&reference("jfk.wav"), &good.finals());
+    assert!(errors <= 1, "{errors}/{n}: {}", good.finals());
+    // The daemon counts it and keeps serving new sessions.
+    let (_, _, metrics) = http(&d.addr, "/metrics", &[]);
+    assert!(metrics.contains("scribed_worker_panics_total 1"), "{metrics}");
+    assert!(metrics.contains("scribed_sessions_active 0"), "{metrics}");
+    let again = rt.block_on(session(&lin16, &[], frames16(&audio, 50), FAST));
+    assert_eq!(again.close, Some(1000));
+    assert!(word_errors(&reference("jfk.wav"), &again.finals()).0 <= 1, "{}", again.finals());
+}
+
+#[test]
+fn multichannel_gives_each_channel_its_own_transcript() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &[]);
+    let (left, right) = (load("jfk.wav"), load("1272-128104-0000.wav"));
+    let n = left.len().max(right.len());
+    let at = |x: &[f32], i: usize| x.get(i).copied().unwrap_or(0.0);
+    let stereo: Vec<f32> = (0..n).flat_map(|i| [at(&left, i), at(&right, i)]).collect();
+    let mut steps: Vec<Step> = pcm16(&stereo).chunks(3200).map(|c| Step::Audio(c.to_vec())).collect();
+    steps.push(Step::Text(r#"{"type":"CloseStream"}"#.into()));
+    let q = "encoding=linear16&sample_rate=16000&channels=2&multichannel=true&interim_results=true";
+    let run = rt().block_on(session(&d.ws(q), &[], steps, FAST));
+    assert_eq!(run.close, Some(1000), "{:?}", run.msgs.last());
+    for (ch, file) in [(0, "jfk.wav"), (1, "1272-128104-0000.wav")] {
+        let finals: Vec<String> = run
+            .of_type("Results")
+            .into_iter()
+            .filter(|m| m["is_final"] == true && m["channel_index"] == serde_json::json!([ch, 2]))
+            .map(|m| m["channel"]["alternatives"][0]["transcript"].as_str().unwrap_or("").to_string())
+            .collect();
+        let text = finals.join(" ");
+        let (errors, words) = word_errors(&reference(file), &text);
+        let (offline_errors, _) = word_errors(&reference(file), &offline(&model, file));
+        println!("channel {ch} ({file}): {errors}/{words} errors (offline {offline_errors}): {text}");
+        assert!(errors <= offline_errors + 1, "channel {ch}: {errors}/{words} errors: {text}");
+    }
+    // Every result says which of the two channels it belongs to.
+    for m in run.of_type("Results") {
+        let ci = &m["channel_index"];
+        assert!(ci == &serde_json::json!([0, 2]) || ci == &serde_json::json!([1, 2]), "{m}");
+    }
+    let meta = &run.of_type("Metadata")[0];
+    assert_eq!(meta["channels"], 2, "{meta}");
+}
+
+#[test]
+fn language_is_checked_against_the_model_before_the_upgrade() {
+    let Some(tiny) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&tiny, &[]);
+    let upgrade = |q: &str| try_upgrade(&d.addr, &format!("/v1/listen?{q}"));
+    // English-only model: English is fine, anything else is refused.
+    for q in ["language=en", "language=en-US", "language=english", "language=multi"] {
+        assert_eq!(upgrade(q).0, 101, "{q}");
+    }
+    for (q, says) in [("language=de", "English-only"), ("language=xx", "not a language")] {
+        let (status, _, body) = upgrade(q);
+        assert_eq!(status, 400, "{q}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(v["param"], "language", "{body}");
+        assert!(v["reason"].as_str().unwrap().contains(says), "{q}: {body}");
+    }
+    drop(d);
+
+    // A multilingual model: any Whisper language is accepted, and English
+    // speech comes out the same whether `en` is requested or detected.
+    let Some(base) = model_dir("base") else { return };
+    let d = Daemon::start(&base, &[]);
+    assert_eq!(try_upgrade(&d.addr, "/v1/listen?language=de").0, 101);
+    let (status, _, body) = try_upgrade(&d.addr, "/v1/listen?language=klingon");
+    assert_eq!(status, 400, "{body}");
+    let audio = load("jfk.wav");
+    let rt = rt();
+    for q in ["encoding=linear16&sample_rate=16000&language=en", "encoding=linear16&sample_rate=16000"] {
+        let run = rt.block_on(session(&d.ws(q), &[], frames16(&audio, 50), FAST));
+        assert_eq!(run.close, Some(1000), "{q}");
+        let (errors, n) = word_errors(&reference("jfk.wav"), &run.finals());
+        println!("base, {q}: {errors}/{n}: {}", run.finals());
+        assert!(errors <= 1, "{q}: {errors}/{n} errors: {}", run.finals());
+    }
 }

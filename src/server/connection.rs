@@ -297,6 +297,7 @@ impl Session {
                 channel_index: ch as u32,
                 channel_count: n as u32,
                 metrics_key: self.id * 64 + ch as u64,
+                panic_on_hypothesis: self.shared.fault_injection && self.params.keyterms.iter().any(|k| k == super::PANIC_KEYTERM),
             };
             let resampler = Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;
             let ring = (cfg.ring_seconds * 16_000.0) as usize;

@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::model::Whisper;
 use crate::protocol::ListenParams;
 
+/// The keyterm that makes a session's worker panic under fault injection.
+pub const PANIC_KEYTERM: &str = "__scribed_fault_panic__";
+
 /// What every connection shares: the model (read-only), the settings, the
 /// metrics and the session slots.
 pub struct Shared {
@@ -34,6 +37,10 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub slots: Arc<Semaphore>,
+    /// `SCRIBED_FAULT_INJECTION` was set at start-up: a session whose
+    /// keyterms include [`PANIC_KEYTERM`] panics in its worker. Only tests
+    /// set it, to prove that one session's panic ends that session alone.
+    pub fault_injection: bool,
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
 }
@@ -42,10 +49,15 @@ impl Shared {
     pub fn new(model: Arc<Whisper<Cpu>>, config: Config) -> (Arc<Shared>, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(false);
         let model_name = model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "whisper".into());
+        let fault_injection = std::env::var_os("SCRIBED_FAULT_INJECTION").is_some();
+        if fault_injection {
+            tracing::warn!("SCRIBED_FAULT_INJECTION is set: sessions with keyterm={PANIC_KEYTERM} will panic");
+        }
         let shared = Shared {
             model,
             model_name,
             slots: Arc::new(Semaphore::new(config.max_sessions)),
+            fault_injection,
             config,
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
@@ -141,7 +153,7 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
             return http::respond_json(&mut stream, 401, &[("WWW-Authenticate", "Token".into())], &body).await;
         }
     };
-    let params = match ListenParams::parse(&req.query) {
+    let params = match ListenParams::parse(&req.query).and_then(|p| resolve_language(p, &shared.model)) {
         Ok(p) => p,
         Err(e) => {
             m.rejected_params_total.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +192,29 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
     .await;
     connection::serve(ws, params, shared.clone(), request_id, id, shared.shutdown.clone()).await;
     drop(permit);
+}
+
+/// Checks `language` against the model, so that a session the model cannot
+/// serve is refused with 400 before the upgrade rather than failing later.
+/// Codes and English names both work (`de`, `german`); `multi` asks for
+/// detection, which is what an unset language does.
+fn resolve_language(mut p: ListenParams, model: &Whisper<Cpu>) -> Result<ListenParams, crate::protocol::ParamError> {
+    let Some(requested) = p.language.take() else { return Ok(p) };
+    if requested == "multi" {
+        return Ok(p);
+    }
+    let tok = &model.tokenizer;
+    let Some(code) = tok.language_token(&requested).and_then(|id| tok.language_code(id)) else {
+        return Err(crate::protocol::ParamError::new("language", format!("`{requested}` is not a language Whisper knows")));
+    };
+    if !tok.is_multilingual() && code != "en" {
+        return Err(crate::protocol::ParamError::new(
+            "language",
+            format!("the model on this server is English-only; `{requested}` needs a multilingual model"),
+        ));
+    }
+    p.language = Some(code.to_string());
+    Ok(p)
 }
 
 /// A unique, UUID-shaped request id (time and sequence number).

@@ -68,6 +68,8 @@ pub struct WorkerSettings {
     pub channel_count: u32,
     /// Metrics key of this channel (unique in the process).
     pub metrics_key: u64,
+    /// Panic at the first hypothesis (fault injection, tests only).
+    pub panic_on_hypothesis: bool,
 }
 
 /// The network side of one channel.

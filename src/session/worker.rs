@@ -209,6 +209,7 @@ impl Worker {
     }
 
     fn transcribe(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
+        assert!(!self.s.panic_on_hypothesis, "fault injection: {}", crate::server::PANIC_KEYTERM);
         let mut prompt = self.s.keyterms.join(", ");
         let context = self.policy.context(CONTEXT_CHARS);
         if !context.is_empty() {
