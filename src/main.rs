@@ -28,6 +28,8 @@ enum Command {
     Serve(ServeArgs),
     /// Stream an audio file to a daemon as a live client would.
     Stream(StreamArgs),
+    /// Dictate: stream the microphone to a daemon, print the text.
+    Mic(MicArgs),
 }
 
 #[derive(Args)]
@@ -73,6 +75,33 @@ struct StreamArgs {
     /// Frame length in milliseconds (20–100).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(20..=100))]
     frame_ms: u32,
+    /// Extra query parameters for /v1/listen (k=v&k2=v2).
+    #[arg(long, default_value = "")]
+    query: String,
+}
+
+#[derive(Args)]
+struct MicArgs {
+    /// Daemon base URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    /// Input device name (default: the system's default input).
+    #[arg(long)]
+    device: Option<String>,
+    /// List the input devices and exit.
+    #[arg(long)]
+    list: bool,
+    /// Stop after this many seconds of audio (default: until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Show interim results.
+    #[arg(long)]
+    interim: bool,
+    /// Print the raw JSON messages, one per line.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, env = "SCRIBED_API_KEY")]
+    api_key: Option<String>,
     /// Extra query parameters for /v1/listen (k=v&k2=v2).
     #[arg(long, default_value = "")]
     query: String,
@@ -137,14 +166,33 @@ fn main() -> ExitCode {
         Command::Transcribe(args) => transcribe(args),
         Command::Serve(args) => serve(args),
         Command::Stream(args) => stream(args),
+        Command::Mic(args) => mic(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("scribed: {e:#}");
+            eprintln!("scribed: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, without the repeats that appear
+/// when a library's message already quotes its source (tungstenite's
+/// "IO error: Connection refused" over the io::Error itself).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
@@ -275,7 +323,6 @@ async fn shutdown_signal() {
 }
 
 fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    use scribed::protocol::ServerMessage;
     let samples = load_mono_16k(&args.file)?;
     let opts = scribed::client::stream::StreamOptions {
         url: args.url,
@@ -285,44 +332,95 @@ fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         frame_ms: args.frame_ms,
         extra_query: args.query,
     };
-    let tty = std::io::stdout().is_terminal();
-    let json = args.json;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut interim_shown = false;
-    runtime.block_on(scribed::client::stream::stream_samples(&samples, &opts, |msg, raw| {
+    let mut printer = Captions::new(args.json);
+    runtime.block_on(scribed::client::stream::stream_samples(&samples, &opts, |msg, raw| printer.show(msg, raw)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mic(args: MicArgs) -> anyhow::Result<ExitCode> {
+    use scribed::client::mic;
+    if args.list {
+        for name in mic::list_devices()? {
+            println!("{name}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(s) = args.seconds {
+        anyhow::ensure!(s.is_finite() && s > 0.0, "--seconds must be a positive number of seconds");
+    }
+    let mut microphone = mic::Microphone::open(args.device.as_deref())?;
+    eprintln!("scribed: listening on {} ({} Hz); Ctrl-C to stop", microphone.name, microphone.sample_rate);
+    let opts = scribed::client::stream::StreamOptions {
+        url: args.url,
+        speed: 1.0,
+        interim: args.interim,
+        api_key: args.api_key,
+        frame_ms: 50,
+        extra_query: args.query,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut printer = Captions::new(args.json);
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    runtime.block_on(microphone.dictate(&opts, args.seconds, stop, |msg, raw| printer.show(msg, raw)))?;
+    let lost = microphone.dropped_seconds();
+    if lost > 0.0 {
+        eprintln!("scribed: {lost:.2} s of microphone audio were dropped (the connection could not keep up)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a daemon's results: finals as lines, the interim tail in place on
+/// a terminal (dimmed), or every raw JSON message with `--json`.
+struct Captions {
+    json: bool,
+    tty: bool,
+    interim_shown: bool,
+}
+
+impl Captions {
+    fn new(json: bool) -> Captions {
+        Captions { json, tty: std::io::stdout().is_terminal(), interim_shown: false }
+    }
+
+    fn show(&mut self, msg: &scribed::protocol::ServerMessage, raw: &str) {
+        use scribed::protocol::ServerMessage;
         let mut out = std::io::stdout().lock();
-        if json {
+        if self.json {
             let _ = writeln!(out, "{raw}");
+            let _ = out.flush();
             return;
         }
+        let clear = |out: &mut std::io::StdoutLock, shown: &mut bool, tty: bool| {
+            if *shown && tty {
+                let _ = write!(out, "\r\x1b[2K");
+            }
+            *shown = false;
+        };
         match msg {
             ServerMessage::Results { is_final, .. } => {
                 let text = msg.transcript().unwrap_or("");
                 if *is_final {
-                    if interim_shown && tty {
-                        let _ = write!(out, "\r\x1b[2K");
-                    }
-                    interim_shown = false;
+                    clear(&mut out, &mut self.interim_shown, self.tty);
                     if !text.is_empty() {
                         let _ = writeln!(out, "{text}");
                     }
-                } else if tty {
+                } else if self.tty {
                     let _ = write!(out, "\r\x1b[2K\x1b[2m{text}\x1b[0m");
-                    interim_shown = true;
+                    self.interim_shown = true;
                 } else {
                     let _ = writeln!(out, "… {text}");
                 }
             }
             ServerMessage::Metadata { duration, lag_seconds, words, .. } => {
-                if interim_shown && tty {
-                    let _ = write!(out, "\r\x1b[2K");
-                }
+                clear(&mut out, &mut self.interim_shown, self.tty);
                 eprintln!("scribed: {duration:.1} s of audio, {words} words, worst lag {lag_seconds:.2} s");
             }
             ServerMessage::Error { description, .. } => eprintln!("scribed: server: {description}"),
             _ => {}
         }
         let _ = out.flush();
-    }))?;
-    Ok(ExitCode::SUCCESS)
+    }
 }

@@ -1,3 +1,4 @@
 //! Clients of the daemon. They depend on `protocol`, never on `server`.
 
+pub mod mic;
 pub mod stream;

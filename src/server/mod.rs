@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::model::Whisper;
 use crate::protocol::ListenParams;
 
+/// `GET /`: live captions from the browser's microphone (no build step).
+const CAPTIONS_PAGE: &str = include_str!("captions.html");
+
 /// The keyterm that makes a session's worker panic under fault injection.
 pub const PANIC_KEYTERM: &str = "__scribed_fault_panic__";
 
@@ -125,6 +128,7 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
             .await;
     }
     match req.path.as_str() {
+        "/" | "/index.html" => http::respond(&mut stream, 200, "text/html; charset=utf-8", &[], CAPTIONS_PAGE).await,
         "/healthz" => http::respond(&mut stream, 200, "text/plain", &[], "ok\n").await,
         "/readyz" => {
             if shared.slots.available_permits() > 0 && !shared.shutting_down() {
