@@ -3,7 +3,8 @@
 #
 #   bash scripts/test.sh [extra cargo test args...]
 #
-# 1. scripts/setup.sh --with-base --no-run: installs what is missing, fetches
+# 1. scripts/setup.sh --with-base --with-browser --no-run: installs what is
+#    missing (Chromium too, for the captions-page test), fetches
 #    models/tiny.en and models/base (checked by sha256), cargo build --release.
 # 2. cargo test --release: every unit and integration test; the integration
 #    tests run the real binary (CARGO_BIN_EXE_scribed) on real audio from
@@ -14,7 +15,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
-bash scripts/setup.sh --with-base --no-run
+bash scripts/setup.sh --with-base --with-browser --no-run
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
