@@ -8,6 +8,8 @@ use cudarc::cublas::result::CublasError;
 use cudarc::driver::DriverError;
 use cudarc::nvrtc::result::NvrtcError;
 
+use super::arena::ArenaError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
     #[error("no CUDA driver library (libcuda.so.1) could be loaded: install the NVIDIA driver, or use --device cpu")]
@@ -32,4 +34,6 @@ pub enum CudaError {
     Nvrtc(#[from] NvrtcError),
     #[error("cuBLAS: {0}")]
     Cublas(#[from] CublasError),
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
 }

@@ -11,6 +11,7 @@
 //! Everything here except the actual kernel launches and GEMMs can be, and
 //! is, tested on a machine without a GPU (see `kernels/README.md`).
 
+pub mod arena;
 pub mod error;
 pub mod kernels;
 
