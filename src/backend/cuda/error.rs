@@ -24,6 +24,8 @@ pub enum CudaError {
     NoCublas,
     #[error("GPU {index} has compute capability {major}.{minor}; scribed's kernels need 7.0 or newer")]
     UnsupportedArch { index: usize, major: i32, minor: i32 },
+    #[error("{0} is usable, but the CUDA backend is not complete yet: use --device cpu (or auto)")]
+    NotReady(String),
     #[error("{file}: NVRTC failed to compile it ({status}):\n{log}")]
     Compile { file: &'static str, status: String, log: String },
     #[error("{file}: NVRTC reported warnings, which scribed treats as errors:\n{log}")]

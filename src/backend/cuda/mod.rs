@@ -12,7 +12,9 @@
 //! is, tested on a machine without a GPU (see `kernels/README.md`).
 
 pub mod arena;
+pub mod device;
 pub mod error;
 pub mod kernels;
 
+pub use device::{check_usable, open, probe, resolve_device, DeviceChoice, DeviceInfo, Resolved};
 pub use error::CudaError;
