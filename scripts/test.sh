@@ -6,6 +6,8 @@
 # 1. scripts/setup.sh --with-base --with-browser --no-run: installs what is
 #    missing (Chromium too, for the captions-page test), fetches
 #    models/tiny.en and models/base (checked by sha256), cargo build --release.
+#    It also fetches NVRTC (PyPI) and Debian's libcuda1 into .cache/, which
+#    this script puts on LD_LIBRARY_PATH for the CUDA tests that need no GPU.
 # 2. cargo test --release: every unit and integration test; the integration
 #    tests run the real binary (CARGO_BIN_EXE_scribed) on real audio from
 #    ../shared/audio.
@@ -19,6 +21,18 @@ bash scripts/setup.sh --with-base --with-browser --no-run
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
+
+# CUDA checks without a GPU (see scripts/setup.sh): NVRTC for the kernel
+# compile test, and Debian's libcuda1 for the "driver but no GPU" test. The
+# loader reads LD_LIBRARY_PATH once, at process start, so it is set here.
+# libcuda1 only where no real driver is installed: on a GPU machine it must
+# not shadow the driver that matches the hardware.
+cuda_path="$REPO/.cache/nvrtc/nvidia/cu13/lib"
+if ! { command -v ldconfig >/dev/null 2>&1 && ldconfig -p | grep -q 'libcuda\.so\.1 '; }; then
+    libcuda="$(find "$REPO/.cache/libcuda1" -name libcuda.so.1 2>/dev/null | head -1)"
+    if [ -n "$libcuda" ]; then cuda_path="$cuda_path:$(dirname "$libcuda")"; fi
+fi
+export LD_LIBRARY_PATH="$cuda_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
