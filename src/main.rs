@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use scribed::audio::decode::load_mono_16k;
 use scribed::backend::cpu::Cpu;
+use scribed::backend::cuda::{resolve_device, DeviceChoice, Resolved};
 use scribed::decode::{DecodeOptions, Task, Transcriber};
 use scribed::model::Whisper;
 use scribed::transcribe::{render, Format};
@@ -53,6 +54,13 @@ struct ServeArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the model runs: the GPU when a usable one is found (auto), or
+    /// the CPU, or the GPU or an error (cuda).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Which GPU, for --device auto|cuda.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
 }
 
 #[derive(Args)]
@@ -115,6 +123,13 @@ struct ModelArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the model runs: the GPU when a usable one is found (auto), or
+    /// the CPU, or the GPU or an error (cuda).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Which GPU, for --device auto|cuda.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
 }
 
 #[derive(Args)]
@@ -201,6 +216,7 @@ fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
 }
 
 fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
+    choose_device(args.model.device, args.model.gpu)?;
     init_threads(args.model.threads)?;
     let model = Whisper::load(&args.model.model, Cpu).context("loading the model")?;
     let opts = DecodeOptions {
@@ -254,6 +270,16 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// Resolves `--device`/`--gpu`. Only the CPU backend runs models so far:
+/// `cuda` says why it cannot be used (no driver, no device, or the backend
+/// still incomplete) and `auto` falls back to the CPU with that reason logged.
+fn choose_device(choice: DeviceChoice, gpu: usize) -> anyhow::Result<()> {
+    match resolve_device(choice, gpu).context("--device cuda")? {
+        Resolved::Cpu { .. } => Ok(()),
+        Resolved::Cuda(info) => anyhow::bail!("--device cuda: {info} is usable, but this build runs models on the CPU only"),
+    }
+}
+
 /// A progress bar on stderr for long files, only when a person watches.
 fn progress_bar(seconds: f64) -> Option<indicatif::ProgressBar> {
     if seconds < 30.0 || !std::io::stderr().is_terminal() {
@@ -276,6 +302,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads,
     };
     let config = scribed::config::Config::load(args.config.as_deref(), flags, PathBuf::from("models/tiny.en"))?;
+    choose_device(args.device, args.gpu)?;
     init_threads(config.threads)?;
     let model = Whisper::load(&config.model, Cpu).with_context(|| format!("loading the model from {}", config.model.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -209,3 +209,29 @@ fn multilingual_model_detects_and_obeys_the_language() {
     let out = transcribe(&model, &["--language", "klingon", jfk.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown language"));
 }
+
+#[test]
+fn device_choice_without_a_gpu() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let jfk = shared_audio("jfk.wav");
+    let jfk = jfk.to_str().unwrap();
+    // `auto` and `cpu` transcribe on the CPU.
+    for device in ["auto", "cpu"] {
+        let o = transcribe(&model, &["--device", device, "--beam", "1", jfk]);
+        assert!(o.status.success(), "--device {device}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(word_errors(&reference("jfk.wav"), &stdout(&o)).0 == 0, "--device {device}: {}", stdout(&o));
+    }
+    // `cuda` where none can be used: one line saying why, exit 2. On a GPU
+    // machine the CUDA backend is not complete yet, which is said the same way.
+    let o = transcribe(&model, &["--device", "cuda", jfk]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("scribed:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("scribed: --device cuda: "), "{err}");
+    assert!(o.stdout.is_empty());
+    // A value clap does not know.
+    let o = transcribe(&model, &["--device", "gpu", jfk]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("possible values: auto, cpu, cuda"));
+}
