@@ -367,6 +367,11 @@ impl Cursor {
     pub fn used(&self) -> u64 {
         self.used
     }
+
+    /// Forgets everything taken (a slot handed to a new session).
+    pub fn reset(&mut self) {
+        self.used = 0;
+    }
 }
 
 /// The session slots: admission is taking a free slot. `try_acquire` never

@@ -1,0 +1,589 @@
+//! `CudaBackend`: the [`Backend`] operations on a GPU, on top of the arena.
+//!
+//! UNTESTED ON A GPU: this file has only been type-checked (no GPU was
+//! available when it was written). The kernels it launches are checked in CI
+//! (NVRTC compile, CPU runs against the CPU backend), and its GEMM/launch
+//! recipe per operation is the one `tests/kernels_cpu.rs` replays; the cuBLAS
+//! argument mapping, streams and the arena itself wait for a GPU run. It is
+//! why `device::BACKEND_READY` is false.
+//!
+//! Memory: one `cuMemAlloc` at start-up ([`Layout`]), nothing after. Buffers
+//! are raw device pointers into it, never cudarc `CudaSlice`s: a carved slice
+//! would free an interior pointer on drop and, with event tracking on, make
+//! sessions' streams wait on each other. Event tracking is disabled anyway,
+//! and all cross-stream ordering is explicit (weights are uploaded and
+//! synchronised before any session stream runs; a slot is used by one
+//! session thread at a time).
+//!
+//! Sessions: the `Backend` methods carry no session, so a session thread
+//! first [`CudaBackend::bind`]s its slot lease; `buffer()` then carves from
+//! that slot, and every operation runs on the stream (and cuBLAS handle) of
+//! the slot its output buffer belongs to.
+//!
+//! Errors: the trait's operations cannot fail, so the first CUDA error of a
+//! slot is kept ([`CudaBackend::slot_error`]), later work on that slot is
+//! skipped and downloads yield zeros; the session checks after each window.
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{result as drv, CudaContext, CudaFunction, CudaStream, PushKernelArg};
+use half::f16;
+
+use super::arena::{ArenaConfig, Cursor, Layout, SlotLease, SlotPool};
+use super::device::{self, DeviceInfo};
+use super::error::CudaError;
+use super::kernels::{self, HeadSlots, Kernel, Launch};
+use crate::backend::{Activation, AttentionShape, Backend, BackendError, HostMatrix, Precision, View, Write};
+use crate::model::Dims;
+
+/// A weight matrix `[rows, cols]` in f16 in the weights region.
+pub struct CudaMatrix {
+    ptr: u64,
+    rows: usize,
+    cols: usize,
+}
+
+/// A weight vector in f32 in the weights region.
+pub struct CudaVector {
+    ptr: u64,
+    len: usize,
+}
+
+/// An activation buffer in a session's slot.
+pub struct CudaBuf {
+    ptr: u64,
+    rows: usize,
+    cols: usize,
+    max_rows: usize,
+    slot: usize,
+}
+
+struct Slot {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    /// Device address of the slot.
+    base: u64,
+    /// Carves the model `State`'s buffers from the front of the slot.
+    cursor: Mutex<Cursor>,
+    /// Scratch parts (absolute device addresses) and their sizes in bytes.
+    gemm_in: (u64, u64),
+    gemm_out: (u64, u64),
+    scores: (u64, u64),
+    tokens: (u64, u64),
+    src_rows: (u64, u64),
+    dst_rows: (u64, u64),
+    error: Mutex<Option<String>>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    pub info: DeviceInfo,
+    pub layout: Layout,
+    base: u64,
+    load_stream: Arc<CudaStream>,
+    weights: Mutex<Cursor>,
+    functions: Vec<CudaFunction>,
+    slots: Vec<Slot>,
+    pool: Arc<SlotPool>,
+}
+
+thread_local! {
+    /// The slot the current session thread is bound to.
+    static BOUND: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Unbinds the thread when dropped.
+pub struct Bound(());
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        BOUND.with(|b| b.set(None));
+    }
+}
+
+impl CudaBackend {
+    /// Opens GPU `gpu`, plans and allocates the arena for `dims` and
+    /// `config` (or says what would fit), compiles the kernels for the
+    /// device, and makes each slot's stream and cuBLAS handle.
+    pub fn new(gpu: usize, dims: &Dims, config: ArenaConfig) -> Result<CudaBackend, CudaError> {
+        // Before any cuBLAS handle exists: each handle's own allocation is
+        // then 4 MiB instead of 64 MiB (the arena provides the workspace).
+        if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+            std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:1");
+        }
+        let (ctx, info, free) = device::open(gpu)?;
+        let layout = Layout::plan(dims, config)?;
+        layout.check_fits(free)?;
+        tracing::info!("{info}: {}", layout.summary());
+        // SAFETY: no CudaSlice is ever made from the arena; ordering between
+        // streams is explicit (see the module doc).
+        unsafe { ctx.disable_event_tracking() };
+        ctx.bind_to_thread()?;
+        let total = layout.total_bytes()?;
+        // SAFETY: a plain allocation, freed in Drop after synchronising.
+        let base = unsafe { drv::malloc_sync(total as usize) }?;
+
+        let (major, minor) = info.compute_capability;
+        let mut functions = Vec::with_capacity(Kernel::ALL.len());
+        let cubins = kernels::compile_all(major, minor)?;
+        let modules = cubins
+            .into_iter()
+            .map(|c| ctx.load_module(cudarc::nvrtc::Ptx::from_binary(c.image)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for k in Kernel::ALL {
+            let module = modules.get(k.source_index()).ok_or(CudaError::NotReady(format!("kernel table: {k:?}")))?;
+            functions.push(module.load_function(k.function())?);
+        }
+
+        // The weights' stream exists before any session stream.
+        let load_stream = ctx.new_stream()?;
+        let part = |slot_base: u64, name: &str| -> Result<(u64, u64), CudaError> {
+            let p = layout.slot_part(name).ok_or(CudaError::NotReady(format!("arena layout has no {name}")))?;
+            Ok((slot_base + p.offset, p.bytes))
+        };
+        let state_bytes = layout.slot_part("scratch/gemm_in_f16").map_or(0, |p| p.offset);
+        let mut slots = Vec::with_capacity(layout.config.max_sessions);
+        for i in 0..layout.config.max_sessions {
+            let slot_base = base + layout.slot_offset(i);
+            let stream = ctx.new_stream()?;
+            let blas = CudaBlas::new(stream.clone())?;
+            let (ws, ws_bytes) = part(slot_base, "cublas_workspace")?;
+            // SAFETY: the workspace lies in this slot, used only by this handle's stream.
+            unsafe { blas_sys::cublasSetWorkspace_v2(*blas.handle(), ws as *mut c_void, ws_bytes as usize) }.result()?;
+            slots.push(Slot {
+                stream,
+                blas,
+                base: slot_base,
+                cursor: Mutex::new(Cursor::new(state_bytes)),
+                gemm_in: part(slot_base, "scratch/gemm_in_f16")?,
+                gemm_out: part(slot_base, "scratch/gemm_out")?,
+                scores: part(slot_base, "scratch/scores")?,
+                tokens: part(slot_base, "scratch/tokens")?,
+                src_rows: part(slot_base, "scratch/src_rows")?,
+                dst_rows: part(slot_base, "scratch/dst_rows")?,
+                error: Mutex::new(None),
+            });
+        }
+        let pool = SlotPool::new(slots.len());
+        Ok(CudaBackend {
+            ctx,
+            info,
+            weights: Mutex::new(Cursor::new(layout.weights_bytes)),
+            layout,
+            base,
+            load_stream,
+            functions,
+            slots,
+            pool,
+        })
+    }
+
+    /// Admission: a free slot or `PoolFull` at once.
+    pub fn pool(&self) -> &Arc<SlotPool> {
+        &self.pool
+    }
+
+    /// Binds the calling thread to `lease`'s slot, and empties the slot for
+    /// the `State` the session is about to create.
+    pub fn bind(&self, lease: &SlotLease) -> Bound {
+        if let Some(s) = self.slots.get(lease.index()) {
+            lock(&s.cursor).reset();
+            *lock(&s.error) = None;
+        }
+        BOUND.with(|b| b.set(Some(lease.index())));
+        Bound(())
+    }
+
+    /// The first CUDA error on slot `slot` since it was bound, if any.
+    pub fn slot_error(&self, slot: usize) -> Option<String> {
+        self.slots.get(slot).and_then(|s| lock(&s.error).clone())
+    }
+
+    /// Runs `f` on slot `slot` unless it already failed; keeps the first error.
+    fn on(&self, slot: usize, f: impl FnOnce(&Slot) -> Result<(), CudaError>) {
+        let Some(s) = self.slots.get(slot) else { return };
+        if lock(&s.error).is_some() {
+            return;
+        }
+        // The driver and cuBLAS act on the thread's current context; session
+        // threads are not the one that made it.
+        if let Err(e) = self.ctx.bind_to_thread().map_err(CudaError::from).and_then(|()| f(s)) {
+            tracing::error!("GPU slot {slot}: {e}");
+            *lock(&s.error) = Some(e.to_string());
+        }
+    }
+
+    fn f(&self, k: Kernel) -> &CudaFunction {
+        // `functions` holds Kernel::ALL in order (built in `new`).
+        &self.functions[Kernel::ALL.iter().position(|&x| x == k).unwrap_or(0)]
+    }
+
+    fn upload_weights<T>(&self, data: &[T]) -> Result<u64, BackendError> {
+        let bytes = std::mem::size_of_val(data) as u64;
+        let off = lock(&self.weights).take(bytes).map_err(|e| BackendError::Device(e.to_string()))?;
+        let ptr = self.base + off;
+        let r = (|| -> Result<(), CudaError> {
+            self.ctx.bind_to_thread()?;
+            // SAFETY: `ptr .. ptr + bytes` lies in the weights region; the
+            // host slice outlives the copy (synchronised below).
+            unsafe { drv::memcpy_htod_async(ptr, data, self.load_stream.cu_stream()) }?;
+            self.load_stream.synchronize()?;
+            Ok(())
+        })();
+        r.map_err(|e| BackendError::Device(e.to_string()))?;
+        Ok(ptr)
+    }
+
+    /// `C = A · B` with f16 operands, f32 accumulation and output, in cuBLAS's
+    /// column-major terms (see the callers for the row-major mapping).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_f16(s: &Slot, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, c: u64, ldc: usize,
+        beta: f32) -> Result<(), CudaError> {
+        let (alpha, beta) = (1.0f32, beta);
+        // SAFETY: pointers and leading dimensions describe buffers of the
+        // arena sized by the layout; the handle is bound to the slot's stream.
+        unsafe {
+            blas::gemm_ex(*s.blas.handle(), blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N, m as i32, n as i32, k as i32,
+                (&alpha as *const f32).cast(), a as *const c_void, blas_sys::cudaDataType::CUDA_R_16F, lda as i32,
+                b as *const c_void, blas_sys::cudaDataType::CUDA_R_16F, ldb as i32,
+                (&beta as *const f32).cast(), c as *mut c_void, blas_sys::cudaDataType::CUDA_R_32F, ldc as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT)?;
+        }
+        Ok(())
+    }
+
+    /// `y (=|+=) act(x · Wᵀ + b)` where x is `rows × k` f16 in `s.gemm_in`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_epilogue(&self, s: &Slot, rows: usize, w: &CudaMatrix, b: Option<u64>, act: Activation, write: Write,
+        out: u64, out_cols: usize) -> Result<(), CudaError> {
+        let (n, k) = (w.rows, w.cols);
+        let gelu = act == Activation::Gelu;
+        let accumulate_after = gelu && write == Write::Accumulate;
+        // Row-major Y[rows, n] = X[rows, k] · W[n, k]ᵀ is column-major
+        // Yᵀ (n × rows) = Wᵀ-op(W as k × n) · X (k × rows).
+        let (c, ldc, beta) = if accumulate_after {
+            if (rows * n * 4) as u64 > s.gemm_out.1 {
+                return Err(CudaError::NotReady(format!("GEMM output {rows}×{n} exceeds the slot's scratch")));
+            }
+            (s.gemm_out.0, n, 0.0)
+        } else {
+            (out, out_cols, if write == Write::Accumulate { 1.0 } else { 0.0 })
+        };
+        Self::gemm_f16(s, n, rows, k, w.ptr, k, s.gemm_in.0, k, c, ldc, beta)?;
+        if b.is_some() || gelu {
+            let l = Launch::elementwise(rows * n);
+            let bias = b.unwrap_or(0);
+            let (rows_i, n_i, gelu_i, acc_i) = (rows as i32, n as i32, gelu as i32, accumulate_after as i32);
+            // SAFETY: argument types match bias_act_f32's signature.
+            unsafe {
+                s.stream.launch_builder(self.f(Kernel::BiasAct)).arg(&c).arg(&bias).arg(&out).arg(&rows_i).arg(&n_i)
+                    .arg(&gelu_i).arg(&acc_i).launch(l.config())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn dev_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Device(e.to_string())
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Every stream idle before the arena goes.
+        let _ = self.ctx.synchronize();
+        // SAFETY: allocated in `new`; no work on it remains.
+        unsafe {
+            let _ = drv::free_sync(self.base);
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    type Matrix = CudaMatrix;
+    type Vector = CudaVector;
+    type Buf = CudaBuf;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    /// Every matrix is stored in f16 whatever `precision` asks: cuBLAS
+    /// multiplies f16 by f16 with fp32 accumulation. Whisper checkpoints are
+    /// f16, so nothing is lost for them.
+    fn matrix(&self, rows: usize, cols: usize, data: HostMatrix<'_>, _precision: Precision)
+        -> Result<CudaMatrix, BackendError> {
+        let ptr = match data {
+            HostMatrix::F16(d) => self.upload_weights(d)?,
+            HostMatrix::F32(d) => {
+                let h: Vec<f16> = d.iter().map(|&x| f16::from_f32(x)).collect();
+                self.upload_weights(&h)?
+            }
+        };
+        Ok(CudaMatrix { ptr, rows, cols })
+    }
+
+    fn vector(&self, data: &[f32]) -> Result<CudaVector, BackendError> {
+        Ok(CudaVector { ptr: self.upload_weights(data)?, len: data.len() })
+    }
+
+    fn buffer(&self, max_rows: usize, cols: usize) -> Result<CudaBuf, BackendError> {
+        let slot = BOUND.with(|b| b.get()).ok_or_else(|| {
+            BackendError::Device("CUDA buffers are made by a session thread bound to a slot (CudaBackend::bind)".into())
+        })?;
+        let s = self.slots.get(slot).ok_or_else(|| dev_err(format!("no slot {slot}")))?;
+        let bytes = (max_rows as u64).checked_mul(cols as u64 * 4).ok_or_else(|| dev_err("buffer size overflows"))?;
+        let off = lock(&s.cursor).take(bytes).map_err(|e| BackendError::OutOfMemory {
+            needed: bytes,
+            available: match e {
+                super::arena::ArenaError::WeightsFull { used, capacity, .. } => capacity.saturating_sub(used),
+                _ => 0,
+            },
+        })?;
+        let ptr = s.base + off;
+        // Zeroed, as the trait promises.
+        // SAFETY: the range lies in this slot.
+        unsafe { drv::memset_d8_async(ptr, 0, bytes as usize, s.stream.cu_stream()) }.map_err(dev_err)?;
+        Ok(CudaBuf { ptr, rows: 0, cols, max_rows, slot })
+    }
+
+    fn rows(&self, buf: &CudaBuf) -> usize {
+        buf.rows
+    }
+
+    fn set_rows(&self, buf: &mut CudaBuf, rows: usize) {
+        assert!(rows <= buf.max_rows, "buffer of {} rows asked for {rows}", buf.max_rows);
+        buf.rows = rows;
+    }
+
+    fn upload(&self, data: &[f32], dst: &mut CudaBuf) {
+        let rows = data.len() / dst.cols.max(1);
+        self.set_rows(dst, rows);
+        let ptr = dst.ptr;
+        self.on(dst.slot, |s| {
+            // Pageable memory: the call returns once `data` is staged, so it
+            // may be reused at once.
+            // SAFETY: `rows ≤ max_rows`, so the copy stays in the buffer.
+            unsafe { drv::memcpy_htod_async(ptr, data, s.stream.cu_stream()) }?;
+            Ok(())
+        });
+    }
+
+    fn download(&self, src: &CudaBuf, rows: Range<usize>, out: &mut [f32]) {
+        let from = src.ptr + (rows.start * src.cols * 4) as u64;
+        self.on(src.slot, |s| {
+            // SAFETY: `out` has `rows.len() × cols` elements (the trait's contract).
+            unsafe { drv::memcpy_dtoh_async(out, from, s.stream.cu_stream()) }?;
+            s.stream.synchronize()?;
+            Ok(())
+        });
+        if self.slot_error(src.slot).is_some() {
+            out.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+
+    fn linear(&self, x: View<'_, Self>, w: &CudaMatrix, b: Option<&CudaVector>, act: Activation, write: Write,
+        out: &mut CudaBuf) {
+        assert_eq!(x.width, w.cols, "linear: input width {} vs weight in-features {}", x.width, w.cols);
+        assert_eq!(out.cols, w.rows, "linear: output width {} vs weight out-features {}", out.cols, w.rows);
+        let m = x.buf.rows;
+        self.set_rows(out, m);
+        let (xp, xs, xc, k) = (x.buf.ptr, x.buf.cols as i32, x.col as i32, x.width);
+        let (op, oc) = (out.ptr, out.cols);
+        self.on(out.slot, |s| {
+            if (m * k * 2) as u64 > s.gemm_in.1 {
+                return Err(CudaError::NotReady(format!("GEMM input {m}×{k} exceeds the slot's scratch")));
+            }
+            let l = Launch::elementwise(m * k);
+            let (m_i, k_i) = (m as i32, k as i32);
+            // SAFETY: argument types match f32_to_f16_2d's signature.
+            unsafe {
+                s.stream.launch_builder(self.f(Kernel::F32ToF16)).arg(&xp).arg(&xs).arg(&xc).arg(&m_i).arg(&k_i)
+                    .arg(&s.gemm_in.0).launch(l.config())?;
+            }
+            self.gemm_epilogue(s, m, w, b.map(|v| v.ptr), act, write, op, oc)
+        });
+    }
+
+    fn layer_norm(&self, x: &CudaBuf, gamma: &CudaVector, beta: &CudaVector, eps: f32, out: &mut CudaBuf) {
+        assert_eq!(gamma.len, x.cols);
+        self.set_rows(out, x.rows);
+        let (xp, gp, bp, op, rows, d) = (x.ptr, gamma.ptr, beta.ptr, out.ptr, x.rows as i32, x.cols as i32);
+        self.on(out.slot, |s| {
+            // SAFETY: argument types match layer_norm_f32's signature.
+            unsafe {
+                s.stream.launch_builder(self.f(Kernel::LayerNorm)).arg(&xp).arg(&gp).arg(&bp).arg(&op).arg(&rows)
+                    .arg(&d).arg(&eps).launch(Launch::per_row(x.rows).config())?;
+            }
+            Ok(())
+        });
+    }
+
+    fn conv1d_gelu(&self, x: &CudaBuf, w: &CudaMatrix, b: &CudaVector, stride: usize, out: &mut CudaBuf) {
+        let c_in = x.cols;
+        assert_eq!(w.cols, 3 * c_in, "conv1d: weight has {} columns for {c_in} input channels", w.cols);
+        let t_in = x.rows;
+        let t_out = (t_in + 2 - 3) / stride + 1;
+        self.set_rows(out, t_out);
+        let (xp, op, oc, bp) = (x.ptr, out.ptr, out.cols, b.ptr);
+        self.on(out.slot, |s| {
+            let k3 = 3 * c_in;
+            if (t_out * k3 * 2) as u64 > s.gemm_in.1 {
+                return Err(CudaError::NotReady(format!("im2col {t_out}×{k3} exceeds the slot's scratch")));
+            }
+            let (ti, ci, st, to) = (t_in as i32, c_in as i32, stride as i32, t_out as i32);
+            // SAFETY: argument types match im2col_k3_f16's signature.
+            unsafe {
+                s.stream.launch_builder(self.f(Kernel::Im2col)).arg(&xp).arg(&ti).arg(&ci).arg(&st).arg(&to)
+                    .arg(&s.gemm_in.0).launch(Launch::elementwise(t_out * k3).config())?;
+            }
+            self.gemm_epilogue(s, t_out, w, Some(bp), Activation::Gelu, Write::Overwrite, op, oc)
+        });
+    }
+
+    fn add_rows(&self, x: &mut CudaBuf, table: &CudaMatrix, offset: usize) {
+        assert!(offset + x.rows <= table.rows, "add_rows: rows {offset}.. past the table's {}", table.rows);
+        let (xp, rows, d, tp, off) = (x.ptr, x.rows as i32, x.cols as i32, table.ptr, offset as i32);
+        let n = x.rows * x.cols;
+        self.on(x.slot, |s| {
+            // SAFETY: argument types match add_rows_f16's signature.
+            unsafe {
+                s.stream.launch_builder(self.f(Kernel::AddRows)).arg(&xp).arg(&rows).arg(&d).arg(&tp).arg(&off)
+                    .launch(Launch::elementwise(n).config())?;
+            }
+            Ok(())
+        });
+    }
+
+    fn embed(&self, tokens: &[u32], seq_len: usize, pos0: usize, embeddings: &CudaMatrix, positions: &CudaMatrix,
+        out: &mut CudaBuf) {
+        self.set_rows(out, tokens.len());
+        let (op, d) = (out.ptr, out.cols as i32);
+        let n = tokens.len();
+        self.on(out.slot, |s| {
+            if (n * 4) as u64 > s.tokens.1 {
+                return Err(CudaError::NotReady(format!("{n} tokens exceed the slot's token buffer")));
+            }
+            // SAFETY: fits (checked); pageable copy, `tokens` may be reused after.
+            unsafe { drv::memcpy_htod_async(s.tokens.0, tokens, s.stream.cu_stream()) }?;
+            let (n_i, sl, p0) = (n as i32, seq_len.max(1) as i32, pos0 as i32);
+            let (ep, vocab, pp, n_pos) = (embeddings.ptr, embeddings.rows as i32, positions.ptr, positions.rows as i32);
+            // SAFETY: argument types match embed_f16's signature.
+            unsafe {
+                s.stream.launch_builder(self.f(Kernel::Embed)).arg(&s.tokens.0).arg(&n_i).arg(&sl).arg(&p0).arg(&ep)
+                    .arg(&vocab).arg(&pp).arg(&n_pos).arg(&op).arg(&d)
+                    .launch(Launch::per_row_across(n, d as usize).config())?;
+            }
+            Ok(())
+        });
+    }
+
+    fn attention(&self, q: View<'_, Self>, k: View<'_, Self>, v: View<'_, Self>, sh: AttentionShape,
+        out: &mut CudaBuf, probs: Option<(&mut CudaBuf, &[usize])>) {
+        let d = q.width;
+        let hd = d / sh.heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        self.set_rows(out, sh.seqs * sh.q_len);
+        assert_eq!(out.cols, d);
+        let (probs_ptr, slots) = match probs {
+            Some((p, heads)) => {
+                assert_eq!(sh.seqs, 1, "attention weights are returned for one sequence");
+                self.set_rows(p, heads.len() * sh.q_len);
+                let slots = HeadSlots::for_heads(heads).unwrap_or_else(|| panic!("bad alignment heads {heads:?}"));
+                (p.ptr, slots)
+            }
+            None => (0u64, HeadSlots::none()),
+        };
+        let (qp, qld, kp, kld, vp, vld) = (q.buf.ptr + (q.col * 4) as u64, q.buf.cols, k.buf.ptr + (k.col * 4) as u64,
+            k.buf.cols, v.buf.ptr + (v.col * 4) as u64, v.buf.cols);
+        let op = out.ptr;
+        self.on(out.slot, |s| {
+            let per_head = (sh.q_len * sh.kv_len * 4) as u64;
+            let chunk = ((s.scores.1 / per_head.max(1)) as usize).min(sh.heads);
+            if chunk == 0 {
+                return Err(CudaError::NotReady(format!("attention {}×{} exceeds the scores scratch", sh.q_len, sh.kv_len)));
+            }
+            let (one, zero) = (1.0f32, 0.0f32);
+            let handle = *s.blas.handle();
+            use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+            for seq in 0..sh.seqs {
+                let qs = qp + (seq * sh.q_len * qld * 4) as u64;
+                let ks = kp + (seq * sh.kv_seq_stride * kld * 4) as u64;
+                let vs = vp + (seq * sh.kv_seq_stride * vld * 4) as u64;
+                let os = op + (seq * sh.q_len * d * 4) as u64;
+                for h0 in (0..sh.heads).step_by(chunk) {
+                    let hn = chunk.min(sh.heads - h0);
+                    let ho = (h0 * hd * 4) as u64;
+                    // Scores, per head b: column-major Sᵀ (kv × q) = Kᵀ · Q.
+                    // SAFETY: every operand lies in the arena as planned.
+                    unsafe {
+                        blas::sgemm_strided_batched(handle, CUBLAS_OP_T, CUBLAS_OP_N, sh.kv_len as i32, sh.q_len as i32,
+                            hd as i32, &one, (ks + ho) as *const f32, kld as i32, hd as i64, (qs + ho) as *const f32,
+                            qld as i32, hd as i64, &zero, s.scores.0 as *mut f32, sh.kv_len as i32,
+                            (sh.q_len * sh.kv_len) as i64, hn as i32)?;
+                    }
+                    let rows = hn * sh.q_len;
+                    let (rows_i, ql, kl, heads, h0_i, causal) = (rows as i32, sh.q_len as i32, sh.kv_len as i32,
+                        sh.heads as i32, h0 as i32, sh.causal as i32);
+                    // SAFETY: argument types match attn_softmax_f32's signature.
+                    unsafe {
+                        s.stream.launch_builder(self.f(Kernel::AttnSoftmax)).arg(&s.scores.0).arg(&rows_i).arg(&ql)
+                            .arg(&kl).arg(&heads).arg(&h0_i).arg(&scale).arg(&causal).arg(&probs_ptr).arg(&slots)
+                            .launch(Launch::per_row(rows).config())?;
+                    }
+                    // out_h, column-major (hd × q, ld d) = V_h (hd × kv, ld v) · Pᵀ (kv × q).
+                    // SAFETY: as above.
+                    unsafe {
+                        blas::sgemm_strided_batched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hd as i32, sh.q_len as i32,
+                            sh.kv_len as i32, &one, (vs + ho) as *const f32, vld as i32, hd as i64,
+                            s.scores.0 as *const f32, sh.kv_len as i32, (sh.q_len * sh.kv_len) as i64, &zero,
+                            (os + ho) as *mut f32, d as i32, hd as i64, hn as i32)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+
+    fn copy_rows(&self, src: View<'_, Self>, src_rows: &[usize], dst: &mut CudaBuf, dst_rows: &[usize]) {
+        assert_eq!(src.width, dst.cols);
+        assert_eq!(src_rows.len(), dst_rows.len());
+        let needed = dst_rows.iter().map(|r| r + 1).max().unwrap_or(0);
+        if needed > dst.rows {
+            self.set_rows(dst, needed);
+        }
+        let n = src_rows.len();
+        if n == 0 {
+            return;
+        }
+        let s_idx: Vec<u32> = src_rows.iter().map(|&r| r as u32).collect();
+        let d_idx: Vec<u32> = dst_rows.iter().map(|&r| r as u32).collect();
+        let (sp, ss, sc, dp, w) = (src.buf.ptr, src.buf.cols as i32, src.col as i32, dst.ptr, src.width as i32);
+        self.on(dst.slot, |s| {
+            if (n * 4) as u64 > s.src_rows.1.min(s.dst_rows.1) {
+                return Err(CudaError::NotReady(format!("{n} row indices exceed the slot's index buffers")));
+            }
+            // SAFETY: fits (checked); pageable copies, the vectors may drop after.
+            unsafe {
+                drv::memcpy_htod_async(s.src_rows.0, &s_idx, s.stream.cu_stream())?;
+                drv::memcpy_htod_async(s.dst_rows.0, &d_idx, s.stream.cu_stream())?;
+            }
+            let n_i = n as i32;
+            // SAFETY: argument types match gather_rows_f32's signature.
+            unsafe {
+                s.stream.launch_builder(self.f(Kernel::GatherRows)).arg(&sp).arg(&ss).arg(&sc).arg(&s.src_rows.0)
+                    .arg(&dp).arg(&s.dst_rows.0).arg(&n_i).arg(&w).launch(Launch::per_row_across(n, w as usize).config())?;
+            }
+            Ok(())
+        });
+    }
+}
