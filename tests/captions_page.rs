@@ -160,7 +160,9 @@ fn the_captions_page_transcribes_the_browser_microphone() {
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
             text = page.eval("document.getElementById('final').textContent").await.as_str().unwrap_or("").to_string();
-            if normalize(&text).last().is_some_and(|w| w == "country") {
+            // The sentence's last clause; "what your country" ends an
+            // earlier final, so one word is not enough.
+            if normalize(&text).ends_with(&["for".to_string(), "your".to_string(), "country".to_string()]) {
                 break;
             }
         }

@@ -439,7 +439,9 @@ fn bad_input_gets_documented_errors_and_close_codes() {
     let rt = rt();
     let lin16 = "encoding=linear16&sample_rate=16000";
     let close = || Step::Text(r#"{"type":"CloseStream"}"#.into());
-    let cases: Vec<(&str, &str, Vec<Step>, u16, Option<&str>)> = vec![
+    // (name, query, steps, close code, error text)
+    type Case<'a> = (&'a str, &'a str, Vec<Step>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", lin16, vec![Step::Text("{not json".into())], 1007, Some("BAD_MESSAGE")),
         ("JSON without type", lin16, vec![Step::Text("[1,2]".into())], 1007, Some("BAD_MESSAGE")),
         ("odd-length linear16", lin16, vec![Step::Audio(vec![0; 801])], 1007, Some("BAD_AUDIO")),

@@ -43,7 +43,14 @@ pub enum MicError {
     #[error("the microphone cannot be started: {0}")]
     Play(#[from] cpal::PlayStreamError),
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(Box<ClientError>),
+}
+
+// Boxed: tungstenite's error is large and would bloat every `Result` here.
+impl From<ClientError> for MicError {
+    fn from(e: ClientError) -> Self {
+        MicError::Client(Box::new(e))
+    }
 }
 
 /// Names of the input devices the default host offers.
