@@ -66,33 +66,18 @@ struct ServeArgs {
 #[derive(Args)]
 struct StreamArgs {
     file: PathBuf,
-    /// Daemon base URL.
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
     /// Pace relative to real time (2 = twice as fast).
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
-    /// Show interim results.
-    #[arg(long)]
-    interim: bool,
-    /// Print the raw JSON messages, one per line.
-    #[arg(long)]
-    json: bool,
-    #[arg(long, env = "SCRIBED_API_KEY")]
-    api_key: Option<String>,
     /// Frame length in milliseconds (20–100).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(20..=100))]
     frame_ms: u32,
-    /// Extra query parameters for /v1/listen (k=v&k2=v2).
-    #[arg(long, default_value = "")]
-    query: String,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
 struct MicArgs {
-    /// Daemon base URL.
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
     /// Input device name (default: the system's default input).
     #[arg(long)]
     device: Option<String>,
@@ -102,6 +87,16 @@ struct MicArgs {
     /// Stop after this many seconds of audio (default: until Ctrl-C).
     #[arg(long)]
     seconds: Option<f64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// What `stream` and `mic` share: the daemon to talk to and how to print.
+#[derive(Args)]
+struct ClientArgs {
+    /// Daemon base URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
     /// Show interim results.
     #[arg(long)]
     interim: bool,
@@ -113,6 +108,19 @@ struct MicArgs {
     /// Extra query parameters for /v1/listen (k=v&k2=v2).
     #[arg(long, default_value = "")]
     query: String,
+}
+
+impl ClientArgs {
+    fn options(self, speed: f64, frame_ms: u32) -> scribed::client::stream::StreamOptions {
+        scribed::client::stream::StreamOptions {
+            url: self.url,
+            speed,
+            interim: self.interim,
+            api_key: self.api_key,
+            frame_ms,
+            extra_query: self.query,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -351,16 +359,9 @@ async fn shutdown_signal() {
 
 fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let samples = load_mono_16k(&args.file)?;
-    let opts = scribed::client::stream::StreamOptions {
-        url: args.url,
-        speed: args.speed,
-        interim: args.interim,
-        api_key: args.api_key,
-        frame_ms: args.frame_ms,
-        extra_query: args.query,
-    };
+    let mut printer = Captions::new(args.client.json);
+    let opts = args.client.options(args.speed, args.frame_ms);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut printer = Captions::new(args.json);
     runtime.block_on(scribed::client::stream::stream_samples(&samples, &opts, |msg, raw| printer.show(msg, raw)))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -378,16 +379,9 @@ fn mic(args: MicArgs) -> anyhow::Result<ExitCode> {
     }
     let mut microphone = mic::Microphone::open(args.device.as_deref())?;
     eprintln!("scribed: listening on {} ({} Hz); Ctrl-C to stop", microphone.name, microphone.sample_rate);
-    let opts = scribed::client::stream::StreamOptions {
-        url: args.url,
-        speed: 1.0,
-        interim: args.interim,
-        api_key: args.api_key,
-        frame_ms: 50,
-        extra_query: args.query,
-    };
+    let mut printer = Captions::new(args.client.json);
+    let opts = args.client.options(1.0, 50);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut printer = Captions::new(args.json);
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };

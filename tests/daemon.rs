@@ -61,29 +61,21 @@ impl Drop for Daemon {
 
 /// One raw HTTP/1.1 request: (status, head, body).
 fn http(addr: &str, path: &str, headers: &[&str]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    request(addr, path, headers, false)
 }
 
 /// A websocket upgrade request: returns as soon as a 101 head is in (the
 /// server would keep that connection open), else the whole refusal.
 fn try_upgrade(addr: &str, path: &str) -> (u16, String, String) {
+    request(addr, path, &UPGRADE, true)
+}
+
+/// Sends a GET and reads the answer to its end, or only to the end of a 101
+/// head when `until_upgrade`.
+fn request(addr: &str, path: &str, headers: &[&str], until_upgrade: bool) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for h in UPGRADE {
+    for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
@@ -97,7 +89,7 @@ fn try_upgrade(addr: &str, path: &str) -> (u16, String, String) {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        if buf.starts_with(b"HTTP/1.1 101") && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if until_upgrade && buf.starts_with(b"HTTP/1.1 101") && buf.windows(4).any(|w| w == b"\r\n\r\n") {
             break;
         }
     }

@@ -18,8 +18,8 @@ use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::stream::{connect, linear16, listen_url, receive, ClientError, StreamOptions};
-use crate::protocol::{ClientMessage, ServerMessage};
+use super::stream::{connect, converse, linear16, listen_url, ClientError, StreamOptions};
+use crate::protocol::ServerMessage;
 
 /// Audio the ring holds while the network catches up.
 const RING_SECONDS: u32 = 30;
@@ -160,15 +160,9 @@ impl Microphone {
                     sent += n as u64;
                 }
             }
-            tx.send(Message::text(ClientMessage::CloseStream.to_json())).await?;
             Ok::<_, ClientError>(tx)
         };
-        let (sent, received) = tokio::join!(sender, receive(rx, on_message));
-        received?;
-        if let Ok(mut tx) = sent {
-            let _ = tx.close().await;
-        }
-        Ok(())
+        Ok(converse(sender, rx, on_message).await?)
     }
 }
 

@@ -120,6 +120,21 @@ pub async fn stream_samples(
             linear16(frame, &mut bytes);
             tx.send(Message::binary(bytes.clone())).await?;
         }
+        Ok::<_, ClientError>(tx)
+    };
+    converse(sender, rx, on_message).await
+}
+
+/// One session from the client's side: `send_audio` streams the audio and
+/// hands the sink back, `CloseStream` follows; meanwhile every server
+/// message goes to `on_message` until `Metadata` and the close.
+pub(crate) async fn converse(
+    send_audio: impl std::future::Future<Output = Result<Sink, ClientError>>,
+    rx: Source,
+    on_message: impl FnMut(&ServerMessage, &str),
+) -> Result<(), ClientError> {
+    let sender = async {
+        let mut tx = send_audio.await?;
         tx.send(Message::text(ClientMessage::CloseStream.to_json())).await?;
         Ok::<_, ClientError>(tx)
     };
