@@ -132,7 +132,9 @@ impl Drop for Daemon {
 
 fn norm(text: &str) -> Vec<String> {
     text.split_whitespace()
-        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect::<String>())
+        .map(|w| {
+            w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect::<String>()
+        })
         .filter(|w| !w.is_empty())
         .collect()
 }
@@ -233,9 +235,9 @@ fn score(msgs: &[(Instant, Value)], t0: Instant, speed: f64, reference: &str, t:
                 .iter()
                 .filter(|(_, m2)| m2["type"] == "Results")
                 .find(|(_, m2)| {
-                    words(m2).iter().any(|w2| {
-                        w2["word"] == w["word"] && (w2["start"].as_f64().unwrap_or(-9.0) - ws).abs() < 0.5
-                    })
+                    words(m2)
+                        .iter()
+                        .any(|w2| w2["word"] == w["word"] && (w2["start"].as_f64().unwrap_or(-9.0) - ws).abs() < 0.5)
                 })
                 .map_or(*at, |(a, _)| *a);
             t.interim.push(first.saturating_duration_since(spoken).as_secs_f64());
@@ -321,7 +323,14 @@ struct Sample {
 /// between them) and repeated to `hours` of audio, streamed as one session.
 /// One row per block of repetitions: final latency, word error rate against
 /// the references, the daemon's RSS and lag.
-fn soak(rt: &tokio::runtime::Runtime, a: &Args, url: &str, pid: Option<u32>, refs: &[(String, String)], hours: f64) -> anyhow::Result<()> {
+fn soak(
+    rt: &tokio::runtime::Runtime,
+    a: &Args,
+    url: &str,
+    pid: Option<u32>,
+    refs: &[(String, String)],
+    hours: f64,
+) -> anyhow::Result<()> {
     let mut once = Vec::new();
     let mut reference = String::new();
     for (f, r) in refs {
@@ -439,7 +448,9 @@ fn soak(rt: &tokio::runtime::Runtime, a: &Args, url: &str, pid: Option<u32>, ref
         let (rss, lag) = in_row.iter().fold((f64::NAN, f64::NAN), |(r, l), s| (r.max(s.rss_mib), l.max(s.lag)));
         // Mean compute time of one hypothesis within the row.
         let per_hyp = match (in_row.first(), in_row.last()) {
-            (Some(a), Some(b)) if b.inference.0 > a.inference.0 => 1e3 * (b.inference.1 - a.inference.1) / (b.inference.0 - a.inference.0),
+            (Some(a), Some(b)) if b.inference.0 > a.inference.0 => {
+                1e3 * (b.inference.1 - a.inference.1) / (b.inference.0 - a.inference.0)
+            }
             _ => f64::NAN,
         };
         let n_words = lat[row].len();

@@ -73,7 +73,8 @@ impl Config {
         let f = match file {
             None => FileConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?
             }
         };
@@ -133,8 +134,10 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file() {
-        let f: FileConfig = toml::from_str("listen = \"0.0.0.0:9000\"\nmax_sessions = 8\napi_keys = [\"a\"]\nstep_ms = 800\n").unwrap();
-        let c = Config::merge(f.clone(), Overrides { max_sessions: Some(2), ..Default::default() }, "m".into()).unwrap();
+        let f: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:9000\"\nmax_sessions = 8\napi_keys = [\"a\"]\nstep_ms = 800\n").unwrap();
+        let c =
+            Config::merge(f.clone(), Overrides { max_sessions: Some(2), ..Default::default() }, "m".into()).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_sessions, 2);
         assert_eq!(c.api_keys, vec!["a"]);
@@ -142,6 +145,11 @@ mod tests {
         let c = Config::merge(f, Overrides { api_keys: vec!["b".into()], ..Default::default() }, "m".into()).unwrap();
         assert_eq!(c.api_keys, vec!["b"]);
         assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
-        assert!(Config::merge(FileConfig::default(), Overrides { max_sessions: Some(0), ..Default::default() }, "m".into()).is_err());
+        assert!(Config::merge(
+            FileConfig::default(),
+            Overrides { max_sessions: Some(0), ..Default::default() },
+            "m".into()
+        )
+        .is_err());
     }
 }

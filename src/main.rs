@@ -183,7 +183,9 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
         .init();
     let result = match cli.command {
         Command::Transcribe(args) => transcribe(args),
@@ -284,7 +286,9 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
 fn choose_device(choice: DeviceChoice, gpu: usize) -> anyhow::Result<()> {
     match resolve_device(choice, gpu).context("--device cuda")? {
         Resolved::Cpu { .. } => Ok(()),
-        Resolved::Cuda(info) => anyhow::bail!("--device cuda: {info} is usable, but this build runs models on the CPU only"),
+        Resolved::Cuda(info) => {
+            anyhow::bail!("--device cuda: {info} is usable, but this build runs models on the CPU only")
+        }
     }
 }
 
@@ -312,7 +316,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = scribed::config::Config::load(args.config.as_deref(), flags, PathBuf::from("models/tiny.en"))?;
     choose_device(args.device, args.gpu)?;
     init_threads(config.threads)?;
-    let model = Whisper::load(&config.model, Cpu).with_context(|| format!("loading the model from {}", config.model.display()))?;
+    let model = Whisper::load(&config.model, Cpu)
+        .with_context(|| format!("loading the model from {}", config.model.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("scribed-net")

@@ -51,15 +51,45 @@ impl Metrics {
         };
         let c = |a: &AtomicU64| a.load(Relaxed) as f64;
         counter("scribed_connections_total", "HTTP connections accepted.", "counter", c(&self.connections_total));
-        counter("scribed_sessions_started_total", "Websocket sessions started.", "counter", c(&self.sessions_started_total));
+        counter(
+            "scribed_sessions_started_total",
+            "Websocket sessions started.",
+            "counter",
+            c(&self.sessions_started_total),
+        );
         counter("scribed_sessions_active", "Websocket sessions in progress.", "gauge", c(&self.sessions_active));
         counter("scribed_sessions_max", "Configured session slots.", "gauge", max_sessions as f64);
-        counter("scribed_rejected_busy_total", "Upgrades refused with 503 (no free slot).", "counter", c(&self.rejected_busy_total));
+        counter(
+            "scribed_rejected_busy_total",
+            "Upgrades refused with 503 (no free slot).",
+            "counter",
+            c(&self.rejected_busy_total),
+        );
         counter("scribed_rejected_auth_total", "Requests refused with 401.", "counter", c(&self.rejected_auth_total));
-        counter("scribed_rejected_params_total", "Upgrades refused with 400.", "counter", c(&self.rejected_params_total));
-        counter("scribed_session_errors_total", "Sessions ended by an error.", "counter", c(&self.session_errors_total));
-        counter("scribed_worker_panics_total", "Session workers that panicked.", "counter", c(&self.worker_panics_total));
-        counter("scribed_audio_received_seconds_total", "Audio received (after resampling).", "counter", c(&self.audio_received_us) / 1e6);
+        counter(
+            "scribed_rejected_params_total",
+            "Upgrades refused with 400.",
+            "counter",
+            c(&self.rejected_params_total),
+        );
+        counter(
+            "scribed_session_errors_total",
+            "Sessions ended by an error.",
+            "counter",
+            c(&self.session_errors_total),
+        );
+        counter(
+            "scribed_worker_panics_total",
+            "Session workers that panicked.",
+            "counter",
+            c(&self.worker_panics_total),
+        );
+        counter(
+            "scribed_audio_received_seconds_total",
+            "Audio received (after resampling).",
+            "counter",
+            c(&self.audio_received_us) / 1e6,
+        );
         counter("scribed_transcriptions_total", "Hypotheses computed.", "counter", c(&self.transcriptions_total));
         counter("scribed_inference_seconds_total", "Time spent transcribing.", "counter", c(&self.inference_us) / 1e6);
         counter("scribed_results_interim_total", "Interim results sent.", "counter", c(&self.results_interim_total));
@@ -70,7 +100,12 @@ impl Metrics {
             .lock()
             .map(|l| (l.values().copied().max().unwrap_or(0), l.values().sum::<u64>()))
             .unwrap_or((0, 0));
-        counter("scribed_lag_seconds_max", "Worst lag of a live session (audio received minus transcribed).", "gauge", max as f64 / 1e3);
+        counter(
+            "scribed_lag_seconds_max",
+            "Worst lag of a live session (audio received minus transcribed).",
+            "gauge",
+            max as f64 / 1e3,
+        );
         counter("scribed_lag_seconds_sum", "Sum of the live sessions' lag.", "gauge", sum as f64 / 1e3);
         s
     }

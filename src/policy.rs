@@ -287,11 +287,8 @@ impl Policy {
                 let from_finalize = reason == Reason::Finalize;
                 let had = !tail.is_empty();
                 if had || from_finalize {
-                    let end = if reason == Reason::Endpoint {
-                        now - self.silence_run as f64 * FRAME_SECONDS
-                    } else {
-                        now
-                    };
+                    let end =
+                        if reason == Reason::Endpoint { now - self.silence_run as f64 * FRAME_SECONDS } else { now };
                     self.commit(tail, end, true, from_finalize, out);
                 }
                 self.context_push_committed();
@@ -481,7 +478,11 @@ mod tests {
         out.clear();
         // Endpoint: everything after the committed words becomes final.
         assert_eq!(frames(&mut p, false, 50, &mut out), Some(Reason::Endpoint));
-        p.on_hypothesis(Reason::Endpoint, vec![w("Hello", 1.0, 1.3), w("world,", 1.3, 1.7), w("how", 1.8, 2.0), w("are", 2.0, 2.2)], &mut out);
+        p.on_hypothesis(
+            Reason::Endpoint,
+            vec![w("Hello", 1.0, 1.3), w("world,", 1.3, 1.7), w("how", 1.8, 2.0), w("are", 2.0, 2.2)],
+            &mut out,
+        );
         let r = results(&out);
         assert_eq!(r.len(), 1);
         assert!(r[0].is_final && r[0].speech_final);
@@ -502,7 +503,11 @@ mod tests {
         out.clear();
         // Whisper re-spells a committed word: alignment falls back to time.
         frames(&mut p, true, 60, &mut out);
-        p.on_hypothesis(Reason::Step, vec![w("One", 0.0, 0.3), w("2", 0.3, 0.6), w("three", 0.7, 1.0), w("four", 1.1, 1.3)], &mut out);
+        p.on_hypothesis(
+            Reason::Step,
+            vec![w("One", 0.0, 0.3), w("2", 0.3, 0.6), w("three", 0.7, 1.0), w("four", 1.1, 1.3)],
+            &mut out,
+        );
         let r = results(&out);
         assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["three"]);
     }

@@ -163,14 +163,19 @@ impl ListenParams {
                     })?)
                 }
                 "sample_rate" => {
-                    let rate: u32 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
+                    let rate: u32 =
+                        value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
                     if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
-                        return Err(ParamError::new(k, format!("{rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz")));
+                        return Err(ParamError::new(
+                            k,
+                            format!("{rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"),
+                        ));
                     }
                     p.sample_rate = Some(rate);
                 }
                 "channels" => {
-                    let n: u16 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
+                    let n: u16 =
+                        value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
                     if !(1..=MAX_CHANNELS).contains(&n) {
                         return Err(ParamError::new(k, format!("{n} is outside 1–{MAX_CHANNELS}")));
                     }
@@ -186,9 +191,9 @@ impl ListenParams {
                         "false" => None,
                         "true" => Some(DEFAULT_ENDPOINTING_MS),
                         _ => {
-                            let ms: u32 = value
-                                .parse()
-                                .map_err(|_| ParamError::new(k, format!("`{value}` is neither milliseconds nor false")))?;
+                            let ms: u32 = value.parse().map_err(|_| {
+                                ParamError::new(k, format!("`{value}` is neither milliseconds nor false"))
+                            })?;
                             if ms > 60_000 {
                                 return Err(ParamError::new(k, "at most 60000 ms"));
                             }
@@ -197,7 +202,8 @@ impl ListenParams {
                     }
                 }
                 "utterance_end_ms" => {
-                    let ms: u32 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
+                    let ms: u32 =
+                        value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
                     if !(1000..=60_000).contains(&ms) {
                         return Err(ParamError::new(k, format!("{ms} ms is outside 1000–60000 ms")));
                     }

@@ -25,10 +25,7 @@ fn signal_at(rate: u32, n: usize) -> Vec<f64> {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
 }
 
 fn hound_spec(channels: u16, rate: u32, bits: u16, float: bool) -> hound::WavSpec {
@@ -36,11 +33,7 @@ fn hound_spec(channels: u16, rate: u32, bits: u16, float: bool) -> hound::WavSpe
         channels,
         sample_rate: rate,
         bits_per_sample: bits,
-        sample_format: if float {
-            hound::SampleFormat::Float
-        } else {
-            hound::SampleFormat::Int
-        },
+        sample_format: if float { hound::SampleFormat::Float } else { hound::SampleFormat::Int },
     }
 }
 
@@ -52,10 +45,7 @@ fn jfk_decodes_bit_exact_at_16k() {
 
     // Same scaling as faster-whisper: int16 / 32768, no other rounding.
     let mut reader = hound::WavReader::open(JFK).unwrap();
-    let want: Vec<f32> = reader
-        .samples::<i16>()
-        .map(|s| s.unwrap() as f32 / 32_768.0)
-        .collect();
+    let want: Vec<f32> = reader.samples::<i16>().map(|s| s.unwrap() as f32 / 32_768.0).collect();
     assert_eq!(audio.samples, want);
 
     // Already 16 kHz mono: load_mono_16k must be a pure passthrough.
@@ -69,16 +59,8 @@ fn every_pcm_format_decodes_to_the_same_signal() {
     let x = signal_at(rate, 8_000);
 
     // Integer PCM must come back as q / 2^(bits-1), float as written.
-    for (bits, float) in [
-        (8, false),
-        (16, false),
-        (24, false),
-        (32, false),
-        (32, true),
-    ] {
-        let path = dir
-            .path()
-            .join(format!("pcm{bits}{}.wav", if float { "f" } else { "i" }));
+    for (bits, float) in [(8, false), (16, false), (24, false), (32, false), (32, true)] {
+        let path = dir.path().join(format!("pcm{bits}{}.wav", if float { "f" } else { "i" }));
         let mut w = hound::WavWriter::create(&path, hound_spec(1, rate, bits, float)).unwrap();
         let scale = 2f64.powi(bits as i32 - 1);
         let mut expected = Vec::with_capacity(x.len());
@@ -104,10 +86,7 @@ fn every_pcm_format_decodes_to_the_same_signal() {
         // Only 32-bit integers do not fit f32's 24-bit mantissa.
         let tol = if !float && bits == 32 { 6e-8 } else { 0.0 };
         let exact = max_abs_diff(&audio.samples, &expected);
-        assert!(
-            exact <= tol,
-            "{bits}-bit float={float}: scale off by {exact}"
-        );
+        assert!(exact <= tol, "{bits}-bit float={float}: scale off by {exact}");
         // And the same signal up to quantisation (plus f32 rounding, 2^-25).
         let quant = max_abs_diff(&audio.samples, &x);
         assert!(quant <= 1.0 / scale + 3e-8, "{bits}-bit: {quant}");
@@ -117,10 +96,7 @@ fn every_pcm_format_decodes_to_the_same_signal() {
     let path = dir.path().join("pcm64f.wav");
     write_f64_wav(&path, rate, &x);
     let audio = decode_file(&path).unwrap();
-    assert_eq!(
-        (audio.sample_rate, audio.channels, audio.samples.len()),
-        (rate, 1, x.len())
-    );
+    assert_eq!((audio.sample_rate, audio.channels, audio.samples.len()), (rate, 1, x.len()));
     assert!(max_abs_diff(&audio.samples, &x) < 1e-7);
 
     // Stereo: L = x, R = x/2 → mono is the average, 0.75 x.
@@ -190,10 +166,7 @@ fn python_with_av() -> Option<PathBuf> {
     let candidate = std::env::var_os("SCRIBED_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/work/fwenv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import av, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new(&candidate).args(["-c", "import av, numpy"]).output().is_ok_and(|o| o.status.success());
     ok.then_some(candidate)
 }
 
@@ -243,22 +216,14 @@ fn compressed_formats_decode() {
     let mut w = hound::WavWriter::create(&src, hound_spec(2, rate, 16, false)).unwrap();
     let mut pcm = Vec::with_capacity(2 * n);
     for &v in &left {
-        let (l, r) = (
-            (v * 32_767.0).round() as i16,
-            (v * -16_384.0).round() as i16,
-        );
+        let (l, r) = ((v * 32_767.0).round() as i16, (v * -16_384.0).round() as i16);
         w.write_sample(l).unwrap();
         w.write_sample(r).unwrap();
         pcm.extend([l as f32 / 32_768.0, r as f32 / 32_768.0]);
     }
     w.finalize().unwrap();
 
-    let status = Command::new(&python)
-        .args(["-c", MAKE_FIXTURES])
-        .arg(&src)
-        .arg(dir.path())
-        .status()
-        .unwrap();
+    let status = Command::new(&python).args(["-c", MAKE_FIXTURES]).arg(&src).arg(dir.path()).status().unwrap();
     assert!(status.success(), "fixture generation failed");
 
     // FLAC is lossless: identical samples to the WAV.
@@ -273,10 +238,7 @@ fn compressed_formats_decode() {
         let audio = decode_file(&path).unwrap();
         assert_eq!((audio.sample_rate, audio.channels), (rate, 2), "{ext}");
         let frames = audio.frames() as i64;
-        assert!(
-            (frames - n as i64).abs() <= 2_048,
-            "{ext}: {frames} frames, want ~{n}"
-        );
+        assert!((frames - n as i64).abs() <= 2_048, "{ext}: {frames} frames, want ~{n}");
         // SNR of the left channel against the source shifted by `lag` frames.
         let snr = |lag: isize| {
             let (mut sig, mut noise) = (0.0, 0.0);
@@ -327,17 +289,10 @@ fn log_mel_matches_reference_on_jfk() {
         (1_100, 0, 0.021_474_173_156_580_956),
     ];
     let tol = 1e-5;
-    assert!(
-        (mel.max() as f64 - REF_MAX).abs() < tol,
-        "max {}",
-        mel.max()
-    );
+    assert!((mel.max() as f64 - REF_MAX).abs() < tol, "max {}", mel.max());
     for (t, m, want) in SPOTS {
         let got = mel.get(t, m).unwrap() as f64;
-        assert!(
-            (got - want).abs() < tol,
-            "[t={t}, m={m}] {got} vs reference {want}"
-        );
+        assert!((got - want).abs() < tol, "[t={t}, m={m}] {got} vs reference {want}");
     }
     // The clamp floor is file-wide max − 8, i.e. max − 2 after scaling.
     let floor = mel.data.iter().copied().fold(f32::INFINITY, f32::min) as f64;

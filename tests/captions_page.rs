@@ -125,7 +125,10 @@ fn the_captions_page_transcribes_the_browser_microphone() {
     // Chromium writes its DevTools port into the profile.
     let deadline = Instant::now() + Duration::from_secs(30);
     let port = loop {
-        if let Some(p) = std::fs::read_to_string(profile.join("DevToolsActivePort")).ok().and_then(|s| s.lines().next().map(str::to_string)) {
+        if let Some(p) = std::fs::read_to_string(profile.join("DevToolsActivePort"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+        {
             break p;
         }
         assert!(Instant::now() < deadline, "chromium did not open DevTools");

@@ -21,13 +21,7 @@ fn wer_basic_cases() {
 
 #[test]
 fn wer_ignores_case_and_punctuation() {
-    assert_eq!(
-        wer(
-            "AND SO MY FELLOW AMERICANS ASK NOT",
-            "And so, my fellow Americans, ask not."
-        ),
-        0.0
-    );
+    assert_eq!(wer("AND SO MY FELLOW AMERICANS ASK NOT", "And so, my fellow Americans, ask not."), 0.0);
     assert_eq!(wer("YOU DON'T MEAN THAT", "You don't mean that?"), 0.0);
 }
 
@@ -48,19 +42,10 @@ fn normalize_rules() {
     // In-word apostrophes stay; quote marks and trailing apostrophes go.
     assert_eq!(normalize("Don't  THERE'S"), words(&["don't", "there's"]));
     assert_eq!(normalize("there’s"), words(&["there's"]));
-    assert_eq!(
-        normalize("'quoted' the patients' food"),
-        words(&["quoted", "the", "patients", "food"])
-    );
+    assert_eq!(normalize("'quoted' the patients' food"), words(&["quoted", "the", "patients", "food"]));
     // Hyphens and dashes split words; other punctuation is removed in place.
-    assert_eq!(
-        normalize("post-mortem—done"),
-        words(&["post", "mortem", "done"])
-    );
-    assert_eq!(
-        normalize("Mr. Quilter, U.S. 1,000"),
-        words(&["mr", "quilter", "us", "1000"])
-    );
+    assert_eq!(normalize("post-mortem—done"), words(&["post", "mortem", "done"]));
+    assert_eq!(normalize("Mr. Quilter, U.S. 1,000"), words(&["mr", "quilter", "us", "1000"]));
     assert_eq!(normalize(" \t\n"), Vec::<String>::new());
 }
 
@@ -81,23 +66,12 @@ fn manifest_parse_rules() {
 fn shared_manifest_reads_and_files_exist() {
     let m = manifest();
     assert!(m.len() >= 10, "manifest has only {} entries", m.len());
-    let jfk = m
-        .iter()
-        .find(|e| e.file == "jfk.wav")
-        .expect("jfk.wav in manifest");
+    let jfk = m.iter().find(|e| e.file == "jfk.wav").expect("jfk.wav in manifest");
     assert!((jfk.seconds - 11.0).abs() < 0.01);
-    assert!(jfk
-        .reference
-        .as_deref()
-        .unwrap()
-        .starts_with("And so my fellow Americans"));
+    assert!(jfk.reference.as_deref().unwrap().starts_with("And so my fellow Americans"));
     assert!(m.iter().any(|e| e.reference.is_none()));
     for e in &m {
-        assert!(
-            shared_audio(&e.file).is_file(),
-            "{} listed but missing",
-            e.file
-        );
+        assert!(shared_audio(&e.file).is_file(), "{} listed but missing", e.file);
     }
 }
 
@@ -133,9 +107,6 @@ fn write_wav_writes_16_bit_pcm_mono() {
     assert_eq!(u16_at(34), 16);
     assert_eq!(&b[36..40], b"data");
     assert_eq!(u32_at(40), 10);
-    let samples: Vec<i16> = b[44..]
-        .chunks(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect();
+    let samples: Vec<i16> = b[44..].chunks(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
     assert_eq!(samples, vec![0, 32767, -32767, 16384, 32767]);
 }

@@ -63,8 +63,10 @@ fn without_a_driver_library() {
 fn with_a_driver_but_no_gpu() {
     let path = ld_path();
     if !path.split(':').any(has_libcuda) {
-        eprintln!("SKIP cuda_device: no unpacked libcuda1 on LD_LIBRARY_PATH (scripts/test.sh provides it); \
-                   the driver-without-GPU path is not checked");
+        eprintln!(
+            "SKIP cuda_device: no unpacked libcuda1 on LD_LIBRARY_PATH (scripts/test.sh provides it); \
+                   the driver-without-GPU path is not checked"
+        );
         return;
     }
     forward_skip(&run_child("child_driver_no_device", &path));

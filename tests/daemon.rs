@@ -43,7 +43,11 @@ impl Daemon {
             .expect("scribed serve starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
         Daemon { child, addr }
     }
 
@@ -99,8 +103,12 @@ fn request(addr: &str, path: &str, headers: &[&str], until_upgrade: bool) -> (u1
     (status, head.to_string(), body.to_string())
 }
 
-const UPGRADE: [&str; 4] =
-    ["Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="];
+const UPGRADE: [&str; 4] = [
+    "Connection: Upgrade",
+    "Upgrade: websocket",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+];
 
 fn pcm16(samples: &[f32]) -> Vec<u8> {
     samples.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect()
@@ -237,11 +245,17 @@ const FAST: Duration = Duration::from_millis(10); // 50 ms frames at 5× real ti
 fn streaming_wer_within_one_point_of_offline_and_interims_come_first() {
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &[]);
-    let files = ["jfk.wav", "1089-134686-0000.wav", "1272-128104-0000.wav", "2412-153948-0000.wav", "1688-142285-0002.wav"];
+    let files =
+        ["jfk.wav", "1089-134686-0000.wav", "1272-128104-0000.wav", "2412-153948-0000.wav", "1688-142285-0002.wav"];
     let (mut err_s, mut err_o, mut total) = (0, 0, 0);
     let rt = rt();
     for f in files {
-        let run = rt.block_on(session(&d.ws("encoding=linear16&sample_rate=16000&interim_results=true"), &[], frames16(&load(f), 50), FAST));
+        let run = rt.block_on(session(
+            &d.ws("encoding=linear16&sample_rate=16000&interim_results=true"),
+            &[],
+            frames16(&load(f), 50),
+            FAST,
+        ));
         assert_eq!(run.close, Some(1000), "{f}: {:?}", run.msgs.last());
         assert_eq!(run.msgs.last().unwrap()["type"], "Metadata");
         let streamed = run.finals();
@@ -264,8 +278,14 @@ fn streaming_wer_within_one_point_of_offline_and_interims_come_first() {
         }
         if f == "jfk.wav" {
             let first_interim = run.msgs.iter().position(|m| m["type"] == "Results" && m["is_final"] == false);
-            let first_final = run.msgs.iter().position(|m| m["is_final"] == true && m["channel"]["alternatives"][0]["transcript"] != "");
-            assert!(first_interim.is_some() && first_interim < first_final, "an interim result precedes the first final");
+            let first_final = run
+                .msgs
+                .iter()
+                .position(|m| m["is_final"] == true && m["channel"]["alternatives"][0]["transcript"] != "");
+            assert!(
+                first_interim.is_some() && first_interim < first_final,
+                "an interim result precedes the first final"
+            );
         }
     }
     let (ws, wo) = (100.0 * err_s as f64 / total as f64, 100.0 * err_o as f64 / total as f64);
@@ -341,14 +361,19 @@ fn other_encodings_give_the_same_words() {
     let run = |q: &str, frames| rt.block_on(session(&d.ws(q), &[], with_close(frames), FAST));
     let base = run("encoding=linear16&sample_rate=16000", audio.chunks(800).map(pcm16).collect()).finals();
     let a8 = resample(&audio, 8_000);
-    let mulaw: Vec<u8> = a8.iter().map(|&x| scribed::audio::pcm::linear_to_mulaw((x.clamp(-1.0, 1.0) * 32767.0) as i16)).collect();
+    let mulaw: Vec<u8> =
+        a8.iter().map(|&x| scribed::audio::pcm::linear_to_mulaw((x.clamp(-1.0, 1.0) * 32767.0) as i16)).collect();
     let a44 = resample(&audio, 44_100);
     let stereo: Vec<f32> = a44.iter().flat_map(|&x| [x, x]).collect();
     let a48 = resample(&audio, 48_000);
     let f32le: Vec<u8> = a48.iter().flat_map(|x| x.to_le_bytes()).collect();
     let cases = [
         ("mulaw 8 kHz", "encoding=mulaw&sample_rate=8000", mulaw.chunks(400).map(<[u8]>::to_vec).collect::<Vec<_>>()),
-        ("linear16 44.1 kHz stereo", "encoding=linear16&sample_rate=44100&channels=2", pcm16(&stereo).chunks(8820).map(<[u8]>::to_vec).collect()),
+        (
+            "linear16 44.1 kHz stereo",
+            "encoding=linear16&sample_rate=44100&channels=2",
+            pcm16(&stereo).chunks(8820).map(<[u8]>::to_vec).collect(),
+        ),
         ("linear32 48 kHz", "encoding=linear32&sample_rate=48000", f32le.chunks(9600).map(<[u8]>::to_vec).collect()),
     ];
     let base_words = normalize(&base);
@@ -356,7 +381,10 @@ fn other_encodings_give_the_same_words() {
         let text = run(q, frames).finals();
         let (errors, _) = word_errors(&base, &text);
         println!("{name}: {text}");
-        assert!(errors <= 1 || normalize(&text) == base_words, "{name}: {errors} words differ from 16 kHz: {text} vs {base}");
+        assert!(
+            errors <= 1 || normalize(&text) == base_words,
+            "{name}: {errors} words differ from 16 kHz: {text} vs {base}"
+        );
     }
 }
 
@@ -452,10 +480,22 @@ fn bad_input_gets_documented_errors_and_close_codes() {
             Some("BAD_AUDIO"),
         ),
         ("10 MB frame", lin16, vec![Step::Audio(vec![0; 10 << 20])], 1009, None),
-        ("not WAV without encoding", "", vec![Step::Audio(b"OggS\0\x02 definitely not a wav header".to_vec())], 1003, Some("UNSUPPORTED_AUDIO")),
+        (
+            "not WAV without encoding",
+            "",
+            vec![Step::Audio(b"OggS\0\x02 definitely not a wav header".to_vec())],
+            1003,
+            Some("UNSUPPORTED_AUDIO"),
+        ),
         ("no audio", lin16, vec![], 1011, Some("NET-0001")),
         // Accepted and documented as harmless:
-        ("unknown type", lin16, vec![Step::Text(r#"{"type":"Configure"}"#.into()), close()], 1000, Some("UNKNOWN_MESSAGE")),
+        (
+            "unknown type",
+            lin16,
+            vec![Step::Text(r#"{"type":"Configure"}"#.into()), close()],
+            1000,
+            Some("UNKNOWN_MESSAGE"),
+        ),
         ("empty frame", lin16, vec![Step::Audio(Vec::new()), Step::Audio(vec![0; 3200]), close()], 1000, None),
         (
             "binary after CloseStream",
@@ -464,20 +504,24 @@ fn bad_input_gets_documented_errors_and_close_codes() {
             1000,
             None,
         ),
-        ("KeepAlive holds the session", lin16, vec![
-            Step::Pause(Duration::from_millis(900)),
-            Step::Text(r#"{"type":"KeepAlive"}"#.into()),
-            Step::Pause(Duration::from_millis(900)),
-            close(),
-        ], 1000, None),
+        (
+            "KeepAlive holds the session",
+            lin16,
+            vec![
+                Step::Pause(Duration::from_millis(900)),
+                Step::Text(r#"{"type":"KeepAlive"}"#.into()),
+                Step::Pause(Duration::from_millis(900)),
+                close(),
+            ],
+            1000,
+            None,
+        ),
     ];
     rt.block_on(async {
-        let runs = futures_util::future::join_all(
-            cases.into_iter().map(|(name, q, steps, code, err)| {
-                let url = d.ws(q);
-                async move { (name, code, err, session(&url, &[], steps, Duration::ZERO).await) }
-            }),
-        )
+        let runs = futures_util::future::join_all(cases.into_iter().map(|(name, q, steps, code, err)| {
+            let url = d.ws(q);
+            async move { (name, code, err, session(&url, &[], steps, Duration::ZERO).await) }
+        }))
         .await;
         for (name, code, err, run) in runs {
             assert_eq!(run.close, Some(code), "{name}: {:?}", run.msgs);
@@ -579,7 +623,10 @@ fn a_worker_panic_ends_only_its_own_session() {
     let lin16 = d.ws("encoding=linear16&sample_rate=16000&interim_results=true");
     let doomed_url = format!("{lin16}&keyterm=__scribed_fault_panic__");
     let (doomed, good) = rt.block_on(async {
-        tokio::join!(session(&doomed_url, &[], frames16(&audio, 50), FAST), session(&lin16, &[], frames16(&audio, 50), FAST))
+        tokio::join!(
+            session(&doomed_url, &[], frames16(&audio, 50), FAST),
+            session(&lin16, &[], frames16(&audio, 50), FAST)
+        )
     });
     // The panicking session gets an error message and 1011, nothing else.
     assert_eq!(doomed.close, Some(1011), "{:?}", doomed.msgs);

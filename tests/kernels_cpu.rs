@@ -230,8 +230,12 @@ fn layer_norm_matches_cpu() {
         let xb = cpu_buf(&cpu, rows, d, &x);
         let mut out = cpu.buffer(rows, d).unwrap();
         cpu.layer_norm(&xb, &gamma, &beta, 1e-5, &mut out);
-        let r = run("layer_norm", Launch::per_row(rows), &[rows as f64, d as f64, 1e-5],
-            vec![Arr::F32(x), Arr::F32(gamma), Arr::F32(beta), Arr::F32(vec![f32::NAN; rows * d])]);
+        let r = run(
+            "layer_norm",
+            Launch::per_row(rows),
+            &[rows as f64, d as f64, 1e-5],
+            vec![Arr::F32(x), Arr::F32(gamma), Arr::F32(beta), Arr::F32(vec![f32::NAN; rows * d])],
+        );
         // The CPU sums a row sequentially in f32, the kernel by a tree:
         // both are held to an f64 reference, and to each other within the
         // CPU's own summation error (√d · 2⁻²⁴ of |mean| / σ per value).
@@ -272,8 +276,12 @@ fn linear_case(m: usize, seed: u64) {
     let xb = cpu_buf(&cpu, m, x_cols, &x);
 
     // Step 1 on the "GPU": the band [col, col + k) of x, narrowed.
-    let r = run("f32_to_f16", Launch::elementwise(m * k), &[x_cols as f64, col as f64, m as f64, k as f64],
-        vec![Arr::F32(x.clone()), Arr::F16(vec![0xffff; m * k])]);
+    let r = run(
+        "f32_to_f16",
+        Launch::elementwise(m * k),
+        &[x_cols as f64, col as f64, m as f64, k as f64],
+        vec![Arr::F32(x.clone()), Arr::F16(vec![0xffff; m * k])],
+    );
     let xh = r[1].f16().to_vec();
     for (i, &h) in xh.iter().enumerate() {
         let want = f16::from_f32(x[(i / k) * x_cols + col + i % k]).to_bits();
@@ -294,8 +302,12 @@ fn linear_case(m: usize, seed: u64) {
             budget[i * n + o] = (mag / 1024.0) as f32 + 1e-5;
         }
     }
-    for (act, write) in [(Activation::None, Write::Overwrite), (Activation::Gelu, Write::Overwrite),
-        (Activation::Gelu, Write::Accumulate), (Activation::None, Write::Accumulate)] {
+    for (act, write) in [
+        (Activation::None, Write::Overwrite),
+        (Activation::Gelu, Write::Overwrite),
+        (Activation::Gelu, Write::Accumulate),
+        (Activation::None, Write::Accumulate),
+    ] {
         if act == Activation::Gelu && write == Write::Accumulate && m > 8 {
             // The CPU's GEMM path computes gelu(out + x·Wᵀ + b) here, not the
             // documented out + gelu(x·Wᵀ + b) its skinny path computes; the
@@ -315,9 +327,12 @@ fn linear_case(m: usize, seed: u64) {
             (_, Write::Overwrite) => (vec![], y.clone(), 0.0, 1.0),
             (true, Write::Accumulate) => (y.clone(), resid.clone(), 1.0, 0.0),
         };
-        let r = run("bias_act", Launch::elementwise(m * n),
+        let r = run(
+            "bias_act",
+            Launch::elementwise(m * n),
             &[m as f64, n as f64, gelu as u8 as f64, accumulate, in_place],
-            vec![Arr::F32(src), Arr::F32(bias.clone()), Arr::F32(dst)]);
+            vec![Arr::F32(src), Arr::F32(bias.clone()), Arr::F32(dst)],
+        );
         assert_close(&format!("linear m={m} {act:?} {write:?}"), r[2].f32(), out.as_slice(), |i| budget[i]);
     }
 }
@@ -341,8 +356,12 @@ fn conv1d_gelu_recipe_matches_cpu() {
         cpu.conv1d_gelu(&xb, &wm, &b, stride, &mut out);
 
         let k3 = 3 * c_in;
-        let r = run("im2col", Launch::elementwise(t_out * k3), &[t_in as f64, c_in as f64, stride as f64, t_out as f64],
-            vec![Arr::F32(x.clone()), Arr::F16(vec![0xffff; t_out * k3])]);
+        let r = run(
+            "im2col",
+            Launch::elementwise(t_out * k3),
+            &[t_in as f64, c_in as f64, stride as f64, t_out as f64],
+            vec![Arr::F32(x.clone()), Arr::F16(vec![0xffff; t_out * k3])],
+        );
         let cols = r[1].f16();
         let mut y = vec![0f32; t_out * n];
         let mut budget = vec![0f32; t_out * n];
@@ -358,10 +377,18 @@ fn conv1d_gelu_recipe_matches_cpu() {
                 budget[t * n + o] = (mag / 1024.0) as f32 + 1e-5;
             }
         }
-        let r = run("bias_act", Launch::elementwise(t_out * n), &[t_out as f64, n as f64, 1.0, 0.0, 1.0],
-            vec![Arr::F32(vec![]), Arr::F32(b), Arr::F32(y)]);
-        assert_close(&format!("conv1d_gelu t_in {t_in} c_in {c_in} stride {stride}"), r[2].f32(), out.as_slice(),
-            |i| budget[i]);
+        let r = run(
+            "bias_act",
+            Launch::elementwise(t_out * n),
+            &[t_out as f64, n as f64, 1.0, 0.0, 1.0],
+            vec![Arr::F32(vec![]), Arr::F32(b), Arr::F32(y)],
+        );
+        assert_close(
+            &format!("conv1d_gelu t_in {t_in} c_in {c_in} stride {stride}"),
+            r[2].f32(),
+            out.as_slice(),
+            |i| budget[i],
+        );
     }
 }
 
@@ -380,22 +407,33 @@ fn embed_and_add_rows_match_cpu_exactly() {
     let tokens: Vec<u32> = (0..12).map(|_| (rng.next() % vocab as u64) as u32).collect();
     let mut out = cpu.buffer(12, d).unwrap();
     cpu.embed(&tokens, seq_len, pos0, &em, &pm, &mut out);
-    let r = run("embed", Launch::per_row_across(tokens.len(), d),
+    let r = run(
+        "embed",
+        Launch::per_row_across(tokens.len(), d),
         &[tokens.len() as f64, seq_len as f64, pos0 as f64, vocab as f64, n_pos as f64, d as f64],
-        vec![Arr::U32(tokens.clone()), Arr::F16(bits(&emb)), Arr::F16(bits(&pos)), Arr::F32(vec![f32::NAN; 12 * d])]);
+        vec![Arr::U32(tokens.clone()), Arr::F16(bits(&emb)), Arr::F16(bits(&pos)), Arr::F32(vec![f32::NAN; 12 * d])],
+    );
     assert_close("embed", r[3].f32(), out.as_slice(), |_| 0.0);
 
     // A token outside the vocabulary gives a NaN row, not a wild read.
-    let r = run("embed", Launch::per_row_across(1, d), &[1.0, 1.0, 0.0, vocab as f64, n_pos as f64, d as f64],
-        vec![Arr::U32(vec![vocab as u32]), Arr::F16(bits(&emb)), Arr::F16(bits(&pos)), Arr::F32(vec![0.0; d])]);
+    let r = run(
+        "embed",
+        Launch::per_row_across(1, d),
+        &[1.0, 1.0, 0.0, vocab as f64, n_pos as f64, d as f64],
+        vec![Arr::U32(vec![vocab as u32]), Arr::F16(bits(&emb)), Arr::F16(bits(&pos)), Arr::F32(vec![0.0; d])],
+    );
     assert!(r[3].f32().iter().all(|v| v.is_nan()));
 
     let (rows, offset) = (9, 5);
     let x = rng.vec(rows * d, 1.0);
     let mut xb = cpu_buf(&cpu, rows, d, &x);
     cpu.add_rows(&mut xb, &pm, offset);
-    let r = run("add_rows", Launch::elementwise(rows * d), &[rows as f64, d as f64, offset as f64],
-        vec![Arr::F32(x), Arr::F16(bits(&pos))]);
+    let r = run(
+        "add_rows",
+        Launch::elementwise(rows * d),
+        &[rows as f64, d as f64, offset as f64],
+        vec![Arr::F32(x), Arr::F16(bits(&pos))],
+    );
     assert_close("add_rows", r[0].f32(), xb.as_slice(), |_| 0.0);
 }
 
@@ -412,10 +450,17 @@ fn copy_rows_matches_cpu_exactly() {
     let s_idx: Vec<usize> = vec![3, 0, 11, 7, 7];
     let d_idx: Vec<usize> = vec![19, 2, 0, 5, 6];
     cpu.copy_rows(View::cols(&sb, col, width), &s_idx, &mut db, &d_idx);
-    let r = run("gather", Launch::per_row_across(s_idx.len(), width),
+    let r = run(
+        "gather",
+        Launch::per_row_across(s_idx.len(), width),
         &[src_cols as f64, col as f64, s_idx.len() as f64, width as f64],
-        vec![Arr::F32(src), Arr::U32(s_idx.iter().map(|&v| v as u32).collect()), Arr::F32(init),
-            Arr::U32(d_idx.iter().map(|&v| v as u32).collect())]);
+        vec![
+            Arr::F32(src),
+            Arr::U32(s_idx.iter().map(|&v| v as u32).collect()),
+            Arr::F32(init),
+            Arr::U32(d_idx.iter().map(|&v| v as u32).collect()),
+        ],
+    );
     // Rows not written keep their contents on both sides.
     assert_close("gather_rows", r[2].f32(), db.as_slice(), |_| 0.0);
 }
@@ -428,7 +473,8 @@ fn attention_case(shape: AttentionShape, hd: usize, probs_heads: &[usize], head_
     let mut rng = Rng(seed);
     let d = shape.heads * hd;
     let q_rows = shape.seqs * shape.q_len;
-    let kv_rows = if shape.kv_seq_stride == 0 { shape.kv_len } else { (shape.seqs - 1) * shape.kv_seq_stride + shape.kv_len };
+    let kv_rows =
+        if shape.kv_seq_stride == 0 { shape.kv_len } else { (shape.seqs - 1) * shape.kv_seq_stride + shape.kv_len };
     // Q in a fused [q | k | v]-like buffer (a band of columns), K and V in another.
     let q = rng.vec(q_rows * 2 * d, 1.5);
     let kv = rng.vec(kv_rows * 2 * d, 1.5);
@@ -464,11 +510,24 @@ fn attention_case(shape: AttentionShape, hd: usize, probs_heads: &[usize], head_
             }
             let rows = hn * shape.q_len;
             let with_probs = !probs_heads.is_empty();
-            let r = run("softmax", Launch::per_row(rows),
-                &[rows as f64, shape.q_len as f64, shape.kv_len as f64, shape.heads as f64, h0 as f64, scale as f64,
-                    shape.causal as u8 as f64],
-                vec![Arr::F32(scores), Arr::F32(if with_probs { probs_got.clone() } else { vec![] }),
-                    Arr::U32(slot_words.clone())]);
+            let r = run(
+                "softmax",
+                Launch::per_row(rows),
+                &[
+                    rows as f64,
+                    shape.q_len as f64,
+                    shape.kv_len as f64,
+                    shape.heads as f64,
+                    h0 as f64,
+                    scale as f64,
+                    shape.causal as u8 as f64,
+                ],
+                vec![
+                    Arr::F32(scores),
+                    Arr::F32(if with_probs { probs_got.clone() } else { vec![] }),
+                    Arr::U32(slot_words.clone()),
+                ],
+            );
             let p = r[0].f32();
             if with_probs {
                 probs_got = r[1].f32().to_vec();
@@ -489,8 +548,10 @@ fn attention_case(shape: AttentionShape, hd: usize, probs_heads: &[usize], head_
             }
         }
     }
-    let what = format!("attention seqs {} q {} kv {} heads {} causal {}", shape.seqs, shape.q_len, shape.kv_len,
-        shape.heads, shape.causal);
+    let what = format!(
+        "attention seqs {} q {} kv {} heads {} causal {}",
+        shape.seqs, shape.q_len, shape.kv_len, shape.heads, shape.causal
+    );
     assert_close(&what, &got, out.as_slice(), |_| 2e-5);
     if !probs_heads.is_empty() {
         assert_close(&format!("{what}: probs"), &probs_got, &probs_cpu.as_slice()[..probs_got.len()], |_| 2e-6);
@@ -531,16 +592,36 @@ fn f16_conversions_are_bit_exact() {
     need_harness!();
     // Every f16 bit pattern widens exactly.
     let all: Vec<u16> = (0..=u16::MAX).collect();
-    let r = run("f16_to_f32", Launch::elementwise(all.len()), &[all.len() as f64],
-        vec![Arr::F16(all.clone()), Arr::F32(vec![0.0; all.len()])]);
+    let r = run(
+        "f16_to_f32",
+        Launch::elementwise(all.len()),
+        &[all.len() as f64],
+        vec![Arr::F16(all.clone()), Arr::F32(vec![0.0; all.len()])],
+    );
     for (&h, &g) in all.iter().zip(r[1].f32()) {
         let want = f16::from_bits(h).to_f32();
         assert!(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()), "f16 {h:#06x}: got {g}, want {want}");
     }
     // Narrowing rounds to nearest even, with overflow, subnormals, ties, signs.
     let mut rng = Rng(10);
-    let mut xs: Vec<f32> = vec![0.0, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, -65520.0, 1e9, f32::INFINITY,
-        f32::NEG_INFINITY, f32::NAN, 1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 1e-10, -3.3e-6];
+    let mut xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65519.99,
+        65520.0,
+        -65520.0,
+        1e9,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        1e-10,
+        -3.3e-6,
+    ];
     // Smallest normal, just below it, smallest subnormal, half of it (a tie
     // to 0), just above half, 1.5 subnormal ulps (a tie to 2).
     xs.extend([0x3880_0000u32, 0x387f_c000, 0x3380_0000, 0x3300_0000, 0x3300_0001, 0x33c0_0000].map(f32::from_bits));
@@ -548,11 +629,19 @@ fn f16_conversions_are_bit_exact() {
         let e = (i % 40) - 28;
         rng.uniform(1.0) * 2f32.powi(e)
     }));
-    let r = run("f32_to_f16", Launch::elementwise(xs.len()), &[xs.len() as f64, 0.0, 1.0, xs.len() as f64],
-        vec![Arr::F32(xs.clone()), Arr::F16(vec![0; xs.len()])]);
+    let r = run(
+        "f32_to_f16",
+        Launch::elementwise(xs.len()),
+        &[xs.len() as f64, 0.0, 1.0, xs.len() as f64],
+        vec![Arr::F32(xs.clone()), Arr::F16(vec![0; xs.len()])],
+    );
     for (&x, &g) in xs.iter().zip(r[1].f16()) {
         let want = f16::from_f32(x);
-        assert!(g == want.to_bits() || (x.is_nan() && f16::from_bits(g).is_nan()),
-            "f32 {x:e} ({:#010x}): got {g:#06x}, want {:#06x}", x.to_bits(), want.to_bits());
+        assert!(
+            g == want.to_bits() || (x.is_nan() && f16::from_bits(g).is_nan()),
+            "f32 {x:e} ({:#010x}): got {g:#06x}, want {:#06x}",
+            x.to_bits(),
+            want.to_bits()
+        );
     }
 }

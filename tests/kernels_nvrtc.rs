@@ -17,8 +17,10 @@ fn nvrtc_or_skip() -> bool {
     let present = kernels::nvrtc_present();
     if !present {
         SKIP_LINE.call_once(|| {
-            eprintln!("SKIP kernels_nvrtc: libnvrtc.so.13 cannot be loaded (scripts/test.sh fetches it from \
-                       the nvidia-cuda-nvrtc wheel and sets LD_LIBRARY_PATH)");
+            eprintln!(
+                "SKIP kernels_nvrtc: libnvrtc.so.13 cannot be loaded (scripts/test.sh fetches it from \
+                       the nvidia-cuda-nvrtc wheel and sets LD_LIBRARY_PATH)"
+            );
         });
     }
     present
@@ -43,10 +45,20 @@ fn every_kernel_compiles_for_sm_90_without_warnings() {
         assert_eq!(&cubin.image[..4], b"\x7fELF", "{}: not a CUBIN", src.file);
         let res = kernels::ptxas_resources(&cubin.log);
         for f in src.functions {
-            let r = res.iter().find(|r| r.function == *f)
+            let r = res
+                .iter()
+                .find(|r| r.function == *f)
                 .unwrap_or_else(|| panic!("{}: ptxas reported nothing for {f}:\n{}", src.file, cubin.log));
-            eprintln!("{:<22} {:<18} {:>3} registers  {:>5} B smem  spills {}/{} B  ({} ms)", src.file, f,
-                r.registers, r.shared_bytes, r.spill_stores, r.spill_loads, t.elapsed().as_millis());
+            eprintln!(
+                "{:<22} {:<18} {:>3} registers  {:>5} B smem  spills {}/{} B  ({} ms)",
+                src.file,
+                f,
+                r.registers,
+                r.shared_bytes,
+                r.spill_stores,
+                r.spill_loads,
+                t.elapsed().as_millis()
+            );
             if r.spill_stores + r.spill_loads > 0 {
                 spills.push(format!("{f}: {} B stored, {} B loaded", r.spill_stores, r.spill_loads));
             }

@@ -42,7 +42,8 @@ impl Drop for Daemon {
 fn fake_microphone(samples: &[f32]) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
     let raw = home.path().join("speech.raw");
-    let bytes: Vec<u8> = samples.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect();
+    let bytes: Vec<u8> =
+        samples.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect();
     std::fs::write(&raw, bytes).unwrap();
     let rc = format!(
         "pcm.!default {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  infile \"{}\"\n  format \"raw\"\n}}\n",
@@ -53,7 +54,13 @@ fn fake_microphone(samples: &[f32]) -> tempfile::TempDir {
 }
 
 fn mic(home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin()).arg("mic").args(args).env("HOME", home).env("RUST_LOG", "warn").output().expect("scribed mic runs")
+    Command::new(bin())
+        .arg("mic")
+        .args(args)
+        .env("HOME", home)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("scribed mic runs")
 }
 
 #[test]
@@ -95,7 +102,10 @@ fn microphone_errors_are_one_clear_line() {
     let out = mic(bare.path(), &["--seconds", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("scribed: no microphone available") || stderr.contains("scribed: the microphone"), "{stderr}");
+    assert!(
+        stderr.contains("scribed: no microphone available") || stderr.contains("scribed: the microphone"),
+        "{stderr}"
+    );
 
     let out = mic(home.path(), &["--seconds=0"]);
     assert_eq!(out.status.code(), Some(2));

@@ -113,8 +113,12 @@ fn long_audio_is_transcribed_window_after_window() {
         all.extend_from_slice(part);
     }
     write_wav(&long, &all, 16_000).unwrap();
-    let expected = [reference("jfk.wav"), reference("jfk.wav"), reference("2412-153948-0000.wav"), reference("jfk.wav")].join(" ");
-    let r = &json_lines(&transcribe(&model, &["--format", "json", "--beam", "1", "--word-timestamps", long.to_str().unwrap()]))[0];
+    let expected =
+        [reference("jfk.wav"), reference("jfk.wav"), reference("2412-153948-0000.wav"), reference("jfk.wav")].join(" ");
+    let r = &json_lines(&transcribe(
+        &model,
+        &["--format", "json", "--beam", "1", "--word-timestamps", long.to_str().unwrap()],
+    ))[0];
     let text = r["text"].as_str().unwrap();
     let w = wer(&expected, text);
     assert!(w < 0.08, "WER {w:.3}: {text}");
@@ -155,7 +159,8 @@ fn unreadable_files_fail_with_one_line_each_and_the_rest_are_transcribed() {
     std::fs::write(&text, "this is not audio").unwrap();
     let missing = dir.path().join("missing.flac");
     let jfk = shared_audio("2830-3980-0043.wav");
-    let out = transcribe(&model, &["--beam", "1", text.to_str().unwrap(), missing.to_str().unwrap(), jfk.to_str().unwrap()]);
+    let out =
+        transcribe(&model, &["--beam", "1", text.to_str().unwrap(), missing.to_str().unwrap(), jfk.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
@@ -204,7 +209,10 @@ fn multilingual_model_detects_and_obeys_the_language() {
     assert_eq!(r["language"], "en");
     assert!(r["language_probability"].as_f64().unwrap() > 0.5);
     assert_eq!(wer(&reference("jfk.wav"), r["text"].as_str().unwrap()), 0.0, "{}", r["text"]);
-    let r = &json_lines(&transcribe(&model, &["--format", "json", "--beam", "1", "--language", "English", jfk.to_str().unwrap()]))[0];
+    let r = &json_lines(&transcribe(
+        &model,
+        &["--format", "json", "--beam", "1", "--language", "English", jfk.to_str().unwrap()],
+    ))[0];
     assert_eq!(r["language"], "en");
     let out = transcribe(&model, &["--language", "klingon", jfk.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown language"));

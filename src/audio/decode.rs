@@ -137,9 +137,7 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio, AudioError> {
         return Err(io_error(path, io::Error::other("is a directory")));
     }
     if meta.len() == 0 {
-        return Err(AudioError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(AudioError::Empty { path: path.to_path_buf() });
     }
     let ext = path.extension().and_then(|e| e.to_str());
     decode_source(Box::new(file), ext, path)
@@ -147,15 +145,9 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio, AudioError> {
 
 /// Decodes an in-memory file (e.g. an upload). `extension` is an optional
 /// hint such as `"mp3"`; `name` labels errors.
-pub fn decode_bytes(
-    bytes: Vec<u8>,
-    extension: Option<&str>,
-    name: &Path,
-) -> Result<DecodedAudio, AudioError> {
+pub fn decode_bytes(bytes: Vec<u8>, extension: Option<&str>, name: &Path) -> Result<DecodedAudio, AudioError> {
     if bytes.is_empty() {
-        return Err(AudioError::Empty {
-            path: name.to_path_buf(),
-        });
+        return Err(AudioError::Empty { path: name.to_path_buf() });
     }
     decode_source(Box::new(Cursor::new(bytes)), extension, name)
 }
@@ -169,10 +161,7 @@ pub fn load_mono_16k(path: &Path) -> Result<Vec<f32>, AudioError> {
     if rate == SAMPLE_RATE {
         return Ok(mono);
     }
-    resample_to_16k(&mono, rate).map_err(|source| AudioError::Resample {
-        path: path.to_path_buf(),
-        source,
-    })
+    resample_to_16k(&mono, rate).map_err(|source| AudioError::Resample { path: path.to_path_buf(), source })
 }
 
 fn io_error(path: &Path, e: io::Error) -> AudioError {
@@ -189,28 +178,13 @@ fn sym_error(path: &Path, e: SymError) -> AudioError {
     let path = path.to_path_buf();
     match e {
         SymError::IoError(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
-            AudioError::Corrupt {
-                path,
-                reason: "unexpected end of file".into(),
-            }
+            AudioError::Corrupt { path, reason: "unexpected end of file".into() }
         }
         SymError::IoError(source) => AudioError::Io { path, source },
-        SymError::Unsupported(what) => AudioError::Unsupported {
-            path,
-            reason: what.into(),
-        },
-        SymError::DecodeError(what) => AudioError::Corrupt {
-            path,
-            reason: what.into(),
-        },
-        SymError::LimitError(what) => AudioError::Corrupt {
-            path,
-            reason: format!("limit exceeded: {what}"),
-        },
-        other => AudioError::Corrupt {
-            path,
-            reason: other.to_string(),
-        },
+        SymError::Unsupported(what) => AudioError::Unsupported { path, reason: what.into() },
+        SymError::DecodeError(what) => AudioError::Corrupt { path, reason: what.into() },
+        SymError::LimitError(what) => AudioError::Corrupt { path, reason: format!("limit exceeded: {what}") },
+        other => AudioError::Corrupt { path, reason: other.to_string() },
     }
 }
 
@@ -225,37 +199,24 @@ fn decode_source(
         hint.with_extension(ext);
     }
     let mut format = symphonia::default::get_probe()
-        .probe(
-            &hint,
-            mss,
-            FormatOptions::default(),
-            MetadataOptions::default(),
-        )
+        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
         .map_err(|e| match e {
             // Probing reads headers; running out of bytes there means the
             // file is too short to be what it claims, or is not audio.
             SymError::IoError(ref io) if io.kind() == io::ErrorKind::UnexpectedEof => {
-                AudioError::Unsupported {
-                    path: path.to_path_buf(),
-                    reason: "truncated or unrecognised header".into(),
-                }
+                AudioError::Unsupported { path: path.to_path_buf(), reason: "truncated or unrecognised header".into() }
             }
             other => sym_error(path, other),
         })?;
 
-    let track = format
-        .default_track(TrackType::Audio)
-        .ok_or_else(|| AudioError::NoAudioTrack {
-            path: path.to_path_buf(),
-        })?;
+    let track =
+        format.default_track(TrackType::Audio).ok_or_else(|| AudioError::NoAudioTrack { path: path.to_path_buf() })?;
     let track_id = track.id;
     let params = track
         .codec_params
         .as_ref()
         .and_then(|p| p.audio())
-        .ok_or_else(|| AudioError::NoAudioTrack {
-            path: path.to_path_buf(),
-        })?;
+        .ok_or_else(|| AudioError::NoAudioTrack { path: path.to_path_buf() })?;
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(params, &AudioDecoderOptions::default())
         .map_err(|e| sym_error(path, e))?;
@@ -341,11 +302,7 @@ fn decode_source(
             reason: format!("header declares {channels} channels at {sample_rate} Hz"),
         });
     }
-    Ok(DecodedAudio {
-        samples,
-        sample_rate,
-        channels,
-    })
+    Ok(DecodedAudio { samples, sample_rate, channels })
 }
 
 #[cfg(test)]
@@ -398,18 +355,11 @@ mod tests {
     #[test]
     fn stereo_is_averaged() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_tmp(
-            &dir,
-            "s.wav",
-            &wav_bytes(16_000, 2, &[100, 300, -8, -8, 0, 32_767]),
-        );
+        let p = write_tmp(&dir, "s.wav", &wav_bytes(16_000, 2, &[100, 300, -8, -8, 0, 32_767]));
         let a = decode_file(&p).unwrap();
         assert_eq!((a.channels, a.frames()), (2, 3));
         let m = a.to_mono();
-        assert_eq!(
-            m,
-            vec![200.0 / 32_768.0, -8.0 / 32_768.0, 32_767.0 / 65_536.0]
-        );
+        assert_eq!(m, vec![200.0 / 32_768.0, -8.0 / 32_768.0, 32_767.0 / 65_536.0]);
         assert_eq!(a.into_mono(), m);
     }
 
@@ -448,11 +398,7 @@ mod tests {
     #[test]
     fn text_file_renamed_wav() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_tmp(
-            &dir,
-            "t.wav",
-            b"hello, this is not audio at all\n".repeat(20).as_slice(),
-        );
+        let p = write_tmp(&dir, "t.wav", b"hello, this is not audio at all\n".repeat(20).as_slice());
         let e = decode_file(&p).unwrap_err();
         assert!(matches!(e, AudioError::Unsupported { .. }), "{e}");
         assert!(e.to_string().starts_with(&format!("{}: ", p.display())));
@@ -467,11 +413,7 @@ mod tests {
         // Cut in the middle of the data chunk (and mid-sample).
         let p = write_tmp(&dir, "cut.wav", &full[..44 + 3_001]);
         let a = decode_file(&p).unwrap();
-        assert!(
-            !a.samples.is_empty() && a.samples.len() <= 1_500,
-            "{}",
-            a.samples.len()
-        );
+        assert!(!a.samples.is_empty() && a.samples.len() <= 1_500, "{}", a.samples.len());
         for (got, &want) in a.samples.iter().zip(&pcm) {
             assert_eq!(*got, want as f32 / 32_768.0);
         }
@@ -494,16 +436,7 @@ mod tests {
     fn garbage_after_valid_magic_never_panics() {
         let dir = tempfile::tempdir().unwrap();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for (i, magic) in [
-            &b"RIFF"[..],
-            b"fLaC",
-            b"OggS",
-            b"ID3\x03",
-            b"\xff\xfb\x90\x64",
-        ]
-        .iter()
-        .enumerate()
-        {
+        for (i, magic) in [&b"RIFF"[..], b"fLaC", b"OggS", b"ID3\x03", b"\xff\xfb\x90\x64"].iter().enumerate() {
             let mut bytes = magic.to_vec();
             for _ in 0..4_000 {
                 seed ^= seed << 13;

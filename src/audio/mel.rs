@@ -116,9 +116,7 @@ pub struct MelFrontend {
 
 impl std::fmt::Debug for MelFrontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MelFrontend")
-            .field("n_mels", &self.n_mels)
-            .finish_non_exhaustive()
+        f.debug_struct("MelFrontend").field("n_mels", &self.n_mels).finish_non_exhaustive()
     }
 }
 
@@ -129,27 +127,18 @@ impl MelFrontend {
         if n_mels == 0 || n_mels > MAX_MELS {
             return Err(MelError::UnsupportedMelCount(n_mels));
         }
-        let window = (0..N_FFT)
-            .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos())
-            .collect();
+        let window =
+            (0..N_FFT).map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()).collect();
         let filters = slaney_filters(n_mels, SAMPLE_RATE as f64, N_FFT)
             .into_iter()
             .map(|row| {
                 let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
                 let last = row.iter().rposition(|&w| w != 0.0).map_or(first, |l| l + 1);
-                Filter {
-                    first_bin: first,
-                    weights: row[first..last].to_vec(),
-                }
+                Filter { first_bin: first, weights: row[first..last].to_vec() }
             })
             .collect();
         let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
-        Ok(Self {
-            n_mels,
-            window,
-            filters,
-            fft,
-        })
+        Ok(Self { n_mels, window, filters, fft })
     }
 
     /// Mel bins per frame.
@@ -194,26 +183,13 @@ impl MelFrontend {
         let frames = samples.len() / HOP_LENGTH + 1;
         let mut data = vec![0.0f32; frames * self.n_mels];
         let fft = &self.fft;
-        data.par_chunks_mut(self.n_mels)
-            .with_min_len(MIN_FRAMES_PER_TASK)
-            .enumerate()
-            .for_each_init(
-                || {
-                    (
-                        fft.make_input_vec(),
-                        fft.make_output_vec(),
-                        fft.make_scratch_vec(),
-                    )
-                },
-                |(input, spectrum, scratch), (t, out)| {
-                    self.frame_log10(samples, t, input, spectrum, scratch, out);
-                },
-            );
-        Mel {
-            n_mels: self.n_mels,
-            frames,
-            data,
-        }
+        data.par_chunks_mut(self.n_mels).with_min_len(MIN_FRAMES_PER_TASK).enumerate().for_each_init(
+            || (fft.make_input_vec(), fft.make_output_vec(), fft.make_scratch_vec()),
+            |(input, spectrum, scratch), (t, out)| {
+                self.frame_log10(samples, t, input, spectrum, scratch, out);
+            },
+        );
+        Mel { n_mels: self.n_mels, frames, data }
     }
 
     /// One STFT frame → log10 mel power, all in f64: near the −8 floor
@@ -230,16 +206,10 @@ impl MelFrontend {
     ) {
         fill_frame(samples, t, &self.window, input);
         // Buffers come from this plan's make_*_vec, so lengths always match.
-        self.fft
-            .process_with_scratch(input, spectrum, scratch)
-            .expect("FFT buffers are sized by the plan");
+        self.fft.process_with_scratch(input, spectrum, scratch).expect("FFT buffers are sized by the plan");
         for (o, f) in out.iter_mut().zip(&self.filters) {
             let bins = &spectrum[f.first_bin..f.first_bin + f.weights.len()];
-            let power: f64 = bins
-                .iter()
-                .zip(&f.weights)
-                .map(|(c, w)| w * c.norm_sqr())
-                .sum();
+            let power: f64 = bins.iter().zip(&f.weights).map(|(c, w)| w * c.norm_sqr()).sum();
             *o = power.max(POWER_FLOOR).log10() as f32;
         }
     }
@@ -302,10 +272,7 @@ fn slaney_filters(n_mels: usize, sr: f64, n_fft: usize) -> Vec<Vec<f64>> {
 
     let n_freqs = n_fft / 2 + 1;
     let fft_freqs: Vec<f64> = linspace(0.0, sr / 2.0, n_freqs);
-    let freqs: Vec<f64> = linspace(0.0, hz_to_mel(sr / 2.0), n_mels + 2)
-        .into_iter()
-        .map(mel_to_hz)
-        .collect();
+    let freqs: Vec<f64> = linspace(0.0, hz_to_mel(sr / 2.0), n_mels + 2).into_iter().map(mel_to_hz).collect();
 
     (0..n_mels)
         .map(|i| {
@@ -342,10 +309,7 @@ mod tests {
 
     fn sine(freq: f64, n: usize, amp: f64) -> Vec<f32> {
         (0..n)
-            .map(|i| {
-                (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / SAMPLE_RATE as f64).sin())
-                    as f32
-            })
+            .map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / SAMPLE_RATE as f64).sin()) as f32)
             .collect()
     }
 
@@ -358,16 +322,9 @@ mod tests {
             for m in 0..n_mels {
                 let row = &fb[m * N_FREQS..(m + 1) * N_FREQS];
                 assert!(row.iter().all(|&w| w >= 0.0));
-                assert!(
-                    row.iter().any(|&w| w > 0.0),
-                    "filter {m} of {n_mels} is empty"
-                );
+                assert!(row.iter().any(|&w| w > 0.0), "filter {m} of {n_mels} is empty");
                 // Triangles are unimodal: weights rise then fall.
-                let peak = row
-                    .iter()
-                    .enumerate()
-                    .fold((0, 0.0), |a, (i, &w)| if w > a.1 { (i, w) } else { a })
-                    .0;
+                let peak = row.iter().enumerate().fold((0, 0.0), |a, (i, &w)| if w > a.1 { (i, w) } else { a }).0;
                 assert!(row[..=peak].windows(2).all(|w| w[0] <= w[1]));
                 assert!(row[peak..].windows(2).all(|w| w[0] >= w[1]));
             }
@@ -380,9 +337,7 @@ mod tests {
             let peak_bins: Vec<usize> = (0..n_mels)
                 .map(|m| {
                     let row = &fb[m * N_FREQS..(m + 1) * N_FREQS];
-                    (0..N_FREQS)
-                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .unwrap()
+                    (0..N_FREQS).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap()
                 })
                 .collect();
             assert!(peak_bins.windows(2).all(|w| w[0] <= w[1]));
@@ -397,10 +352,7 @@ mod tests {
             let fb = MelFrontend::new(n_mels).unwrap().filterbank();
             for &(m, k, want) in spots {
                 let got = fb[m * N_FREQS + k];
-                assert!(
-                    (got - want).abs() < 1e-15,
-                    "{n_mels} mels [{m},{k}]: {got} vs {want}"
-                );
+                assert!((got - want).abs() < 1e-15, "{n_mels} mels [{m},{k}]: {got} vs {want}");
             }
         };
         check(
@@ -413,30 +365,19 @@ mod tests {
                 (79, 195, 0.0022437951379453607),
             ],
         );
-        check(
-            128,
-            &[
-                (0, 1, 0.012373986332636965),
-                (127, 199, 0.001114280198753211),
-            ],
-        );
+        check(128, &[(0, 1, 0.012373986332636965), (127, 199, 0.001114280198753211)]);
     }
 
     #[test]
     fn rejects_bad_mel_counts() {
-        assert_eq!(
-            MelFrontend::new(0).unwrap_err(),
-            MelError::UnsupportedMelCount(0)
-        );
+        assert_eq!(MelFrontend::new(0).unwrap_err(), MelError::UnsupportedMelCount(0));
         assert!(MelFrontend::new(1000).is_err());
     }
 
     #[test]
     fn frame_count_is_len_over_hop_plus_one() {
         let fe = MelFrontend::new(80).unwrap();
-        for n in [
-            0, 1, 159, 160, 199, 200, 201, 399, 400, 401, 16_000, 176_000,
-        ] {
+        for n in [0, 1, 159, 160, 199, 200, 201, 399, 400, 401, 16_000, 176_000] {
             let mel = fe.log_mel(&vec![0.1; n]);
             assert_eq!(mel.frames, n / 160 + 1, "n = {n}");
             assert_eq!(mel.data.len(), mel.frames * 80);
@@ -484,13 +425,9 @@ mod tests {
         let mel = fe.log_mel(&sine(1000.0, 16_000, 0.5));
         // 1 kHz is FFT bin 25 (40 Hz spacing); the expected bin is the filter
         // with the largest weight there.
-        let expected = (0..80)
-            .max_by(|&a, &b| fb[a * N_FREQS + 25].total_cmp(&fb[b * N_FREQS + 25]))
-            .unwrap();
+        let expected = (0..80).max_by(|&a, &b| fb[a * N_FREQS + 25].total_cmp(&fb[b * N_FREQS + 25])).unwrap();
         let frame = mel.frame(50);
-        let got = (0..80)
-            .max_by(|&a, &b| frame[a].total_cmp(&frame[b]))
-            .unwrap();
+        let got = (0..80).max_by(|&a, &b| frame[a].total_cmp(&frame[b])).unwrap();
         assert_eq!(got, expected);
         // Slaney: 1 kHz = mel 15; bins are 45.2456/81 mel apart → centre of
         // filter 26 (mel 15.08) is the nearest.

@@ -190,7 +190,9 @@ pub fn alaw_to_linear(a: u8) -> i16 {
 /// G.711 A-law compression (for clients and tests).
 pub fn linear_to_alaw(s: i16) -> u8 {
     let mut x = s as i32;
-    let sign = if x >= 0 { 0x80 } else {
+    let sign = if x >= 0 {
+        0x80
+    } else {
         x = -x - 1;
         0
     };

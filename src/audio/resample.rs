@@ -109,18 +109,8 @@ impl Resampler {
                 return Err(ResampleError::UnsupportedRate(rate));
             }
         }
-        let engine = if input_rate == output_rate {
-            None
-        } else {
-            Some(Engine::new(input_rate, output_rate)?)
-        };
-        Ok(Self {
-            input_rate,
-            output_rate,
-            engine,
-            consumed: 0,
-            emitted: 0,
-        })
+        let engine = if input_rate == output_rate { None } else { Some(Engine::new(input_rate, output_rate)?) };
+        Ok(Self { input_rate, output_rate, engine, consumed: 0, emitted: 0 })
     }
 
     /// Input rate in Hz.
@@ -212,9 +202,7 @@ impl Engine {
         // kept even so the filter centre (block_in / 2 input samples) is a
         // whole number of output samples: rubato's reported delay is then
         // exact and trimming it leaves no sub-sample shift.
-        let mut k = MIN_BLOCK_IN
-            .div_ceil(min_in)
-            .max(MIN_BLOCK_OUT.div_ceil(min_out));
+        let mut k = MIN_BLOCK_IN.div_ceil(min_in).max(MIN_BLOCK_OUT.div_ceil(min_out));
         k += k % 2;
         let chunk_in = k * min_in;
         let fft = Fft::<f32>::new_custom(
@@ -226,22 +214,11 @@ impl Engine {
             rubato::WindowFunction::BlackmanHarris2,
             FixedSync::Both,
         )
-        .map_err(|source| ResampleError::Construction {
-            input: input_rate,
-            output: output_rate,
-            source,
-        })?;
+        .map_err(|source| ResampleError::Construction { input: input_rate, output: output_rate, source })?;
         let chunk_in = fft.input_frames_next();
         let chunk_out = fft.output_frames_next();
         let skip = fft.output_delay();
-        Ok(Self {
-            fft,
-            chunk_in,
-            pending: vec![0.0; chunk_in],
-            pending_len: 0,
-            out_buf: vec![0.0; chunk_out],
-            skip,
-        })
+        Ok(Self { fft, chunk_in, pending: vec![0.0; chunk_in], pending_len: 0, out_buf: vec![0.0; chunk_out], skip })
     }
 
     fn reset(&mut self) {
@@ -257,13 +234,7 @@ impl Engine {
             if self.pending_len == 0 && input.len() >= self.chunk_in {
                 // Whole blocks straight from the caller's slice: no copy.
                 let (block, rest) = input.split_at(self.chunk_in);
-                appended += run_block(
-                    &mut self.fft,
-                    block,
-                    &mut self.out_buf,
-                    &mut self.skip,
-                    output,
-                )?;
+                appended += run_block(&mut self.fft, block, &mut self.out_buf, &mut self.skip, output)?;
                 input = rest;
                 continue;
             }
@@ -273,13 +244,7 @@ impl Engine {
             input = &input[take..];
             if self.pending_len == self.chunk_in {
                 self.pending_len = 0;
-                appended += run_block(
-                    &mut self.fft,
-                    &self.pending,
-                    &mut self.out_buf,
-                    &mut self.skip,
-                    output,
-                )?;
+                appended += run_block(&mut self.fft, &self.pending, &mut self.out_buf, &mut self.skip, output)?;
             }
         }
         Ok(appended)
@@ -289,13 +254,7 @@ impl Engine {
     fn push_zeros_block(&mut self, output: &mut Vec<f32>) -> Result<usize, ResampleError> {
         self.pending[self.pending_len..].fill(0.0);
         self.pending_len = 0;
-        run_block(
-            &mut self.fft,
-            &self.pending,
-            &mut self.out_buf,
-            &mut self.skip,
-            output,
-        )
+        run_block(&mut self.fft, &self.pending, &mut self.out_buf, &mut self.skip, output)
     }
 }
 
@@ -312,8 +271,7 @@ fn run_block(
     let frames_out = out_buf.len();
     // Lengths are ours and fixed at construction: the adapters cannot fail.
     let input = InterleavedSlice::new(block, 1, frames_in).expect("block is one chunk long");
-    let mut out =
-        InterleavedSlice::new_mut(out_buf, 1, frames_out).expect("buffer is one chunk long");
+    let mut out = InterleavedSlice::new_mut(out_buf, 1, frames_out).expect("buffer is one chunk long");
     let (_, written) = fft.process_into_buffer(&input, &mut out, None)?;
     let produced = &out_buf[..written];
     let dropped = (*skip).min(produced.len());
@@ -351,9 +309,7 @@ mod tests {
     use std::f64::consts::PI;
 
     fn sine(freq: f64, rate: u32, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (0.5 * (2.0 * PI * freq * i as f64 / rate as f64).sin()) as f32)
-            .collect()
+        (0..n).map(|i| (0.5 * (2.0 * PI * freq * i as f64 / rate as f64).sin()) as f32).collect()
     }
 
     /// Amplitude and phase of `freq` in `x` (least squares against sin/cos,
@@ -375,9 +331,7 @@ mod tests {
 
     #[test]
     fn output_length_is_rounded_ratio() {
-        for rate in [
-            8_000, 11_025, 22_050, 32_000, 44_100, 48_000, 96_000, 192_000, 44_101,
-        ] {
+        for rate in [8_000, 11_025, 22_050, 32_000, 44_100, 48_000, 96_000, 192_000, 44_101] {
             let mut r = Resampler::new(rate).unwrap();
             for n in [0, 1, 2, 441, 1_000, 12_345, 100_000] {
                 let out = r.resample(&vec![0.1; n]).unwrap();
@@ -408,25 +362,13 @@ mod tests {
                 let mid = &y[1_000..15_000];
                 let (amp, phase) = tone_fit(mid, 16_000, freq);
                 let phase0 = 2.0 * PI * freq * 1_000.0 / 16_000.0;
-                let dphase =
-                    (phase - phase0.rem_euclid(2.0 * PI) + 3.0 * PI).rem_euclid(2.0 * PI) - PI;
+                let dphase = (phase - phase0.rem_euclid(2.0 * PI) + 3.0 * PI).rem_euclid(2.0 * PI) - PI;
                 assert!((amp - 0.5).abs() < 1e-3, "{rate} Hz, {freq} Hz: amp {amp}");
-                assert!(
-                    dphase.abs() < 1e-3,
-                    "{rate} Hz, {freq} Hz: phase off by {dphase}"
-                );
+                assert!(dphase.abs() < 1e-3, "{rate} Hz, {freq} Hz: phase off by {dphase}");
                 // Residual after removing the tone: distortion + aliasing.
                 let expected = sine(freq, 16_000, 16_000);
-                let err: Vec<f32> = mid
-                    .iter()
-                    .zip(&expected[1_000..15_000])
-                    .map(|(a, b)| a - b)
-                    .collect();
-                assert!(
-                    rms(&err) < 1e-3,
-                    "{rate} Hz, {freq} Hz: residual rms {}",
-                    rms(&err)
-                );
+                let err: Vec<f32> = mid.iter().zip(&expected[1_000..15_000]).map(|(a, b)| a - b).collect();
+                assert!(rms(&err) < 1e-3, "{rate} Hz, {freq} Hz: residual rms {}", rms(&err));
             }
         }
     }
@@ -463,10 +405,7 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_rates() {
-        assert_eq!(
-            Resampler::new(0).unwrap_err(),
-            ResampleError::UnsupportedRate(0)
-        );
+        assert_eq!(Resampler::new(0).unwrap_err(), ResampleError::UnsupportedRate(0));
         assert!(Resampler::new(999).is_err());
         assert!(Resampler::new(1_000_000).is_err());
         assert!(Resampler::with_output_rate(44_100, 0).is_err());

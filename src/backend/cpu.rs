@@ -91,13 +91,20 @@ impl Backend for Cpu {
         "cpu"
     }
 
-    fn matrix(&self, rows: usize, cols: usize, data: HostMatrix<'_>, precision: Precision)
-        -> Result<CpuMatrix, BackendError> {
+    fn matrix(
+        &self,
+        rows: usize,
+        cols: usize,
+        data: HostMatrix<'_>,
+        precision: Precision,
+    ) -> Result<CpuMatrix, BackendError> {
         Ok(match (data, precision) {
             (HostMatrix::F32(d), Precision::F32) => CpuMatrix::F32 { rows, cols, data: d.to_vec() },
             (HostMatrix::F16(d), Precision::F32) => CpuMatrix::F32 { rows, cols, data: d.to_f32_vec() },
             (HostMatrix::F16(d), Precision::F16) => CpuMatrix::F16 { rows, cols, data: d.to_vec() },
-            (HostMatrix::F32(d), Precision::F16) => CpuMatrix::F16 { rows, cols, data: d.iter().map(|&x| f16::from_f32(x)).collect() },
+            (HostMatrix::F32(d), Precision::F16) => {
+                CpuMatrix::F16 { rows, cols, data: d.iter().map(|&x| f16::from_f32(x)).collect() }
+            }
         })
     }
 
@@ -127,8 +134,15 @@ impl Backend for Cpu {
         out.copy_from_slice(&src.data[rows.start * src.cols..rows.end * src.cols]);
     }
 
-    fn linear(&self, x: View<'_, Self>, w: &CpuMatrix, b: Option<&Vec<f32>>, act: Activation,
-        write: Write, out: &mut CpuBuf) {
+    fn linear(
+        &self,
+        x: View<'_, Self>,
+        w: &CpuMatrix,
+        b: Option<&Vec<f32>>,
+        act: Activation,
+        write: Write,
+        out: &mut CpuBuf,
+    ) {
         let (n, k) = w.dims();
         assert_eq!(x.width, k, "linear: input width {} vs weight in-features {k}", x.width);
         assert_eq!(out.cols, n, "linear: output width {} vs weight out-features {n}", out.cols);
@@ -156,17 +170,14 @@ impl Backend for Cpu {
     fn layer_norm(&self, x: &CpuBuf, gamma: &Vec<f32>, beta: &Vec<f32>, eps: f32, out: &mut CpuBuf) {
         let d = x.cols;
         out.set_rows(x.rows);
-        out.data[..x.rows * d]
-            .par_chunks_mut(d)
-            .zip(x.data[..x.rows * d].par_chunks(d))
-            .for_each(|(o, r)| {
-                let mean = r.iter().sum::<f32>() / d as f32;
-                let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let inv = 1.0 / (var + eps).sqrt();
-                for i in 0..d {
-                    o[i] = (r[i] - mean) * inv * gamma[i] + beta[i];
-                }
-            });
+        out.data[..x.rows * d].par_chunks_mut(d).zip(x.data[..x.rows * d].par_chunks(d)).for_each(|(o, r)| {
+            let mean = r.iter().sum::<f32>() / d as f32;
+            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for i in 0..d {
+                o[i] = (r[i] - mean) * inv * gamma[i] + beta[i];
+            }
+        });
     }
 
     fn conv1d_gelu(&self, x: &CpuBuf, w: &CpuMatrix, b: &Vec<f32>, stride: usize, out: &mut CpuBuf) {
@@ -182,7 +193,8 @@ impl Backend for Cpu {
                 for c in 0..c_in {
                     for j in 0..3 {
                         let src = (t * stride + j) as isize - 1;
-                        row[c * 3 + j] = if src >= 0 && (src as usize) < t_in { x.data[src as usize * c_in + c] } else { 0.0 };
+                        row[c * 3 + j] =
+                            if src >= 0 && (src as usize) < t_in { x.data[src as usize * c_in + c] } else { 0.0 };
                     }
                 }
             });
@@ -207,8 +219,15 @@ impl Backend for Cpu {
         });
     }
 
-    fn embed(&self, tokens: &[u32], seq_len: usize, pos0: usize, embeddings: &CpuMatrix,
-        positions: &CpuMatrix, out: &mut CpuBuf) {
+    fn embed(
+        &self,
+        tokens: &[u32],
+        seq_len: usize,
+        pos0: usize,
+        embeddings: &CpuMatrix,
+        positions: &CpuMatrix,
+        out: &mut CpuBuf,
+    ) {
         let d = out.cols;
         out.set_rows(tokens.len());
         for (i, (&t, r)) in tokens.iter().zip(out.data.chunks_mut(d)).enumerate() {
@@ -223,8 +242,15 @@ impl Backend for Cpu {
         }
     }
 
-    fn attention(&self, q: View<'_, Self>, k: View<'_, Self>, v: View<'_, Self>, s: AttentionShape,
-        out: &mut CpuBuf, probs: Option<(&mut CpuBuf, &[usize])>) {
+    fn attention(
+        &self,
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        s: AttentionShape,
+        out: &mut CpuBuf,
+        probs: Option<(&mut CpuBuf, &[usize])>,
+    ) {
         let d = q.width;
         let hd = d / s.heads;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -254,9 +280,27 @@ impl Backend for Cpu {
                 // scores = q · kᵀ
                 if s.q_len >= 16 {
                     unsafe {
-                        gemm::gemm(s.q_len, s.kv_len, hd, scores.as_mut_ptr(), 1, s.kv_len as isize, false,
-                            qs.as_ptr(), 1, q.buf.cols as isize, ks.as_ptr(), k.buf.cols as isize, 1,
-                            0.0, scale, false, false, false, gemm::Parallelism::None);
+                        gemm::gemm(
+                            s.q_len,
+                            s.kv_len,
+                            hd,
+                            scores.as_mut_ptr(),
+                            1,
+                            s.kv_len as isize,
+                            false,
+                            qs.as_ptr(),
+                            1,
+                            q.buf.cols as isize,
+                            ks.as_ptr(),
+                            k.buf.cols as isize,
+                            1,
+                            0.0,
+                            scale,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
                     }
                 } else {
                     for i in 0..s.q_len {
@@ -275,7 +319,9 @@ impl Backend for Cpu {
                 if let Some(pp) = probs_ptr {
                     if let Some(slot) = probs_heads.iter().position(|&ph| ph == h) {
                         // SAFETY: each (head) task writes its own disjoint band of rows.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(pp.get().add(slot * s.q_len * s.kv_len), s.q_len * s.kv_len) };
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(pp.get().add(slot * s.q_len * s.kv_len), s.q_len * s.kv_len)
+                        };
                         dst.copy_from_slice(scores);
                     }
                 }
@@ -283,9 +329,27 @@ impl Backend for Cpu {
                 let o = unsafe { out_ptr.get().add(q0 * d + h * hd) };
                 if s.q_len >= 16 {
                     unsafe {
-                        gemm::gemm(s.q_len, hd, s.kv_len, o, 1, d as isize, false,
-                            scores.as_ptr(), 1, s.kv_len as isize, vs.as_ptr(), 1, v.buf.cols as isize,
-                            0.0, 1.0, false, false, false, gemm::Parallelism::None);
+                        gemm::gemm(
+                            s.q_len,
+                            hd,
+                            s.kv_len,
+                            o,
+                            1,
+                            d as isize,
+                            false,
+                            scores.as_ptr(),
+                            1,
+                            s.kv_len as isize,
+                            vs.as_ptr(),
+                            1,
+                            v.buf.cols as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
                     }
                 } else {
                     for i in 0..s.q_len {
@@ -380,17 +444,43 @@ fn gemm_xwt(x: &[f32], x_stride: usize, m: usize, w: &[f32], n: usize, k: usize,
     let read = write == Write::Accumulate;
     // SAFETY: shapes and strides are checked by the callers; dst has m·n elements.
     unsafe {
-        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, read, x.as_ptr(), 1, x_stride as isize,
-            w.as_ptr(), k as isize, 1, if read { 1.0 } else { 0.0 }, 1.0, false, false, false,
-            gemm::Parallelism::Rayon(0));
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read,
+            x.as_ptr(),
+            1,
+            x_stride as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            if read { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
     }
 }
 
 /// Linear layer for a few rows: each weight row is read once and dotted with
 /// every input row; the work is split over output features.
 #[allow(clippy::too_many_arguments)]
-fn skinny_linear(x: &[f32], x_stride: usize, m: usize, w: &CpuMatrix, b: Option<&Vec<f32>>, act: Activation,
-    write: Write, dst: &mut [f32]) {
+fn skinny_linear(
+    x: &[f32],
+    x_stride: usize,
+    m: usize,
+    w: &CpuMatrix,
+    b: Option<&Vec<f32>>,
+    act: Activation,
+    write: Write,
+    dst: &mut [f32],
+) {
     let (n, k) = w.dims();
     const CHUNK: usize = 64;
     let dst_ptr = SyncPtr(dst.as_mut_ptr());

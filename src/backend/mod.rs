@@ -112,8 +112,13 @@ pub trait Backend: Send + Sync + 'static {
 
     fn name(&self) -> &'static str;
 
-    fn matrix(&self, rows: usize, cols: usize, data: HostMatrix<'_>, precision: Precision)
-        -> Result<Self::Matrix, BackendError>;
+    fn matrix(
+        &self,
+        rows: usize,
+        cols: usize,
+        data: HostMatrix<'_>,
+        precision: Precision,
+    ) -> Result<Self::Matrix, BackendError>;
     fn vector(&self, data: &[f32]) -> Result<Self::Vector, BackendError>;
     /// A zeroed buffer with room for `max_rows` rows of `cols` columns.
     fn buffer(&self, max_rows: usize, cols: usize) -> Result<Self::Buf, BackendError>;
@@ -127,26 +132,45 @@ pub trait Backend: Send + Sync + 'static {
     fn download(&self, src: &Self::Buf, rows: std::ops::Range<usize>, out: &mut [f32]);
 
     /// `out (=|+=) act(x · Wᵀ + b)`.
-    fn linear(&self, x: View<'_, Self>, w: &Self::Matrix, b: Option<&Self::Vector>, act: Activation,
-        write: Write, out: &mut Self::Buf);
-    fn layer_norm(&self, x: &Self::Buf, gamma: &Self::Vector, beta: &Self::Vector, eps: f32,
-        out: &mut Self::Buf);
+    fn linear(
+        &self,
+        x: View<'_, Self>,
+        w: &Self::Matrix,
+        b: Option<&Self::Vector>,
+        act: Activation,
+        write: Write,
+        out: &mut Self::Buf,
+    );
+    fn layer_norm(&self, x: &Self::Buf, gamma: &Self::Vector, beta: &Self::Vector, eps: f32, out: &mut Self::Buf);
     /// Kernel-3, padding-1 convolution over time of a time-major input,
     /// followed by GELU. `w` is `[out, in·3]` (CT2's `[out, in, 3]` flattened).
-    fn conv1d_gelu(&self, x: &Self::Buf, w: &Self::Matrix, b: &Self::Vector, stride: usize,
-        out: &mut Self::Buf);
+    fn conv1d_gelu(&self, x: &Self::Buf, w: &Self::Matrix, b: &Self::Vector, stride: usize, out: &mut Self::Buf);
     /// `x[i] += table[offset + i]` for every row `i`.
     fn add_rows(&self, x: &mut Self::Buf, table: &Self::Matrix, offset: usize);
     /// `out[i] = embeddings[tokens[i]] + positions[pos0 + i % seq_len]`, for
     /// `tokens.len() / seq_len` sequences of `seq_len` tokens.
-    fn embed(&self, tokens: &[u32], seq_len: usize, pos0: usize, embeddings: &Self::Matrix,
-        positions: &Self::Matrix, out: &mut Self::Buf);
+    fn embed(
+        &self,
+        tokens: &[u32],
+        seq_len: usize,
+        pos0: usize,
+        embeddings: &Self::Matrix,
+        positions: &Self::Matrix,
+        out: &mut Self::Buf,
+    );
     /// Multi-head scaled dot-product attention; `out` gets `seqs × q_len` rows.
     /// When `probs` is given, the softmax weights of heads `heads` are written
     /// to it as `heads.len() × q_len` rows of `kv_len` columns (one sequence only).
     #[allow(clippy::too_many_arguments)]
-    fn attention(&self, q: View<'_, Self>, k: View<'_, Self>, v: View<'_, Self>, shape: AttentionShape,
-        out: &mut Self::Buf, probs: Option<(&mut Self::Buf, &[usize])>);
+    fn attention(
+        &self,
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        shape: AttentionShape,
+        out: &mut Self::Buf,
+        probs: Option<(&mut Self::Buf, &[usize])>,
+    );
     /// Copies rows `src_rows` of `src` (columns `[col, col + width)`) to rows
     /// `dst_row0 + j` of `dst`: how new K/V rows enter a cache and how the
     /// last position of each sequence is picked out before the logits.

@@ -154,7 +154,10 @@ mod avx2 {
         let lo = _mm256_set1_ps(-87.3);
         let below = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
         let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.3));
-        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
@@ -165,7 +168,8 @@ mod avx2 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
         let r2 = _mm256_mul_ps(r, r);
         p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+        let pow2 =
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
         _mm256_andnot_ps(below, _mm256_mul_ps(p, pow2))
     }
 
@@ -232,12 +236,8 @@ mod avx2 {
     }
 
     dot_rows!(dot_rows_f32, f32, |p: *const f32| _mm256_loadu_ps(p), |v: f32| v);
-    dot_rows!(
-        dot_rows_f16,
-        f16,
-        |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-        |v: f16| v.to_f32()
-    );
+    dot_rows!(dot_rows_f16, f16, |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)), |v: f16| v
+        .to_f32());
 }
 
 #[cfg(test)]

@@ -40,7 +40,10 @@ pub enum ClientError {
 pub fn listen_url(opts: &StreamOptions, sample_rate: u32) -> String {
     let base = opts.url.trim_end_matches('/');
     let base = base.strip_suffix("/v1/listen").unwrap_or(base);
-    let mut url = format!("{base}/v1/listen?encoding=linear16&sample_rate={sample_rate}&channels=1&interim_results={}", opts.interim);
+    let mut url = format!(
+        "{base}/v1/listen?encoding=linear16&sample_rate={sample_rate}&channels=1&interim_results={}",
+        opts.interim
+    );
     if !opts.extra_query.is_empty() {
         url.push('&');
         url.push_str(&opts.extra_query);
@@ -71,7 +74,10 @@ pub(crate) fn linear16(samples: &[f32], out: &mut Vec<u8>) {
 
 /// Hands every server message to `on_message` until the close; an error
 /// message from the server or a close without `Metadata` is an error.
-pub(crate) async fn receive(mut rx: Source, mut on_message: impl FnMut(&ServerMessage, &str)) -> Result<(), ClientError> {
+pub(crate) async fn receive(
+    mut rx: Source,
+    mut on_message: impl FnMut(&ServerMessage, &str),
+) -> Result<(), ClientError> {
     let mut got_metadata = false;
     let mut code = None;
     while let Some(msg) = rx.next().await {

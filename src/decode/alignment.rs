@@ -26,8 +26,15 @@ const APPEND_PUNCTUATION: &str = "\"'.。,，!！?？:：”)]}、";
 /// Aligns `text_tokens` (no timestamps) to the window encoded in `st`, whose
 /// content is `num_frames` mel frames long. `token_probs` are the decoding
 /// probabilities of those tokens (word confidence).
-pub fn align<B: Backend>(model: &Whisper<B>, st: &mut State<B>, sot_sequence: &[u32], text_tokens: &[u32],
-    token_probs: &[f32], num_frames: usize, language: &str) -> Vec<TimedWord> {
+pub fn align<B: Backend>(
+    model: &Whisper<B>,
+    st: &mut State<B>,
+    sot_sequence: &[u32],
+    text_tokens: &[u32],
+    token_probs: &[f32],
+    num_frames: usize,
+    language: &str,
+) -> Vec<TimedWord> {
     if text_tokens.is_empty() {
         return Vec::new();
     }
@@ -297,7 +304,13 @@ mod tests {
 
     #[test]
     fn punctuation_joins_its_word() {
-        let mut ws = vec![word(" \"", 0.0, 0.1), word("Hello", 0.1, 0.5), word(",", 0.5, 0.5), word(" world", 0.6, 1.0), word(".", 1.0, 1.0)];
+        let mut ws = vec![
+            word(" \"", 0.0, 0.1),
+            word("Hello", 0.1, 0.5),
+            word(",", 0.5, 0.5),
+            word(" world", 0.6, 1.0),
+            word(".", 1.0, 1.0),
+        ];
         merge_punctuation(&mut ws);
         let names: Vec<&str> = ws.iter().map(|w| w.word.as_str()).collect();
         assert_eq!(names, vec![" \"Hello,", " world."]);

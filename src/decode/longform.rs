@@ -50,8 +50,12 @@ impl<'m, B: Backend> Transcriber<'m, B> {
 
     /// Transcribes 16 kHz mono samples. `progress` is called with the seconds
     /// done after each window.
-    pub fn transcribe(&mut self, audio: &[f32], opts: &DecodeOptions, progress: &mut dyn FnMut(f64))
-        -> Result<Transcript, DecodeError> {
+    pub fn transcribe(
+        &mut self,
+        audio: &[f32],
+        opts: &DecodeOptions,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<Transcript, DecodeError> {
         let model = self.model;
         let tok = &model.tokenizer;
         let sp = *tok.specials();
@@ -67,12 +71,18 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         let (language, language_probability) = self.language(&mel.data, content_frames, opts)?;
         let mut sot_sequence = vec![sp.sot];
         if tok.is_multilingual() {
-            let lang_token = tok.language_token(&language).ok_or_else(|| DecodeError::UnknownLanguage(language.clone()))?;
+            let lang_token =
+                tok.language_token(&language).ok_or_else(|| DecodeError::UnknownLanguage(language.clone()))?;
             sot_sequence.push(lang_token);
             sot_sequence.push(if opts.task == Task::Translate { sp.translate } else { sp.transcribe });
         }
-        let rules = Rules::new(&sp, &model.config.suppress_ids, if opts.suppress_blank { &model.config.suppress_ids_begin } else { &[] },
-            !opts.without_timestamps, opts.max_initial_timestamp);
+        let rules = Rules::new(
+            &sp,
+            &model.config.suppress_ids,
+            if opts.suppress_blank { &model.config.suppress_ids_begin } else { &[] },
+            !opts.without_timestamps,
+            opts.max_initial_timestamp,
+        );
 
         let mut all_tokens: Vec<u32> = Vec::new();
         if let Some(p) = opts.initial_prompt.as_deref().filter(|p| !p.trim().is_empty()) {
@@ -140,7 +150,8 @@ impl<'m, B: Backend> Transcriber<'m, B> {
                 self.split(&result, seek, segment_size, opts.without_timestamps);
 
             if opts.word_timestamps {
-                let last_word_end = self.add_words(&mut window_segments, &result, &sot_sequence, segment_size, time_offset, &language);
+                let last_word_end =
+                    self.add_words(&mut window_segments, &result, &sot_sequence, segment_size, time_offset, &language);
                 if !single_ending {
                     if let Some(end) = last_word_end.filter(|&e| e > time_offset) {
                         next_seek = (end * FRAMES_PER_SECOND).round() as usize;
@@ -189,8 +200,12 @@ impl<'m, B: Backend> Transcriber<'m, B> {
     /// The language to decode in: the requested one, English for English-only
     /// models, or the most likely language token after `<|startoftranscript|>`
     /// on the first window.
-    fn language(&mut self, mel: &[f32], content_frames: usize, opts: &DecodeOptions)
-        -> Result<(String, f32), DecodeError> {
+    fn language(
+        &mut self,
+        mel: &[f32],
+        content_frames: usize,
+        opts: &DecodeOptions,
+    ) -> Result<(String, f32), DecodeError> {
         let tok = &self.model.tokenizer;
         // A requested language is resolved through the vocabulary, which
         // knows both codes and English names.
@@ -235,8 +250,13 @@ impl<'m, B: Backend> Transcriber<'m, B> {
     /// segments (start, end, tokens, words), the next seek, and whether the
     /// window ended on a single timestamp (all its content was consumed).
     #[allow(clippy::type_complexity)]
-    fn split(&self, r: &WindowResult, seek: usize, segment_size: usize, without_timestamps: bool)
-        -> (Vec<(f64, f64, Vec<u32>, Option<Vec<Word>>)>, usize, bool) {
+    fn split(
+        &self,
+        r: &WindowResult,
+        seek: usize,
+        segment_size: usize,
+        without_timestamps: bool,
+    ) -> (Vec<(f64, f64, Vec<u32>, Option<Vec<Word>>)>, usize, bool) {
         let tb = self.model.tokenizer.specials().timestamp_begin;
         let time_offset = seek as f64 / FRAMES_PER_SECOND;
         let tokens = &r.tokens;
@@ -276,8 +296,15 @@ impl<'m, B: Backend> Transcriber<'m, B> {
     /// Word timestamps for every segment of the window; segments take their
     /// first word's start and last word's end. Returns the last word's end.
     #[allow(clippy::type_complexity)]
-    fn add_words(&mut self, segs: &mut [(f64, f64, Vec<u32>, Option<Vec<Word>>)], r: &WindowResult, sot_sequence: &[u32],
-        num_frames: usize, time_offset: f64, language: &str) -> Option<f64> {
+    fn add_words(
+        &mut self,
+        segs: &mut [(f64, f64, Vec<u32>, Option<Vec<Word>>)],
+        r: &WindowResult,
+        sot_sequence: &[u32],
+        num_frames: usize,
+        time_offset: f64,
+        language: &str,
+    ) -> Option<f64> {
         let eot = self.model.tokenizer.specials().eot;
         let mut text = Vec::new();
         let mut probs = Vec::new();
@@ -306,7 +333,12 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             while taken < count {
                 let Some(w) = it.next() else { break };
                 taken += w.tokens.len();
-                ws.push(Word { word: w.word, start: time_offset + w.start, end: time_offset + w.end, probability: w.probability });
+                ws.push(Word {
+                    word: w.word,
+                    start: time_offset + w.start,
+                    end: time_offset + w.end,
+                    probability: w.probability,
+                });
             }
             if let (Some(first), Some(last)) = (ws.first(), ws.last()) {
                 seg.0 = first.start;

@@ -21,8 +21,13 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn new(sp: &SpecialTokens, suppress: &[u32], suppress_begin: &[u32], timestamps: bool,
-        max_initial_timestamp: f32) -> Self {
+    pub fn new(
+        sp: &SpecialTokens,
+        suppress: &[u32],
+        suppress_begin: &[u32],
+        timestamps: bool,
+        max_initial_timestamp: f32,
+    ) -> Self {
         Rules {
             suppress: suppress.to_vec(),
             suppress_begin: suppress_begin.to_vec(),

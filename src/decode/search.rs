@@ -102,8 +102,15 @@ fn argmax(row: &[f32]) -> usize {
 /// temperatures while the result looks like a failure (repetitive or
 /// improbable), as faster-whisper does.
 #[allow(clippy::too_many_arguments)]
-pub fn decode_with_fallback<B: Backend>(model: &Whisper<B>, st: &mut State<B>, prompt: &[u32], sot_index: usize,
-    rules: &Rules, opts: &DecodeOptions, rng: &mut Rng) -> WindowResult {
+pub fn decode_with_fallback<B: Backend>(
+    model: &Whisper<B>,
+    st: &mut State<B>,
+    prompt: &[u32],
+    sot_index: usize,
+    rules: &Rules,
+    opts: &DecodeOptions,
+    rng: &mut Rng,
+) -> WindowResult {
     let mut tried: Vec<WindowResult> = Vec::new();
     for &temperature in &opts.temperatures {
         let r = decode_once(model, st, prompt, sot_index, rules, opts, temperature, rng);
@@ -128,9 +135,7 @@ pub fn decode_with_fallback<B: Backend>(model: &Whisper<B>, st: &mut State<B>, p
     // Every temperature failed: the most probable result that is not a
     // repetition loop, if any.
     let cr = opts.compression_ratio_threshold.unwrap_or(f32::INFINITY);
-    let pick = |rs: Vec<&WindowResult>| {
-        rs.into_iter().max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob)).cloned()
-    };
+    let pick = |rs: Vec<&WindowResult>| rs.into_iter().max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob)).cloned();
     pick(tried.iter().filter(|r| r.compression_ratio <= cr).collect())
         .or_else(|| pick(tried.iter().collect()))
         .expect("at least one temperature is tried")
@@ -138,8 +143,16 @@ pub fn decode_with_fallback<B: Backend>(model: &Whisper<B>, st: &mut State<B>, p
 
 /// One decoding of the window at one temperature.
 #[allow(clippy::too_many_arguments)]
-pub fn decode_once<B: Backend>(model: &Whisper<B>, st: &mut State<B>, prompt: &[u32], sot_index: usize,
-    rules: &Rules, opts: &DecodeOptions, temperature: f32, rng: &mut Rng) -> WindowResult {
+pub fn decode_once<B: Backend>(
+    model: &Whisper<B>,
+    st: &mut State<B>,
+    prompt: &[u32],
+    sot_index: usize,
+    rules: &Rules,
+    opts: &DecodeOptions,
+    temperature: f32,
+    rng: &mut Rng,
+) -> WindowResult {
     let b = &model.backend;
     let dec = &model.decoder;
     let vocab = dec.vocab();
@@ -182,8 +195,17 @@ pub fn decode_once<B: Backend>(model: &Whisper<B>, st: &mut State<B>, prompt: &[
 /// Greedy (temperature 0) or sampled decoding of `n` independent sequences;
 /// returns the best by score.
 #[allow(clippy::too_many_arguments)]
-fn sample<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, rules: &Rules, n: usize,
-    temperature: f32, max_new: usize, length_penalty: f32, rng: &mut Rng) -> Hypothesis {
+fn sample<B: Backend>(
+    model: &Whisper<B>,
+    st: &mut State<B>,
+    logits: &mut Vec<f32>,
+    rules: &Rules,
+    n: usize,
+    temperature: f32,
+    max_new: usize,
+    length_penalty: f32,
+    rng: &mut Rng,
+) -> Hypothesis {
     let b = &model.backend;
     let dec = &model.decoder;
     let vocab = dec.vocab();
@@ -245,9 +267,7 @@ fn sample<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f3
         }
         dec.forward(b, &mut st.decoder, &feed, n, &select, logits);
     }
-    hyps.into_iter()
-        .max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty)))
-        .expect("n ≥ 1")
+    hyps.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("n ≥ 1")
 }
 
 /// Beam search as CTranslate2 runs it for Whisper: the `2·beam` best
@@ -256,8 +276,16 @@ fn sample<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f3
 /// search stops once `beam × patience` hypotheses have finished, and the
 /// best by length-normalised score wins.
 #[allow(clippy::too_many_arguments)]
-fn beam_search<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, rules: &Rules, beam: usize,
-    patience: f32, max_new: usize, length_penalty: f32) -> Hypothesis {
+fn beam_search<B: Backend>(
+    model: &Whisper<B>,
+    st: &mut State<B>,
+    logits: &mut Vec<f32>,
+    rules: &Rules,
+    beam: usize,
+    patience: f32,
+    max_new: usize,
+    length_penalty: f32,
+) -> Hypothesis {
     let b = &model.backend;
     let dec = &model.decoder;
     let vocab = dec.vocab();
@@ -325,9 +353,7 @@ fn beam_search<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut V
         alive = next;
     }
     let pool = if finished.is_empty() { alive } else { finished };
-    pool.into_iter()
-        .max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty)))
-        .expect("beam ≥ 1")
+    pool.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("beam ≥ 1")
 }
 
 /// The `k` largest entries of `row`, best first.

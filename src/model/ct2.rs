@@ -116,21 +116,15 @@ impl Ct2File {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Ct2Error> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|source| Ct2Error::Io { path: path.clone(), source })?;
-        let file_len = file
-            .metadata()
-            .map_err(|source| Ct2Error::Io { path: path.clone(), source })?
-            .len();
+        let file_len = file.metadata().map_err(|source| Ct2Error::Io { path: path.clone(), source })?.len();
         let mut r = Cursor { inner: BufReader::with_capacity(1 << 20, file), pos: 0, path: &path, file_len };
 
         let version = r.u32("the header")?;
         if version == 0 || version > 6 {
             return Err(r.format(format!("binary version {version} (expected 1 to 6)")));
         }
-        let (spec_name, spec_revision) = if version >= 2 {
-            (r.string("the spec name")?, r.u32("the header")?)
-        } else {
-            (String::new(), 1)
-        };
+        let (spec_name, spec_revision) =
+            if version >= 2 { (r.string("the spec name")?, r.u32("the header")?) } else { (String::new(), 1) };
         let count = r.u32("the header")?;
         // The count comes from the file: do not let a corrupt one size an allocation.
         let mut tensors = HashMap::with_capacity((count as usize).min(4096));
@@ -166,9 +160,9 @@ impl Ct2File {
                 _ => return Err(r.format(format!("`{name}`: unknown data type code {code}"))),
             };
             if elems.checked_mul(item) != Some(num_bytes) || num_bytes > MAX_TENSOR_BYTES {
-                return Err(r.format(format!(
-                    "`{name}`: {num_bytes} payload bytes for shape {shape:?} of {item}-byte items"
-                )));
+                return Err(
+                    r.format(format!("`{name}`: {num_bytes} payload bytes for shape {shape:?} of {item}-byte items"))
+                );
             }
             let bytes = r.bytes(num_bytes as usize, &name)?;
             let data = decode_payload(code, &bytes);
@@ -198,9 +192,7 @@ impl Ct2File {
 
     pub fn get(&self, name: &str) -> Result<&Tensor, Ct2Error> {
         let target = self.aliases.get(name).map(String::as_str).unwrap_or(name);
-        self.tensors
-            .get(target)
-            .ok_or_else(|| Ct2Error::Missing { path: self.path.clone(), name: name.to_string() })
+        self.tensors.get(target).ok_or_else(|| Ct2Error::Missing { path: self.path.clone(), name: name.to_string() })
     }
 
     /// Like [`get`](Self::get) but also checks the shape.
@@ -264,11 +256,13 @@ impl<R: Read> Cursor<'_, R> {
 
     fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), Ct2Error> {
         if self.pos + buf.len() as u64 > self.file_len {
-            return Err(Ct2Error::Truncated { path: self.path.to_path_buf(), what: what.to_string(), offset: self.file_len });
+            return Err(Ct2Error::Truncated {
+                path: self.path.to_path_buf(),
+                what: what.to_string(),
+                offset: self.file_len,
+            });
         }
-        self.inner
-            .read_exact(buf)
-            .map_err(|source| Ct2Error::Io { path: self.path.to_path_buf(), source })?;
+        self.inner.read_exact(buf).map_err(|source| Ct2Error::Io { path: self.path.to_path_buf(), source })?;
         self.pos += buf.len() as u64;
         Ok(())
     }
@@ -294,7 +288,11 @@ impl<R: Read> Cursor<'_, R> {
     fn bytes(&mut self, n: usize, what: &str) -> Result<Vec<u8>, Ct2Error> {
         // Check before allocating: a corrupt length must not size a buffer.
         if self.pos + n as u64 > self.file_len {
-            return Err(Ct2Error::Truncated { path: self.path.to_path_buf(), what: what.to_string(), offset: self.file_len });
+            return Err(Ct2Error::Truncated {
+                path: self.path.to_path_buf(),
+                what: what.to_string(),
+                offset: self.file_len,
+            });
         }
         let mut v = vec![0; n];
         self.fill(&mut v, what)?;
@@ -312,7 +310,6 @@ impl<R: Read> Cursor<'_, R> {
         if raw[len - 1] != 0 {
             return Err(self.format(format!("string at byte {at} is not NUL-terminated")));
         }
-        String::from_utf8(raw[..len - 1].to_vec())
-            .map_err(|_| self.format(format!("string at byte {at} is not UTF-8")))
+        String::from_utf8(raw[..len - 1].to_vec()).map_err(|_| self.format(format!("string at byte {at} is not UTF-8")))
     }
 }

@@ -168,16 +168,28 @@ impl<B: Backend> TextDecoder<B> {
     /// Feeds `tokens` (`seqs` sequences of equal length, one after the other)
     /// at the next positions and writes the logits of rows `select` (indices
     /// into those tokens) to `logits`, `select.len() × vocab`.
-    pub fn forward(&self, b: &B, st: &mut DecoderState<B>, tokens: &[u32], seqs: usize, select: &[usize],
-        logits: &mut Vec<f32>) {
+    pub fn forward(
+        &self,
+        b: &B,
+        st: &mut DecoderState<B>,
+        tokens: &[u32],
+        seqs: usize,
+        select: &[usize],
+        logits: &mut Vec<f32>,
+    ) {
         self.run(b, st, tokens, seqs, select, logits, None);
     }
 
     /// Runs one sequence from position 0 and returns the cross-attention
     /// weights of the given `(layer, head)` pairs: `pairs.len() × tokens.len()`
     /// rows of `audio frames` columns (the alignment heads behind word timestamps).
-    pub fn cross_attention_weights(&self, b: &B, st: &mut DecoderState<B>, tokens: &[u32], pairs: &[(usize, usize)])
-        -> Vec<f32> {
+    pub fn cross_attention_weights(
+        &self,
+        b: &B,
+        st: &mut DecoderState<B>,
+        tokens: &[u32],
+        pairs: &[(usize, usize)],
+    ) -> Vec<f32> {
         self.reset(st);
         let mut out = vec![0.0; pairs.len() * tokens.len() * st.cross_len];
         let mut logits = Vec::new();
@@ -186,8 +198,16 @@ impl<B: Backend> TextDecoder<B> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, b: &B, st: &mut DecoderState<B>, tokens: &[u32], seqs: usize, select: &[usize],
-        logits: &mut Vec<f32>, mut align: Option<AlignmentOut<'_>>) {
+    fn run(
+        &self,
+        b: &B,
+        st: &mut DecoderState<B>,
+        tokens: &[u32],
+        seqs: usize,
+        select: &[usize],
+        logits: &mut Vec<f32>,
+        mut align: Option<AlignmentOut<'_>>,
+    ) {
         let d = self.d;
         assert_eq!(seqs, st.seqs, "decoder: {seqs} sequences fed to a state holding {}", st.seqs);
         let q_len = tokens.len() / seqs;
@@ -204,15 +224,29 @@ impl<B: Backend> TextDecoder<B> {
                 st.dst_rows.push(s * self.text_ctx + pos0 + i);
             }
         }
-        let self_shape = AttentionShape { seqs, q_len, kv_len: pos0 + q_len, kv_seq_stride: self.text_ctx, heads: self.heads, causal: true };
-        let cross_shape = AttentionShape { seqs, q_len, kv_len: st.cross_len, kv_seq_stride: 0, heads: self.heads, causal: false };
+        let self_shape = AttentionShape {
+            seqs,
+            q_len,
+            kv_len: pos0 + q_len,
+            kv_seq_stride: self.text_ctx,
+            heads: self.heads,
+            causal: true,
+        };
+        let cross_shape =
+            AttentionShape { seqs, q_len, kv_len: st.cross_len, kv_seq_stride: 0, heads: self.heads, causal: false };
 
         for (l, blk) in self.blocks.iter().enumerate() {
             blk.attn_ln.forward(b, &st.x, &mut st.h);
             blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv);
             b.copy_rows(View::cols(&st.qkv, d, 2 * d), &st.src_rows, &mut st.kv[l], &st.dst_rows);
-            b.attention(View::cols(&st.qkv, 0, d), View::cols(&st.kv[l], 0, d), View::cols(&st.kv[l], d, d),
-                self_shape, &mut st.attn, None);
+            b.attention(
+                View::cols(&st.qkv, 0, d),
+                View::cols(&st.kv[l], 0, d),
+                View::cols(&st.kv[l], d, d),
+                self_shape,
+                &mut st.attn,
+                None,
+            );
             blk.attn_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
 
             blk.cross_ln.forward(b, &st.x, &mut st.h);
@@ -222,8 +256,14 @@ impl<B: Backend> TextDecoder<B> {
                 None => Vec::new(),
             };
             let probs = if heads.is_empty() { None } else { Some((&mut st.probs, heads.as_slice())) };
-            b.attention(View::cols(&st.q, 0, d), View::cols(&st.cross[l], 0, d), View::cols(&st.cross[l], d, d),
-                cross_shape, &mut st.attn, probs);
+            b.attention(
+                View::cols(&st.q, 0, d),
+                View::cols(&st.cross[l], 0, d),
+                View::cols(&st.cross[l], d, d),
+                cross_shape,
+                &mut st.attn,
+                probs,
+            );
             if let Some((pairs, out)) = align.as_mut() {
                 // Copy this layer's heads to their slots in the caller's order.
                 let block = q_len * st.cross_len;
@@ -233,7 +273,8 @@ impl<B: Backend> TextDecoder<B> {
                     for (slot, &(pl, ph)) in pairs.iter().enumerate() {
                         if pl == l {
                             let k = heads.iter().position(|&h| h == ph).unwrap_or(0);
-                            out[slot * block..(slot + 1) * block].copy_from_slice(&st.probs_host[k * block..(k + 1) * block]);
+                            out[slot * block..(slot + 1) * block]
+                                .copy_from_slice(&st.probs_host[k * block..(k + 1) * block]);
                         }
                     }
                 }
@@ -254,7 +295,14 @@ impl<B: Backend> TextDecoder<B> {
         b.set_rows(&mut st.picked, select.len());
         b.copy_rows(View::cols(&st.x, 0, d), &st.src_rows, &mut st.picked, &st.dst_rows);
         self.ln.forward(b, &st.picked, &mut st.last);
-        b.linear(View::cols(&st.last, 0, d), &self.embeddings, None, Activation::None, Write::Overwrite, &mut st.logits);
+        b.linear(
+            View::cols(&st.last, 0, d),
+            &self.embeddings,
+            None,
+            Activation::None,
+            Write::Overwrite,
+            &mut st.logits,
+        );
         logits.resize(select.len() * self.vocab, 0.0);
         b.download(&st.logits, 0..select.len(), logits);
     }

@@ -95,7 +95,8 @@ impl<B: Backend> AudioEncoder<B> {
         for blk in &self.blocks {
             blk.attn_ln.forward(b, &st.x, &mut st.h);
             blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv);
-            let shape = AttentionShape { seqs: 1, q_len: t, kv_len: t, kv_seq_stride: 0, heads: self.heads, causal: false };
+            let shape =
+                AttentionShape { seqs: 1, q_len: t, kv_len: t, kv_seq_stride: 0, heads: self.heads, causal: false };
             b.attention(
                 View::cols(&st.qkv, 0, d),
                 View::cols(&st.qkv, d, d),

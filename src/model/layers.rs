@@ -6,8 +6,13 @@ use crate::model::ct2::{Ct2File, TensorData};
 use crate::model::ModelError;
 
 /// Loads a 2-D (or flattened 3-D conv) weight in the requested precision.
-pub(crate) fn matrix<B: Backend>(b: &B, f: &Ct2File, name: &str, shape: &[usize], precision: Precision)
-    -> Result<B::Matrix, ModelError> {
+pub(crate) fn matrix<B: Backend>(
+    b: &B,
+    f: &Ct2File,
+    name: &str,
+    shape: &[usize],
+    precision: Precision,
+) -> Result<B::Matrix, ModelError> {
     let t = f.get_shaped(name, shape)?;
     let rows = shape[0];
     let cols = shape[1..].iter().product();
@@ -48,8 +53,14 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn load(b: &B, f: &Ct2File, prefix: &str, out: usize, inp: usize, precision: Precision)
-        -> Result<Self, ModelError> {
+    pub fn load(
+        b: &B,
+        f: &Ct2File,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
         let weight = matrix(b, f, &format!("{prefix}/weight"), &[out, inp], precision)?;
         let bias_name = format!("{prefix}/bias");
         let bias = if f.contains(&bias_name) { Some(vector(b, f, &bias_name, out)?) } else { None };
@@ -108,5 +119,4 @@ impl<B: Backend> Mlp<B> {
         let f = 4 * d;
         self.down.forward(b, View::cols(wide, 0, f), Activation::None, Write::Accumulate, x);
     }
-
 }

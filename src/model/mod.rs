@@ -66,7 +66,8 @@ impl Dims {
                 "unexpected shapes: encoder/conv1/weight {conv1:?}, decoder/embeddings/weight {emb:?}"
             )));
         }
-        let count = |prefix: &str| (0..).take_while(|i| f.contains(&format!("{prefix}/layer_{i}/ffn/linear_0/weight"))).count();
+        let count =
+            |prefix: &str| (0..).take_while(|i| f.contains(&format!("{prefix}/layer_{i}/ffn/linear_0/weight"))).count();
         let dims = Dims {
             n_mels: conv1[1],
             audio_ctx: f.get("encoder/position_encodings/encodings")?.shape[0],
@@ -136,10 +137,15 @@ impl<B: Backend> Whisper<B> {
         if config.alignment_heads.is_empty() {
             config.alignment_heads = ModelConfig::default_alignment_heads(dims.decoder_layers, dims.decoder_heads);
         }
-        if let Some(&(l, h)) = config.alignment_heads.iter().find(|&&(l, h)| l >= dims.decoder_layers || h >= dims.decoder_heads) {
+        if let Some(&(l, h)) =
+            config.alignment_heads.iter().find(|&&(l, h)| l >= dims.decoder_layers || h >= dims.decoder_heads)
+        {
             return Err(ModelError::Mismatch {
                 path: dir.join("config.json"),
-                reason: format!("alignment head ({l}, {h}) does not exist in a {}-layer, {}-head decoder", dims.decoder_layers, dims.decoder_heads),
+                reason: format!(
+                    "alignment head ({l}, {h}) does not exist in a {}-layer, {}-head decoder",
+                    dims.decoder_layers, dims.decoder_heads
+                ),
             });
         }
         let encoder = AudioEncoder::load(&backend, &file, &dims)?;

@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::Shared;
-use crate::audio::resample::Resampler;
 use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat, SampleFormat};
+use crate::audio::resample::Resampler;
 use crate::policy::PolicyConfig;
 use crate::protocol::{close, ClientMessage, Encoding, ListenParams, ServerMessage, SessionError};
 use crate::session::{ChannelSummary, Output, Pipe, WorkerSettings};
@@ -58,7 +58,13 @@ pub async fn serve(
     m.sessions_started_total.fetch_add(1, Ordering::Relaxed);
     m.sessions_active.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    tracing::info!(request_id, encoding = params.encoding.map(Encoding::name), rate = params.sample_rate, channels = params.channels, "session start");
+    tracing::info!(
+        request_id,
+        encoding = params.encoding.map(Encoding::name),
+        rate = params.sample_rate,
+        channels = params.channels,
+        "session start"
+    );
     let (sink, stream) = ws.split();
     let mut s = Session::new(sink, params, shared.clone(), request_id.clone(), id);
     let end = s.run(stream, &mut shutdown).await;
@@ -297,9 +303,11 @@ impl Session {
                 channel_index: ch as u32,
                 channel_count: n as u32,
                 metrics_key: self.id * 64 + ch as u64,
-                panic_on_hypothesis: self.shared.fault_injection && self.params.keyterms.iter().any(|k| k == super::PANIC_KEYTERM),
+                panic_on_hypothesis: self.shared.fault_injection
+                    && self.params.keyterms.iter().any(|k| k == super::PANIC_KEYTERM),
             };
-            let resampler = Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;
+            let resampler =
+                Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;
             let ring = (cfg.ring_seconds * 16_000.0) as usize;
             let pipe = Pipe::spawn(
                 self.shared.model.clone(),

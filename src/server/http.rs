@@ -135,7 +135,9 @@ pub fn authorize(req: &Request, keys: &[String]) -> Auth {
     let protocol_key = req.header("sec-websocket-protocol").and_then(|v| {
         let mut parts = v.split(',').map(str::trim);
         match (parts.next(), parts.next()) {
-            (Some(t), Some(k)) if t.eq_ignore_ascii_case("token") || t.eq_ignore_ascii_case("bearer") => Some(k.to_string()),
+            (Some(t), Some(k)) if t.eq_ignore_ascii_case("token") || t.eq_ignore_ascii_case("bearer") => {
+                Some(k.to_string())
+            }
             _ => None,
         }
     });
@@ -192,10 +194,19 @@ mod tests {
         let keys = vec!["secret".to_string(), "other".to_string()];
         assert_eq!(authorize(&req(&[]), &[]), Auth::Allowed { echo_token_protocol: false });
         assert_eq!(authorize(&req(&[]), &keys), Auth::Denied);
-        assert_eq!(authorize(&req(&[("Authorization", "Token secret")]), &keys), Auth::Allowed { echo_token_protocol: false });
-        assert_eq!(authorize(&req(&[("authorization", "Bearer other")]), &keys), Auth::Allowed { echo_token_protocol: false });
+        assert_eq!(
+            authorize(&req(&[("Authorization", "Token secret")]), &keys),
+            Auth::Allowed { echo_token_protocol: false }
+        );
+        assert_eq!(
+            authorize(&req(&[("authorization", "Bearer other")]), &keys),
+            Auth::Allowed { echo_token_protocol: false }
+        );
         assert_eq!(authorize(&req(&[("Authorization", "Token secreT")]), &keys), Auth::Denied);
-        assert_eq!(authorize(&req(&[("Sec-WebSocket-Protocol", "token, secret")]), &keys), Auth::Allowed { echo_token_protocol: true });
+        assert_eq!(
+            authorize(&req(&[("Sec-WebSocket-Protocol", "token, secret")]), &keys),
+            Auth::Allowed { echo_token_protocol: true }
+        );
         assert_eq!(authorize(&req(&[("Sec-WebSocket-Protocol", "token, nope")]), &keys), Auth::Denied);
     }
 }

@@ -51,7 +51,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(model: Arc<Whisper<Cpu>>, config: Config) -> (Arc<Shared>, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(false);
-        let model_name = model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "whisper".into());
+        let model_name =
+            model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "whisper".into());
         let fault_injection = std::env::var_os("SCRIBED_FAULT_INJECTION").is_some();
         if fault_injection {
             tracing::warn!("SCRIBED_FAULT_INJECTION is set: sessions with keyterm={PANIC_KEYTERM} will panic");
@@ -79,7 +80,12 @@ impl Shared {
 }
 
 /// Serves until `shutdown` resolves, then drains the sessions.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: watch::Sender<bool>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -116,7 +122,13 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
     let req = match tokio::time::timeout(Duration::from_secs(10), http::read_request(&mut stream)).await {
         Ok(Ok(r)) => r,
         Ok(Err(http::HeadError::TooLarge)) => {
-            return http::respond_json(&mut stream, 431, &[], &http::error_body("HEAD_TOO_LARGE", "request head too large")).await
+            return http::respond_json(
+                &mut stream,
+                431,
+                &[],
+                &http::error_body("HEAD_TOO_LARGE", "request head too large"),
+            )
+            .await
         }
         Ok(Err(http::HeadError::Malformed(m))) => {
             return http::respond_json(&mut stream, 400, &[], &http::error_body("BAD_REQUEST", &m)).await
@@ -124,8 +136,13 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
         _ => return,
     };
     if req.method != "GET" {
-        return http::respond_json(&mut stream, 405, &[("Allow", "GET".into())], &http::error_body("METHOD_NOT_ALLOWED", "only GET"))
-            .await;
+        return http::respond_json(
+            &mut stream,
+            405,
+            &[("Allow", "GET".into())],
+            &http::error_body("METHOD_NOT_ALLOWED", "only GET"),
+        )
+        .await;
     }
     match req.path.as_str() {
         "/" | "/index.html" => http::respond(&mut stream, 200, "text/html; charset=utf-8", &[], CAPTIONS_PAGE).await,
@@ -209,7 +226,10 @@ fn resolve_language(mut p: ListenParams, model: &Whisper<Cpu>) -> Result<ListenP
     }
     let tok = &model.tokenizer;
     let Some(code) = tok.language_token(&requested).and_then(|id| tok.language_code(id)) else {
-        return Err(crate::protocol::ParamError::new("language", format!("`{requested}` is not a language Whisper knows")));
+        return Err(crate::protocol::ParamError::new(
+            "language",
+            format!("`{requested}` is not a language Whisper knows"),
+        ));
     };
     if !tok.is_multilingual() && code != "en" {
         return Err(crate::protocol::ParamError::new(

@@ -96,7 +96,8 @@ impl Pipe {
         let (prod, cons) = HeapRb::<f32>::new(ring_samples.max(16_000)).split();
         let (ctl, ctl_rx) = std::sync::mpsc::channel();
         let received = Arc::new(AtomicU64::new(0));
-        let ctx = worker::Context { model, settings, cons, ctl: ctl_rx, space, received: received.clone(), out, metrics };
+        let ctx =
+            worker::Context { model, settings, cons, ctl: ctl_rx, space, received: received.clone(), out, metrics };
         std::thread::Builder::new().name("scribed-session".into()).spawn(move || worker::run(ctx))?;
         Ok(Pipe { prod, ctl, received, pushed: 0, pending: Vec::new() })
     }

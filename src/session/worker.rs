@@ -231,7 +231,8 @@ impl Worker {
             ..DecodeOptions::default()
         };
         let t0 = Instant::now();
-        let transcript = tr.transcribe(&self.buf, &opts, &mut |_| {}).map_err(|e| WorkerError::Engine(e.to_string()))?;
+        let transcript =
+            tr.transcribe(&self.buf, &opts, &mut |_| {}).map_err(|e| WorkerError::Engine(e.to_string()))?;
         let spent = t0.elapsed();
         let offset = self.buf_start as f64 * 0.01;
         let words: Vec<Word> = transcript
@@ -239,7 +240,12 @@ impl Worker {
             .iter()
             .flat_map(|s| s.words.iter().flatten())
             .filter(|w| !w.word.trim().is_empty())
-            .map(|w| Word { text: w.word.trim().to_string(), start: offset + w.start, end: offset + w.end, probability: w.probability })
+            .map(|w| Word {
+                text: w.word.trim().to_string(),
+                start: offset + w.start,
+                end: offset + w.end,
+                probability: w.probability,
+            })
             .collect();
         self.policy.on_hypothesis(reason, words, &mut self.emits);
         self.summary.transcriptions += 1;
@@ -249,7 +255,13 @@ impl Worker {
         let lag = received.saturating_sub(self.consumed) as f64 / 16_000.0 + spent.as_secs_f64();
         self.summary.max_lag_seconds = self.summary.max_lag_seconds.max(lag);
         self.metrics.set_lag(self.s.metrics_key, (lag * 1e3) as u64);
-        tracing::debug!(?reason, audio_s = self.buf.len() as f64 / 16_000.0, ms = spent.as_millis() as u64, lag, "hypothesis");
+        tracing::debug!(
+            ?reason,
+            audio_s = self.buf.len() as f64 / 16_000.0,
+            ms = spent.as_millis() as u64,
+            lag,
+            "hypothesis"
+        );
         self.send_emits()?;
         self.trim();
         Ok(())
@@ -259,8 +271,12 @@ impl Worker {
         for e in std::mem::take(&mut self.emits) {
             let ch = vec![self.s.channel_index, self.s.channel_count];
             let (msg, is_final, has_words) = match e {
-                Emit::SpeechStarted { timestamp } => (ServerMessage::SpeechStarted { channel: ch, timestamp }, false, false),
-                Emit::UtteranceEnd { last_word_end } => (ServerMessage::UtteranceEnd { channel: ch, last_word_end }, false, false),
+                Emit::SpeechStarted { timestamp } => {
+                    (ServerMessage::SpeechStarted { channel: ch, timestamp }, false, false)
+                }
+                Emit::UtteranceEnd { last_word_end } => {
+                    (ServerMessage::UtteranceEnd { channel: ch, last_word_end }, false, false)
+                }
                 Emit::Results(u) => {
                     let has = !u.words.is_empty();
                     let fin = u.is_final;
@@ -296,7 +312,8 @@ impl Worker {
         } else {
             words.iter().map(|w| w.word.as_str()).collect::<Vec<_>>().join(" ")
         };
-        let confidence = if words.is_empty() { 0.0 } else { words.iter().map(|w| w.confidence).sum::<f64>() / words.len() as f64 };
+        let confidence =
+            if words.is_empty() { 0.0 } else { words.iter().map(|w| w.confidence).sum::<f64>() / words.len() as f64 };
         ServerMessage::Results {
             channel_index,
             duration: round3(u.end - u.start),
@@ -307,7 +324,11 @@ impl Worker {
             channel: Channel { alternatives: vec![Alternative { transcript, confidence: round3(confidence), words }] },
             metadata: ResultMetadata {
                 request_id: self.s.request_id.clone(),
-                model_info: ModelInfo { name: self.s.model_name.clone(), version: env!("CARGO_PKG_VERSION").into(), arch: "whisper".into() },
+                model_info: ModelInfo {
+                    name: self.s.model_name.clone(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    arch: "whisper".into(),
+                },
                 model_uuid: self.s.model_name.clone(),
             },
         }

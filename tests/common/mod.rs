@@ -50,10 +50,7 @@ pub fn model_dir(name: &str) -> Option<PathBuf> {
     if dir.join("model.bin").is_file() {
         Some(dir)
     } else {
-        println!(
-            "skipping: model {} not found (run scripts/setup.sh --with-base)",
-            dir.display()
-        );
+        println!("skipping: model {} not found (run scripts/setup.sh --with-base)", dir.display());
         None
     }
 }
@@ -73,11 +70,7 @@ pub struct ManifestEntry {
 /// `file`, `seconds` and `reference_text` (any order, extra columns ignored).
 pub fn parse_manifest(text: &str) -> Vec<ManifestEntry> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .next()
-        .expect("manifest is empty")
-        .split('\t')
-        .collect();
+    let header: Vec<&str> = lines.next().expect("manifest is empty").split('\t').collect();
     let col = |name: &str| {
         header
             .iter()
@@ -92,9 +85,7 @@ pub fn parse_manifest(text: &str) -> Vec<ManifestEntry> {
             let reference = field(c_ref);
             ManifestEntry {
                 file: field(c_file).to_string(),
-                seconds: field(c_secs)
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad seconds in manifest line: {line}")),
+                seconds: field(c_secs).parse().unwrap_or_else(|_| panic!("bad seconds in manifest line: {line}")),
                 reference: if reference.is_empty() || reference == "[no reference]" {
                     None
                 } else {
@@ -108,8 +99,7 @@ pub fn parse_manifest(text: &str) -> Vec<ManifestEntry> {
 /// Every entry of `../shared/audio/manifest.tsv`, in file order.
 pub fn manifest() -> Vec<ManifestEntry> {
     let path = shared_audio("manifest.tsv");
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     parse_manifest(&text)
 }
 
@@ -119,16 +109,7 @@ pub fn manifest() -> Vec<ManifestEntry> {
 /// dropped; then split on whitespace. (`’` counts as an apostrophe.)
 /// `benches/compare.py` implements exactly the same rules.
 pub fn normalize(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text
-        .chars()
-        .map(|c| {
-            if c == '\u{2019}' || c == '\u{2018}' {
-                '\''
-            } else {
-                c
-            }
-        })
-        .collect();
+    let chars: Vec<char> = text.chars().map(|c| if c == '\u{2019}' || c == '\u{2018}' { '\'' } else { c }).collect();
     let mut out = String::with_capacity(text.len());
     for (i, &c) in chars.iter().enumerate() {
         if c.is_alphanumeric() {

@@ -202,7 +202,12 @@ impl Layout {
         if needed <= free {
             return Ok(());
         }
-        Err(ArenaError::DoesNotFit { sessions: self.config.max_sessions, needed, free, fits: self.sessions_that_fit(free) })
+        Err(ArenaError::DoesNotFit {
+            sessions: self.config.max_sessions,
+            needed,
+            free,
+            fits: self.sessions_that_fit(free),
+        })
     }
 
     /// A part of the slot by name.
@@ -253,8 +258,12 @@ fn plan_weights(d: &Dims) -> Result<(Vec<Part>, u64, u64), ArenaError> {
     for i in 0..d.encoder_layers {
         let l = format!("encoder/layer_{i}");
         ln(&mut p, &format!("{l}/self_attention/layer_norm"))?;
-        for (name, out, inp) in [("self_attention/linear_0", 3 * dm, dm), ("self_attention/linear_1", dm, dm),
-            ("ffn/linear_0", 4 * dm, dm), ("ffn/linear_1", dm, 4 * dm)] {
+        for (name, out, inp) in [
+            ("self_attention/linear_0", 3 * dm, dm),
+            ("self_attention/linear_1", dm, dm),
+            ("ffn/linear_0", 4 * dm, dm),
+            ("ffn/linear_1", dm, 4 * dm),
+        ] {
             mat(&mut p, format!("{l}/{name}/weight"), out, inp)?;
             vec(&mut p, format!("{l}/{name}/bias"), out)?;
         }
@@ -269,9 +278,15 @@ fn plan_weights(d: &Dims) -> Result<(Vec<Part>, u64, u64), ArenaError> {
         ln(&mut p, &format!("{l}/self_attention/layer_norm"))?;
         ln(&mut p, &format!("{l}/attention/layer_norm"))?;
         ln(&mut p, &format!("{l}/ffn/layer_norm"))?;
-        for (name, out, inp) in [("self_attention/linear_0", 3 * dm, dm), ("self_attention/linear_1", dm, dm),
-            ("attention/linear_0", dm, dm), ("attention/linear_1", 2 * dm, dm), ("attention/linear_2", dm, dm),
-            ("ffn/linear_0", 4 * dm, dm), ("ffn/linear_1", dm, 4 * dm)] {
+        for (name, out, inp) in [
+            ("self_attention/linear_0", 3 * dm, dm),
+            ("self_attention/linear_1", dm, dm),
+            ("attention/linear_0", dm, dm),
+            ("attention/linear_1", 2 * dm, dm),
+            ("attention/linear_2", dm, dm),
+            ("ffn/linear_0", 4 * dm, dm),
+            ("ffn/linear_1", dm, 4 * dm),
+        ] {
             mat(&mut p, format!("{l}/{name}/weight"), out, inp)?;
             vec(&mut p, format!("{l}/{name}/bias"), out)?;
         }
@@ -442,13 +457,31 @@ mod tests {
     use super::*;
 
     fn tiny() -> Dims {
-        Dims { n_mels: 80, audio_ctx: 1500, d_model: 384, encoder_heads: 6, encoder_layers: 4, vocab: 51864,
-            text_ctx: 448, decoder_heads: 6, decoder_layers: 4 }
+        Dims {
+            n_mels: 80,
+            audio_ctx: 1500,
+            d_model: 384,
+            encoder_heads: 6,
+            encoder_layers: 4,
+            vocab: 51864,
+            text_ctx: 448,
+            decoder_heads: 6,
+            decoder_layers: 4,
+        }
     }
 
     fn large_v3() -> Dims {
-        Dims { n_mels: 128, audio_ctx: 1500, d_model: 1280, encoder_heads: 20, encoder_layers: 32, vocab: 51866,
-            text_ctx: 448, decoder_heads: 20, decoder_layers: 32 }
+        Dims {
+            n_mels: 128,
+            audio_ctx: 1500,
+            d_model: 1280,
+            encoder_heads: 20,
+            encoder_layers: 32,
+            vocab: 51866,
+            text_ctx: 448,
+            decoder_heads: 20,
+            decoder_layers: 32,
+        }
     }
 
     fn no_overlap(parts: &[Part], size: u64) {
@@ -528,7 +561,10 @@ mod tests {
             e => panic!("{e:?}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains(&needed.to_string()) && msg.contains(&free.to_string()) && msg.contains("at most 7"), "{msg}");
+        assert!(
+            msg.contains(&needed.to_string()) && msg.contains(&free.to_string()) && msg.contains("at most 7"),
+            "{msg}"
+        );
         // The advice is right: 7 sessions do fit in that memory.
         let seven = Layout::plan(&tiny(), ArenaConfig { max_sessions: 7, ..l.config.clone() }).unwrap();
         assert_eq!(seven.check_fits(free), Ok(()));
@@ -552,8 +588,14 @@ mod tests {
 
     #[test]
     fn bad_configs_are_errors_not_panics() {
-        assert_eq!(Layout::plan(&tiny(), ArenaConfig { max_sessions: 0, ..Default::default() }), Err(ArenaError::NoSessions));
-        assert_eq!(Layout::plan(&tiny(), ArenaConfig { max_seqs: 0, ..Default::default() }), Err(ArenaError::NoSequences));
+        assert_eq!(
+            Layout::plan(&tiny(), ArenaConfig { max_sessions: 0, ..Default::default() }),
+            Err(ArenaError::NoSessions)
+        );
+        assert_eq!(
+            Layout::plan(&tiny(), ArenaConfig { max_seqs: 0, ..Default::default() }),
+            Err(ArenaError::NoSequences)
+        );
         let absurd = Dims { vocab: usize::MAX / 2, ..tiny() };
         assert_eq!(Layout::plan(&absurd, ArenaConfig::default()), Err(ArenaError::Overflow));
         let many = ArenaConfig { max_sessions: usize::MAX, ..Default::default() };

@@ -153,7 +153,8 @@ impl CudaBackend {
             let blas = CudaBlas::new(stream.clone())?;
             let (ws, ws_bytes) = part(slot_base, "cublas_workspace")?;
             // SAFETY: the workspace lies in this slot, used only by this handle's stream.
-            unsafe { blas_sys::cublasSetWorkspace_v2(*blas.handle(), ws as *mut c_void, ws_bytes as usize) }.result()?;
+            unsafe { blas_sys::cublasSetWorkspace_v2(*blas.handle(), ws as *mut c_void, ws_bytes as usize) }
+                .result()?;
             slots.push(Slot {
                 stream,
                 blas,
@@ -241,26 +242,61 @@ impl CudaBackend {
     /// `C = A · B` with f16 operands, f32 accumulation and output, in cuBLAS's
     /// column-major terms (see the callers for the row-major mapping).
     #[allow(clippy::too_many_arguments)]
-    fn gemm_f16(s: &Slot, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, c: u64, ldc: usize,
-        beta: f32) -> Result<(), CudaError> {
+    fn gemm_f16(
+        s: &Slot,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        c: u64,
+        ldc: usize,
+        beta: f32,
+    ) -> Result<(), CudaError> {
         let (alpha, beta) = (1.0f32, beta);
         // SAFETY: pointers and leading dimensions describe buffers of the
         // arena sized by the layout; the handle is bound to the slot's stream.
         unsafe {
-            blas::gemm_ex(*s.blas.handle(), blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N, m as i32, n as i32, k as i32,
-                (&alpha as *const f32).cast(), a as *const c_void, blas_sys::cudaDataType::CUDA_R_16F, lda as i32,
-                b as *const c_void, blas_sys::cudaDataType::CUDA_R_16F, ldb as i32,
-                (&beta as *const f32).cast(), c as *mut c_void, blas_sys::cudaDataType::CUDA_R_32F, ldc as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT)?;
+            blas::gemm_ex(
+                *s.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                m as i32,
+                n as i32,
+                k as i32,
+                (&alpha as *const f32).cast(),
+                a as *const c_void,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                lda as i32,
+                b as *const c_void,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                ldb as i32,
+                (&beta as *const f32).cast(),
+                c as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                ldc as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )?;
         }
         Ok(())
     }
 
     /// `y (=|+=) act(x · Wᵀ + b)` where x is `rows × k` f16 in `s.gemm_in`.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_epilogue(&self, s: &Slot, rows: usize, w: &CudaMatrix, b: Option<u64>, act: Activation, write: Write,
-        out: u64, out_cols: usize) -> Result<(), CudaError> {
+    fn gemm_epilogue(
+        &self,
+        s: &Slot,
+        rows: usize,
+        w: &CudaMatrix,
+        b: Option<u64>,
+        act: Activation,
+        write: Write,
+        out: u64,
+        out_cols: usize,
+    ) -> Result<(), CudaError> {
         let (n, k) = (w.rows, w.cols);
         let gelu = act == Activation::Gelu;
         let accumulate_after = gelu && write == Write::Accumulate;
@@ -281,8 +317,16 @@ impl CudaBackend {
             let (rows_i, n_i, gelu_i, acc_i) = (rows as i32, n as i32, gelu as i32, accumulate_after as i32);
             // SAFETY: argument types match bias_act_f32's signature.
             unsafe {
-                s.stream.launch_builder(self.f(Kernel::BiasAct)).arg(&c).arg(&bias).arg(&out).arg(&rows_i).arg(&n_i)
-                    .arg(&gelu_i).arg(&acc_i).launch(l.config())?;
+                s.stream
+                    .launch_builder(self.f(Kernel::BiasAct))
+                    .arg(&c)
+                    .arg(&bias)
+                    .arg(&out)
+                    .arg(&rows_i)
+                    .arg(&n_i)
+                    .arg(&gelu_i)
+                    .arg(&acc_i)
+                    .launch(l.config())?;
             }
         }
         Ok(())
@@ -320,8 +364,13 @@ impl Backend for CudaBackend {
     /// Every matrix is stored in f16 whatever `precision` asks: cuBLAS
     /// multiplies f16 by f16 with fp32 accumulation. Whisper checkpoints are
     /// f16, so nothing is lost for them.
-    fn matrix(&self, rows: usize, cols: usize, data: HostMatrix<'_>, _precision: Precision)
-        -> Result<CudaMatrix, BackendError> {
+    fn matrix(
+        &self,
+        rows: usize,
+        cols: usize,
+        data: HostMatrix<'_>,
+        _precision: Precision,
+    ) -> Result<CudaMatrix, BackendError> {
         let ptr = match data {
             HostMatrix::F16(d) => self.upload_weights(d)?,
             HostMatrix::F32(d) => {
@@ -391,8 +440,15 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn linear(&self, x: View<'_, Self>, w: &CudaMatrix, b: Option<&CudaVector>, act: Activation, write: Write,
-        out: &mut CudaBuf) {
+    fn linear(
+        &self,
+        x: View<'_, Self>,
+        w: &CudaMatrix,
+        b: Option<&CudaVector>,
+        act: Activation,
+        write: Write,
+        out: &mut CudaBuf,
+    ) {
         assert_eq!(x.width, w.cols, "linear: input width {} vs weight in-features {}", x.width, w.cols);
         assert_eq!(out.cols, w.rows, "linear: output width {} vs weight out-features {}", out.cols, w.rows);
         let m = x.buf.rows;
@@ -407,8 +463,15 @@ impl Backend for CudaBackend {
             let (m_i, k_i) = (m as i32, k as i32);
             // SAFETY: argument types match f32_to_f16_2d's signature.
             unsafe {
-                s.stream.launch_builder(self.f(Kernel::F32ToF16)).arg(&xp).arg(&xs).arg(&xc).arg(&m_i).arg(&k_i)
-                    .arg(&s.gemm_in.0).launch(l.config())?;
+                s.stream
+                    .launch_builder(self.f(Kernel::F32ToF16))
+                    .arg(&xp)
+                    .arg(&xs)
+                    .arg(&xc)
+                    .arg(&m_i)
+                    .arg(&k_i)
+                    .arg(&s.gemm_in.0)
+                    .launch(l.config())?;
             }
             self.gemm_epilogue(s, m, w, b.map(|v| v.ptr), act, write, op, oc)
         });
@@ -421,8 +484,16 @@ impl Backend for CudaBackend {
         self.on(out.slot, |s| {
             // SAFETY: argument types match layer_norm_f32's signature.
             unsafe {
-                s.stream.launch_builder(self.f(Kernel::LayerNorm)).arg(&xp).arg(&gp).arg(&bp).arg(&op).arg(&rows)
-                    .arg(&d).arg(&eps).launch(Launch::per_row(x.rows).config())?;
+                s.stream
+                    .launch_builder(self.f(Kernel::LayerNorm))
+                    .arg(&xp)
+                    .arg(&gp)
+                    .arg(&bp)
+                    .arg(&op)
+                    .arg(&rows)
+                    .arg(&d)
+                    .arg(&eps)
+                    .launch(Launch::per_row(x.rows).config())?;
             }
             Ok(())
         });
@@ -443,8 +514,15 @@ impl Backend for CudaBackend {
             let (ti, ci, st, to) = (t_in as i32, c_in as i32, stride as i32, t_out as i32);
             // SAFETY: argument types match im2col_k3_f16's signature.
             unsafe {
-                s.stream.launch_builder(self.f(Kernel::Im2col)).arg(&xp).arg(&ti).arg(&ci).arg(&st).arg(&to)
-                    .arg(&s.gemm_in.0).launch(Launch::elementwise(t_out * k3).config())?;
+                s.stream
+                    .launch_builder(self.f(Kernel::Im2col))
+                    .arg(&xp)
+                    .arg(&ti)
+                    .arg(&ci)
+                    .arg(&st)
+                    .arg(&to)
+                    .arg(&s.gemm_in.0)
+                    .launch(Launch::elementwise(t_out * k3).config())?;
             }
             self.gemm_epilogue(s, t_out, w, Some(bp), Activation::Gelu, Write::Overwrite, op, oc)
         });
@@ -457,15 +535,28 @@ impl Backend for CudaBackend {
         self.on(x.slot, |s| {
             // SAFETY: argument types match add_rows_f16's signature.
             unsafe {
-                s.stream.launch_builder(self.f(Kernel::AddRows)).arg(&xp).arg(&rows).arg(&d).arg(&tp).arg(&off)
+                s.stream
+                    .launch_builder(self.f(Kernel::AddRows))
+                    .arg(&xp)
+                    .arg(&rows)
+                    .arg(&d)
+                    .arg(&tp)
+                    .arg(&off)
                     .launch(Launch::elementwise(n).config())?;
             }
             Ok(())
         });
     }
 
-    fn embed(&self, tokens: &[u32], seq_len: usize, pos0: usize, embeddings: &CudaMatrix, positions: &CudaMatrix,
-        out: &mut CudaBuf) {
+    fn embed(
+        &self,
+        tokens: &[u32],
+        seq_len: usize,
+        pos0: usize,
+        embeddings: &CudaMatrix,
+        positions: &CudaMatrix,
+        out: &mut CudaBuf,
+    ) {
         self.set_rows(out, tokens.len());
         let (op, d) = (out.ptr, out.cols as i32);
         let n = tokens.len();
@@ -479,16 +570,33 @@ impl Backend for CudaBackend {
             let (ep, vocab, pp, n_pos) = (embeddings.ptr, embeddings.rows as i32, positions.ptr, positions.rows as i32);
             // SAFETY: argument types match embed_f16's signature.
             unsafe {
-                s.stream.launch_builder(self.f(Kernel::Embed)).arg(&s.tokens.0).arg(&n_i).arg(&sl).arg(&p0).arg(&ep)
-                    .arg(&vocab).arg(&pp).arg(&n_pos).arg(&op).arg(&d)
+                s.stream
+                    .launch_builder(self.f(Kernel::Embed))
+                    .arg(&s.tokens.0)
+                    .arg(&n_i)
+                    .arg(&sl)
+                    .arg(&p0)
+                    .arg(&ep)
+                    .arg(&vocab)
+                    .arg(&pp)
+                    .arg(&n_pos)
+                    .arg(&op)
+                    .arg(&d)
                     .launch(Launch::per_row_across(n, d as usize).config())?;
             }
             Ok(())
         });
     }
 
-    fn attention(&self, q: View<'_, Self>, k: View<'_, Self>, v: View<'_, Self>, sh: AttentionShape,
-        out: &mut CudaBuf, probs: Option<(&mut CudaBuf, &[usize])>) {
+    fn attention(
+        &self,
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        sh: AttentionShape,
+        out: &mut CudaBuf,
+        probs: Option<(&mut CudaBuf, &[usize])>,
+    ) {
         let d = q.width;
         let hd = d / sh.heads;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -503,14 +611,23 @@ impl Backend for CudaBackend {
             }
             None => (0u64, HeadSlots::none()),
         };
-        let (qp, qld, kp, kld, vp, vld) = (q.buf.ptr + (q.col * 4) as u64, q.buf.cols, k.buf.ptr + (k.col * 4) as u64,
-            k.buf.cols, v.buf.ptr + (v.col * 4) as u64, v.buf.cols);
+        let (qp, qld, kp, kld, vp, vld) = (
+            q.buf.ptr + (q.col * 4) as u64,
+            q.buf.cols,
+            k.buf.ptr + (k.col * 4) as u64,
+            k.buf.cols,
+            v.buf.ptr + (v.col * 4) as u64,
+            v.buf.cols,
+        );
         let op = out.ptr;
         self.on(out.slot, |s| {
             let per_head = (sh.q_len * sh.kv_len * 4) as u64;
             let chunk = ((s.scores.1 / per_head.max(1)) as usize).min(sh.heads);
             if chunk == 0 {
-                return Err(CudaError::NotReady(format!("attention {}×{} exceeds the scores scratch", sh.q_len, sh.kv_len)));
+                return Err(CudaError::NotReady(format!(
+                    "attention {}×{} exceeds the scores scratch",
+                    sh.q_len, sh.kv_len
+                )));
             }
             let (one, zero) = (1.0f32, 0.0f32);
             let handle = *s.blas.handle();
@@ -526,27 +643,69 @@ impl Backend for CudaBackend {
                     // Scores, per head b: column-major Sᵀ (kv × q) = Kᵀ · Q.
                     // SAFETY: every operand lies in the arena as planned.
                     unsafe {
-                        blas::sgemm_strided_batched(handle, CUBLAS_OP_T, CUBLAS_OP_N, sh.kv_len as i32, sh.q_len as i32,
-                            hd as i32, &one, (ks + ho) as *const f32, kld as i32, hd as i64, (qs + ho) as *const f32,
-                            qld as i32, hd as i64, &zero, s.scores.0 as *mut f32, sh.kv_len as i32,
-                            (sh.q_len * sh.kv_len) as i64, hn as i32)?;
+                        blas::sgemm_strided_batched(
+                            handle,
+                            CUBLAS_OP_T,
+                            CUBLAS_OP_N,
+                            sh.kv_len as i32,
+                            sh.q_len as i32,
+                            hd as i32,
+                            &one,
+                            (ks + ho) as *const f32,
+                            kld as i32,
+                            hd as i64,
+                            (qs + ho) as *const f32,
+                            qld as i32,
+                            hd as i64,
+                            &zero,
+                            s.scores.0 as *mut f32,
+                            sh.kv_len as i32,
+                            (sh.q_len * sh.kv_len) as i64,
+                            hn as i32,
+                        )?;
                     }
                     let rows = hn * sh.q_len;
-                    let (rows_i, ql, kl, heads, h0_i, causal) = (rows as i32, sh.q_len as i32, sh.kv_len as i32,
-                        sh.heads as i32, h0 as i32, sh.causal as i32);
+                    let (rows_i, ql, kl, heads, h0_i, causal) =
+                        (rows as i32, sh.q_len as i32, sh.kv_len as i32, sh.heads as i32, h0 as i32, sh.causal as i32);
                     // SAFETY: argument types match attn_softmax_f32's signature.
                     unsafe {
-                        s.stream.launch_builder(self.f(Kernel::AttnSoftmax)).arg(&s.scores.0).arg(&rows_i).arg(&ql)
-                            .arg(&kl).arg(&heads).arg(&h0_i).arg(&scale).arg(&causal).arg(&probs_ptr).arg(&slots)
+                        s.stream
+                            .launch_builder(self.f(Kernel::AttnSoftmax))
+                            .arg(&s.scores.0)
+                            .arg(&rows_i)
+                            .arg(&ql)
+                            .arg(&kl)
+                            .arg(&heads)
+                            .arg(&h0_i)
+                            .arg(&scale)
+                            .arg(&causal)
+                            .arg(&probs_ptr)
+                            .arg(&slots)
                             .launch(Launch::per_row(rows).config())?;
                     }
                     // out_h, column-major (hd × q, ld d) = V_h (hd × kv, ld v) · Pᵀ (kv × q).
                     // SAFETY: as above.
                     unsafe {
-                        blas::sgemm_strided_batched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hd as i32, sh.q_len as i32,
-                            sh.kv_len as i32, &one, (vs + ho) as *const f32, vld as i32, hd as i64,
-                            s.scores.0 as *const f32, sh.kv_len as i32, (sh.q_len * sh.kv_len) as i64, &zero,
-                            (os + ho) as *mut f32, d as i32, hd as i64, hn as i32)?;
+                        blas::sgemm_strided_batched(
+                            handle,
+                            CUBLAS_OP_N,
+                            CUBLAS_OP_N,
+                            hd as i32,
+                            sh.q_len as i32,
+                            sh.kv_len as i32,
+                            &one,
+                            (vs + ho) as *const f32,
+                            vld as i32,
+                            hd as i64,
+                            s.scores.0 as *const f32,
+                            sh.kv_len as i32,
+                            (sh.q_len * sh.kv_len) as i64,
+                            &zero,
+                            (os + ho) as *mut f32,
+                            d as i32,
+                            hd as i64,
+                            hn as i32,
+                        )?;
                     }
                 }
             }
@@ -580,8 +739,17 @@ impl Backend for CudaBackend {
             let n_i = n as i32;
             // SAFETY: argument types match gather_rows_f32's signature.
             unsafe {
-                s.stream.launch_builder(self.f(Kernel::GatherRows)).arg(&sp).arg(&ss).arg(&sc).arg(&s.src_rows.0)
-                    .arg(&dp).arg(&s.dst_rows.0).arg(&n_i).arg(&w).launch(Launch::per_row_across(n, w as usize).config())?;
+                s.stream
+                    .launch_builder(self.f(Kernel::GatherRows))
+                    .arg(&sp)
+                    .arg(&ss)
+                    .arg(&sc)
+                    .arg(&s.src_rows.0)
+                    .arg(&dp)
+                    .arg(&s.dst_rows.0)
+                    .arg(&n_i)
+                    .arg(&w)
+                    .launch(Launch::per_row_across(n, w as usize).config())?;
             }
             Ok(())
         });

@@ -43,8 +43,13 @@ pub struct DeviceInfo {
 impl std::fmt::Display for DeviceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (ma, mi) = self.compute_capability;
-        write!(f, "GPU {} ({}, sm_{ma}{mi}, {:.1} GiB)", self.index, self.name,
-            self.total_bytes as f64 / (1u64 << 30) as f64)
+        write!(
+            f,
+            "GPU {} ({}, sm_{ma}{mi}, {:.1} GiB)",
+            self.index,
+            self.name,
+            self.total_bytes as f64 / (1u64 << 30) as f64
+        )
     }
 }
 
@@ -52,7 +57,9 @@ impl std::fmt::Display for DeviceInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// The CPU; with `auto`, why the GPU was not used.
-    Cpu { reason: Option<String> },
+    Cpu {
+        reason: Option<String>,
+    },
     Cuda(DeviceInfo),
 }
 
@@ -70,9 +77,8 @@ pub fn driver_present() -> bool {
 pub fn cublas_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
     // SAFETY: as above.
-    *PRESENT.get_or_init(|| unsafe {
-        cudarc::cublas::sys::is_culib_present() && cudarc::cublaslt::sys::is_culib_present()
-    })
+    *PRESENT
+        .get_or_init(|| unsafe { cudarc::cublas::sys::is_culib_present() && cudarc::cublaslt::sys::is_culib_present() })
 }
 
 /// cuInit, once per process; its result is kept (the driver's answer does
@@ -202,8 +208,13 @@ mod tests {
 
     #[test]
     fn display_names_the_gpu() {
-        let i = DeviceInfo { index: 1, count: 2, name: "NVIDIA H100 80GB HBM3".into(), compute_capability: (9, 0),
-            total_bytes: 80 << 30 };
+        let i = DeviceInfo {
+            index: 1,
+            count: 2,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            compute_capability: (9, 0),
+            total_bytes: 80 << 30,
+        };
         assert_eq!(i.to_string(), "GPU 1 (NVIDIA H100 80GB HBM3, sm_90, 80.0 GiB)");
     }
 }

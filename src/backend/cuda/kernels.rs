@@ -270,8 +270,14 @@ pub fn compile(src: &Source, major: i32, minor: i32, ptxas_verbose: bool) -> Res
     // SAFETY: every pointer refers to a live CString for the whole call; the
     // counts match the arrays.
     unsafe {
-        sys::nvrtcCreateProgram(&mut prog, text.as_ptr(), name.as_ptr(), HEADERS.len() as c_int,
-            header_text_ptrs.as_ptr(), header_name_ptrs.as_ptr())
+        sys::nvrtcCreateProgram(
+            &mut prog,
+            text.as_ptr(),
+            name.as_ptr(),
+            HEADERS.len() as c_int,
+            header_text_ptrs.as_ptr(),
+            header_name_ptrs.as_ptr(),
+        )
     }
     .result()?;
     let prog = Program(prog);
@@ -414,8 +420,16 @@ mod tests {
         assert!(!has_warning(log));
         assert!(has_warning("kernels/x.cu(3): warning #177-D: variable \"y\" was declared but never referenced"));
         let r = ptxas_resources(log);
-        assert_eq!(r, vec![KernelResources { function: "layer_norm_f32".into(), registers: 18, spill_stores: 4,
-            spill_loads: 12, shared_bytes: 128 }]);
+        assert_eq!(
+            r,
+            vec![KernelResources {
+                function: "layer_norm_f32".into(),
+                registers: 18,
+                spill_stores: 4,
+                spill_loads: 12,
+                shared_bytes: 128
+            }]
+        );
     }
 
     #[test]
