@@ -302,6 +302,7 @@ fn decode_source(
             reason: format!("header declares {channels} channels at {sample_rate} Hz"),
         });
     }
+    super::sanitize(&mut samples);
     Ok(DecodedAudio { samples, sample_rate, channels })
 }
 

@@ -13,3 +13,13 @@ pub use resample::Resampler;
 
 /// Whisper's input rate.
 pub const SAMPLE_RATE: u32 = 16_000;
+
+/// Makes samples safe for the resampler and the mel front end: NaN becomes
+/// silence and everything is clipped to full scale, as a DAC would. Float
+/// audio far outside ±1 (1e37, ±Inf) otherwise overflows the FFTs to NaN,
+/// which rubato refuses with a panic.
+pub fn sanitize(samples: &mut [f32]) {
+    for x in samples {
+        *x = if x.is_nan() { 0.0 } else { x.clamp(-1.0, 1.0) };
+    }
+}

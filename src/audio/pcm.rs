@@ -134,6 +134,7 @@ fn decode_whole(format: SampleFormat, b: &[u8], out: &mut Vec<f32>) -> Result<()
                 out.truncate(start);
                 return Err(PcmError::NonFinite);
             }
+            super::sanitize(&mut out[start..]);
         }
         SampleFormat::Mulaw => out.extend(b.iter().map(|&x| mulaw_to_linear(x) as f32 / 32768.0)),
         SampleFormat::Alaw => out.extend(b.iter().map(|&x| alaw_to_linear(x) as f32 / 32768.0)),
@@ -297,6 +298,15 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(d.decode(&f32::NAN.to_le_bytes(), &mut out), Err(PcmError::NonFinite));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn linear32_is_clipped_to_full_scale() {
+        let mut d = PcmDecoder::raw(PcmFormat { sample: SampleFormat::Linear32, sample_rate: 44100, channels: 1 });
+        let mut out = Vec::new();
+        let frame: Vec<u8> = [1e37f32, -3e38, 0.25].iter().flat_map(|x| x.to_le_bytes()).collect();
+        d.decode(&frame, &mut out).unwrap();
+        assert_eq!(out, vec![1.0, -1.0, 0.25]);
     }
 
     #[test]
