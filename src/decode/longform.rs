@@ -95,6 +95,9 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         let mut seek = 0usize;
         let mut prompt = Vec::with_capacity(model.decoder.text_ctx());
         while seek < content_frames {
+            if opts.cancel.is_cancelled() {
+                return Err(DecodeError::Cancelled);
+            }
             let segment_size = WINDOW_FRAMES.min(content_frames - seek);
             let time_offset = seek as f64 / FRAMES_PER_SECOND;
             if let Some(speech) = &speech {
@@ -126,6 +129,9 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             }
 
             let result = decode_with_fallback(model, &mut self.state, &prompt, sot_index, &rules, opts, &mut rng);
+            if opts.cancel.is_cancelled() {
+                return Err(DecodeError::Cancelled);
+            }
             tracing::debug!(
                 seek,
                 encode_ms = encoded.as_millis() as u64,

@@ -16,6 +16,9 @@ pub mod search;
 
 pub use longform::Transcriber;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 /// What to do with the audio: faster-whisper's `transcribe` options, with its
 /// defaults.
 #[derive(Debug, Clone)]
@@ -47,6 +50,23 @@ pub struct DecodeOptions {
     pub vad: bool,
     /// Seed of the sampler used at temperatures above 0 (reproducible runs).
     pub seed: u64,
+    /// Stops the work early when set from another thread (a session whose
+    /// client went away): checked before each window and between decoder steps.
+    pub cancel: Cancel,
+}
+
+/// A flag that abandons a transcription in progress. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +97,7 @@ impl Default for DecodeOptions {
             suppress_blank: true,
             vad: true,
             seed: 0,
+            cancel: Cancel::default(),
         }
     }
 }
@@ -140,4 +161,6 @@ pub enum DecodeError {
     EnglishOnly(String),
     #[error("the initial prompt cannot be encoded: {0}")]
     Prompt(String),
+    #[error("cancelled")]
+    Cancelled,
 }

@@ -113,6 +113,9 @@ pub fn decode_with_fallback<B: Backend>(
 ) -> WindowResult {
     let mut tried: Vec<WindowResult> = Vec::new();
     for &temperature in &opts.temperatures {
+        if opts.cancel.is_cancelled() && !tried.is_empty() {
+            break;
+        }
         let r = decode_once(model, st, prompt, sot_index, rules, opts, temperature, rng);
         let mut fallback = false;
         if opts.compression_ratio_threshold.is_some_and(|t| r.compression_ratio > t) {
@@ -173,11 +176,11 @@ pub fn decode_once<B: Backend>(
     let n = if temperature > 0.0 { opts.best_of.max(1) } else { opts.beam_size.max(1) };
     let n = n.min(st.decoder.max_seqs());
     let best = if temperature > 0.0 {
-        sample(model, st, &mut logits, rules, n, temperature, max_new, opts.length_penalty, rng)
+        sample(model, st, &mut logits, rules, n, temperature, max_new, opts, rng)
     } else if n > 1 {
-        beam_search(model, st, &mut logits, rules, n, opts.patience, max_new, opts.length_penalty)
+        beam_search(model, st, &mut logits, rules, n, max_new, opts)
     } else {
-        sample(model, st, &mut logits, rules, 1, 0.0, max_new, opts.length_penalty, rng)
+        sample(model, st, &mut logits, rules, 1, 0.0, max_new, opts, rng)
     };
 
     let text = model.tokenizer.decode(&best.tokens);
@@ -203,9 +206,10 @@ fn sample<B: Backend>(
     n: usize,
     temperature: f32,
     max_new: usize,
-    length_penalty: f32,
+    opts: &DecodeOptions,
     rng: &mut Rng,
 ) -> Hypothesis {
+    let length_penalty = opts.length_penalty;
     let b = &model.backend;
     let dec = &model.decoder;
     let vocab = dec.vocab();
@@ -262,7 +266,7 @@ fn sample<B: Backend>(
             }
             feed[i] = tok as u32;
         }
-        if hyps.iter().all(|h| h.finished) {
+        if hyps.iter().all(|h| h.finished) || opts.cancel.is_cancelled() {
             break;
         }
         dec.forward(b, &mut st.decoder, &feed, n, &select, logits);
@@ -282,10 +286,10 @@ fn beam_search<B: Backend>(
     logits: &mut Vec<f32>,
     rules: &Rules,
     beam: usize,
-    patience: f32,
     max_new: usize,
-    length_penalty: f32,
+    opts: &DecodeOptions,
 ) -> Hypothesis {
+    let (patience, length_penalty) = (opts.patience, opts.length_penalty);
     let b = &model.backend;
     let dec = &model.decoder;
     let vocab = dec.vocab();
@@ -342,7 +346,7 @@ fn beam_search<B: Backend>(
             next.push(extend(&cands[pick]));
             order.push(cands[pick].1);
         }
-        if last_step || finished.len() >= max_finished || next.is_empty() {
+        if last_step || finished.len() >= max_finished || next.is_empty() || opts.cancel.is_cancelled() {
             break;
         }
         dec.reorder(b, &mut st.decoder, &order);
