@@ -19,6 +19,8 @@ pub struct Metrics {
     pub rejected_params_total: AtomicU64,
     pub session_errors_total: AtomicU64,
     pub worker_panics_total: AtomicU64,
+    /// Panics caught in a session's network task.
+    pub connection_panics_total: AtomicU64,
     /// Audio received, in microseconds of 16 kHz audio.
     pub audio_received_us: AtomicU64,
     pub transcriptions_total: AtomicU64,
@@ -29,6 +31,23 @@ pub struct Metrics {
     pub words_final_total: AtomicU64,
     /// Current lag of each live session channel, ms (received − processed).
     lags: Mutex<HashMap<u64, u64>>,
+}
+
+/// Adds one to a gauge for as long as it lives: the gauge is right whether
+/// its owner returns, errs or panics.
+pub struct GaugeGuard<'a>(&'a AtomicU64);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn inc(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Relaxed);
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
@@ -83,6 +102,12 @@ impl Metrics {
             "Session workers that panicked.",
             "counter",
             c(&self.worker_panics_total),
+        );
+        counter(
+            "scribed_connection_panics_total",
+            "Session network tasks that panicked (the session ended with an error).",
+            "counter",
+            c(&self.connection_panics_total),
         );
         counter(
             "scribed_audio_received_seconds_total",

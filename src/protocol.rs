@@ -23,6 +23,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The daemon is shutting down (finals were flushed first).
     pub const GOING_AWAY: u16 = 1001;
+    /// A violation of RFC 6455 framing (reserved bits or opcodes, unmasked frames).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A client's Close frame without a status code.
+    pub const NO_STATUS: u16 = 1005;
     /// Audio that is not in the announced (or any supported) format.
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// Malformed JSON, odd-length linear16, NaN/Inf floats.
@@ -31,6 +35,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// No audio for too long, an internal error, a client that never reads.
     pub const INTERNAL: u16 = 1011;
+    /// Not enough session slots for the channels the audio turned out to have.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Audio encodings accepted in binary frames.
@@ -430,6 +436,10 @@ pub enum SessionError {
     NoAudioTimeout(u64),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("websocket protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl SessionError {
@@ -439,6 +449,8 @@ impl SessionError {
             Self::UnsupportedAudio(_) => close::UNSUPPORTED_DATA,
             Self::FrameTooBig { .. } => close::TOO_BIG,
             Self::NoAudioTimeout(_) | Self::Internal(_) => close::INTERNAL,
+            Self::Protocol(_) => close::PROTOCOL_ERROR,
+            Self::Busy(_) => close::TRY_AGAIN_LATER,
         }
     }
 
@@ -450,6 +462,8 @@ impl SessionError {
             Self::FrameTooBig { .. } => "FRAME_TOO_BIG",
             Self::NoAudioTimeout(_) => "NET-0001",
             Self::Internal(_) => "INTERNAL",
+            Self::Protocol(_) => "PROTOCOL_ERROR",
+            Self::Busy(_) => "TOO_MANY_SESSIONS",
         }
     }
 

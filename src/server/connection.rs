@@ -10,9 +10,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -21,16 +23,28 @@ use tokio_tungstenite::WebSocketStream;
 use super::Shared;
 use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat, SampleFormat};
 use crate::audio::resample::Resampler;
+use crate::decode::Cancel;
+use crate::metrics::GaugeGuard;
 use crate::policy::PolicyConfig;
 use crate::protocol::{close, ClientMessage, Encoding, ListenParams, ServerMessage, SessionError};
-use crate::session::{ChannelSummary, Output, Pipe, WorkerSettings};
+use crate::session::{panic_message, ChannelSummary, Output, Pipe, SlotLease, WorkerSettings, PANIC_KEYTERM};
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
+type WsStream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
+
+/// Protocol "errors" that only say the TCP connection went away.
+fn is_connection_loss(p: &tungstenite::error::ProtocolError) -> bool {
+    use tungstenite::error::ProtocolError as P;
+    matches!(p, P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing)
+}
 
 /// How the session ended, for the log line.
 #[derive(Debug)]
 enum End {
+    /// We closed it: `CloseStream` flushed, or shutdown.
     Closed(u16),
+    /// The client sent a Close frame; ours went back at once.
+    ClientClosed(u16),
     Error(SessionError),
     Vanished,
 }
@@ -39,24 +53,27 @@ impl End {
     fn describe(&self) -> String {
         match self {
             End::Closed(code) => format!("closed {code}"),
+            End::ClientClosed(code) => format!("client closed {code}"),
             End::Error(e) => format!("error {}: {e}", e.close_code()),
             End::Vanished => "client gone".into(),
         }
     }
 }
 
-/// Serves one upgraded `/v1/listen` connection to its end.
+/// Serves one upgraded `/v1/listen` connection to its end. `slot` is the
+/// admission permit: it goes to the workers, which hold it until they stop.
 pub async fn serve(
     ws: WebSocketStream<TcpStream>,
     params: ListenParams,
     shared: Arc<Shared>,
     request_id: String,
     id: u64,
+    slot: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let m = shared.metrics.clone();
     m.sessions_started_total.fetch_add(1, Ordering::Relaxed);
-    m.sessions_active.fetch_add(1, Ordering::Relaxed);
+    let _active = GaugeGuard::inc(&m.sessions_active);
     let started = Instant::now();
     tracing::info!(
         request_id,
@@ -66,12 +83,21 @@ pub async fn serve(
         "session start"
     );
     let (sink, stream) = ws.split();
-    let mut s = Session::new(sink, params, shared.clone(), request_id.clone(), id);
-    let end = s.run(stream, &mut shutdown).await;
+    let mut s = Session::new(sink, params, shared.clone(), request_id.clone(), id, slot);
+    // A bug on this side must end this session alone, with an error and a
+    // close frame, and leave the gauges right (the guards above).
+    let end = match AssertUnwindSafe(s.run(stream, &mut shutdown)).catch_unwind().await {
+        Ok(end) => end,
+        Err(panic) => {
+            m.connection_panics_total.fetch_add(1, Ordering::Relaxed);
+            let what = panic_message(panic.as_ref());
+            tracing::error!(request_id, panic = %what, "session connection panicked");
+            s.fail(SessionError::Internal(format!("the connection task panicked: {what}"))).await
+        }
+    };
     if matches!(end, End::Error(_)) {
         m.session_errors_total.fetch_add(1, Ordering::Relaxed);
     }
-    m.sessions_active.fetch_sub(1, Ordering::Relaxed);
     let sum = s.summary;
     tracing::info!(
         request_id,
@@ -84,6 +110,9 @@ pub async fn serve(
         "session end"
     );
 }
+
+/// What one turn of the session loop decided.
+type Turn = Option<End>;
 
 struct Session {
     sink: Sink,
@@ -99,6 +128,11 @@ struct Session {
     space: Arc<Notify>,
     out_tx: Option<mpsc::Sender<Output>>,
     out_rx: mpsc::Receiver<Output>,
+    /// The admission permit until the workers start; then it is the lease
+    /// every worker holds.
+    slot: Option<OwnedSemaphorePermit>,
+    /// Stops the workers' transcriptions once this connection is gone.
+    cancel: Cancel,
     /// Close code to use once the workers have flushed.
     closing: Option<u16>,
     close_sent: bool,
@@ -107,8 +141,23 @@ struct Session {
     scratch: Vec<f32>,
 }
 
+impl Drop for Session {
+    /// Whatever ended the connection, the workers stop: a vanished client's
+    /// audio is not transcribed for nobody.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 impl Session {
-    fn new(sink: Sink, params: ListenParams, shared: Arc<Shared>, request_id: String, id: u64) -> Self {
+    fn new(
+        sink: Sink,
+        params: ListenParams,
+        shared: Arc<Shared>,
+        request_id: String,
+        id: u64,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
         let decoder = match (params.encoding, params.sample_rate) {
             (Some(e), Some(rate)) => PcmDecoder::raw(PcmFormat {
                 sample: match e {
@@ -136,6 +185,8 @@ impl Session {
             space: Arc::new(Notify::new()),
             out_tx: Some(out_tx),
             out_rx,
+            slot: Some(slot),
+            cancel: Cancel::default(),
             closing: None,
             close_sent: false,
             done: 0,
@@ -144,98 +195,141 @@ impl Session {
         }
     }
 
-    async fn run(
-        &mut self,
-        mut stream: futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> End {
+    /// The session loop. It reads the socket whenever the rings have room,
+    /// during the final flush too, so pings and a client's Close are always
+    /// answered; it stops reading only while audio waits for ring space.
+    async fn run(&mut self, mut stream: WsStream, shutdown: &mut watch::Receiver<bool>) -> End {
         let timeout = self.shared.config.no_audio_timeout;
         let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut was_reading = true;
         if *shutdown.borrow() {
             self.begin_close(close::GOING_AWAY);
         }
         loop {
-            if let Err(e) = self.maybe_send_close() {
-                return self.fail(e).await;
-            }
+            self.maybe_send_close();
             if self.closing.is_some() && self.close_sent && self.done == self.pipes.len() {
                 return self.finish().await;
             }
             let backlog = self.pipes.iter().any(|p| !p.pending.is_empty());
-            let reading = self.closing.is_none() && !backlog;
-            tokio::select! {
+            let reading = !backlog;
+            // The no-audio timer is about the client: it runs only while we
+            // read, and restarts when we read again after backpressure.
+            if reading && !was_reading {
+                deadline = tokio::time::Instant::now() + timeout;
+            }
+            was_reading = reading;
+            let turn = tokio::select! {
                 biased;
-                out = self.out_rx.recv() => match out {
-                    Some(Output::Message { json, .. }) => {
-                        if !self.send(Message::text(json)).await {
-                            return End::Vanished;
-                        }
-                    }
-                    Some(Output::Done(sum)) => {
-                        self.done += 1;
-                        self.summary.words += sum.words;
-                        self.summary.audio_seconds = self.summary.audio_seconds.max(sum.audio_seconds);
-                        self.summary.max_lag_seconds = self.summary.max_lag_seconds.max(sum.max_lag_seconds);
-                        self.summary.transcriptions += sum.transcriptions;
-                    }
-                    Some(Output::Failed(why)) => return self.fail(SessionError::Internal(why)).await,
-                    // Only when no worker was started and we hold no sender.
-                    None => return self.finish().await,
-                },
+                out = self.out_rx.recv() => self.on_output(out).await,
                 changed = shutdown.changed(), if self.closing.is_none() => {
                     if changed.is_ok() && *shutdown.borrow() {
                         self.begin_close(close::GOING_AWAY);
                     }
+                    None
                 }
                 _ = self.space.notified(), if backlog => {
                     for p in &mut self.pipes {
                         p.push_pending();
                     }
+                    None
                 }
                 msg = stream.next(), if reading => {
-                    match msg {
-                        Some(Ok(Message::Binary(b))) => {
-                            deadline = tokio::time::Instant::now() + timeout;
-                            if let Err(e) = self.audio(&b) {
-                                return self.fail(e).await;
-                            }
-                        }
-                        Some(Ok(Message::Text(t))) => {
-                            deadline = tokio::time::Instant::now() + timeout;
-                            match ClientMessage::parse(t.as_str()) {
-                                Err(why) => return self.fail(SessionError::BadMessage(why)).await,
-                                Ok(ClientMessage::KeepAlive) => {}
-                                Ok(ClientMessage::Finalize) => {
-                                    for p in &self.pipes {
-                                        p.finalize();
-                                    }
-                                }
-                                Ok(ClientMessage::CloseStream) => self.begin_close(close::NORMAL),
-                                Ok(ClientMessage::Unknown(kind)) => {
-                                    let msg = ServerMessage::error("UNKNOWN_MESSAGE", format!("unknown message type `{kind}` ignored"));
-                                    if !self.send(Message::text(msg.to_json())).await {
-                                        return End::Vanished;
-                                    }
-                                }
-                            }
-                        }
-                        Some(Ok(Message::Close(_))) | None => return End::Vanished,
-                        Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
-                        Some(Err(tungstenite::Error::Capacity(e))) => {
-                            let got = match e {
-                                tungstenite::error::CapacityError::MessageTooLong { size, .. } => size,
-                                _ => 0,
-                            };
-                            return self.fail(SessionError::FrameTooBig { got, max: self.shared.config.max_frame_bytes }).await;
-                        }
-                        Some(Err(_)) => return End::Vanished,
+                    if matches!(msg, Some(Ok(Message::Binary(_) | Message::Text(_)))) {
+                        deadline = tokio::time::Instant::now() + timeout;
                     }
+                    self.on_frame(msg).await
                 }
-                _ = tokio::time::sleep_until(deadline), if self.closing.is_none() => {
-                    return self.fail(SessionError::NoAudioTimeout(timeout.as_secs())).await;
+                _ = tokio::time::sleep_until(deadline), if self.closing.is_none() && reading => {
+                    Some(self.fail(SessionError::NoAudioTimeout(timeout.as_secs())).await)
+                }
+            };
+            if let Some(end) = turn {
+                return end;
+            }
+        }
+    }
+
+    /// A worker's result, completion or failure.
+    async fn on_output(&mut self, out: Option<Output>) -> Turn {
+        match out {
+            Some(Output::Message { json, .. }) => (!self.send(Message::text(json)).await).then_some(End::Vanished),
+            Some(Output::Done(sum)) => {
+                self.done += 1;
+                self.summary.words += sum.words;
+                self.summary.audio_seconds = self.summary.audio_seconds.max(sum.audio_seconds);
+                self.summary.max_lag_seconds = self.summary.max_lag_seconds.max(sum.max_lag_seconds);
+                self.summary.transcriptions += sum.transcriptions;
+                None
+            }
+            Some(Output::Failed(why)) => Some(self.fail(SessionError::Internal(why)).await),
+            // Only when no worker was started and we hold no sender.
+            None => Some(self.finish().await),
+        }
+    }
+
+    /// One frame (or the end, or an error) from the client.
+    async fn on_frame(&mut self, msg: Option<Result<Message, tungstenite::Error>>) -> Turn {
+        let e = match msg {
+            Some(Ok(Message::Binary(b))) => match self.audio(&b) {
+                Ok(()) => return None,
+                Err(e) => e,
+            },
+            Some(Ok(Message::Text(t))) => return self.on_text(t.as_str()).await,
+            Some(Ok(Message::Close(frame))) => {
+                // tungstenite has queued the echo of the client's Close; send it now.
+                let code = frame.map_or(close::NO_STATUS, |f| u16::from(f.code));
+                let limit = self.shared.config.write_timeout;
+                let _ = tokio::time::timeout(limit, self.sink.flush()).await;
+                return Some(End::ClientClosed(code));
+            }
+            Some(Ok(_)) => {
+                // A ping: tungstenite queued the pong; flush it now, not at our next write.
+                let _ = tokio::time::timeout(self.shared.config.write_timeout, self.sink.flush()).await;
+                return None;
+            }
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                let got = match e {
+                    tungstenite::error::CapacityError::MessageTooLong { size, .. } => size,
+                    _ => 0,
+                };
+                SessionError::FrameTooBig { got, max: self.shared.config.max_frame_bytes }
+            }
+            Some(Err(tungstenite::Error::Utf8)) => SessionError::BadMessage("invalid UTF-8 in a text frame".into()),
+            Some(Err(tungstenite::Error::Protocol(p))) if !is_connection_loss(&p) => {
+                SessionError::Protocol(p.to_string())
+            }
+            Some(Err(_)) | None => return Some(End::Vanished),
+        };
+        Some(self.fail(e).await)
+    }
+
+    /// A client text message.
+    async fn on_text(&mut self, text: &str) -> Turn {
+        let msg = match ClientMessage::parse(text) {
+            Ok(m) => m,
+            Err(why) => return Some(self.fail(SessionError::BadMessage(why)).await),
+        };
+        match msg {
+            ClientMessage::KeepAlive => {}
+            // After CloseStream the flush is under way: later requests have nothing to act on.
+            ClientMessage::Finalize | ClientMessage::CloseStream if self.closing.is_some() => {}
+            ClientMessage::Finalize => {
+                for p in &self.pipes {
+                    p.finalize();
+                }
+            }
+            ClientMessage::CloseStream => self.begin_close(close::NORMAL),
+            ClientMessage::Unknown(kind) => {
+                let shown: String = kind.chars().take(64).collect();
+                let more = if shown.len() < kind.len() { "…" } else { "" };
+                let msg =
+                    ServerMessage::error("UNKNOWN_MESSAGE", format!("unknown message type `{shown}{more}` ignored"));
+                if !self.send(Message::text(msg.to_json())).await {
+                    return Some(End::Vanished);
                 }
             }
         }
+        None
     }
 
     /// Decodes one binary frame and hands its samples to the pipes.
@@ -281,6 +375,8 @@ impl Session {
 
     fn start_pipes(&mut self, format: PcmFormat) -> Result<(), SessionError> {
         let n = if self.params.multichannel { format.channels as usize } else { 1 };
+        let Some(out) = self.out_tx.take() else { return Ok(()) };
+        let lease = self.lease(n)?;
         let cfg = &self.shared.config;
         let step_frames = cfg.step_ms / 10;
         let policy = PolicyConfig {
@@ -291,7 +387,6 @@ impl Session {
             interim_results: self.params.interim_results,
             ..PolicyConfig::default()
         };
-        let Some(out) = self.out_tx.take() else { return Ok(()) };
         for ch in 0..n {
             let settings = WorkerSettings {
                 policy: policy.clone(),
@@ -304,7 +399,8 @@ impl Session {
                 channel_count: n as u32,
                 metrics_key: self.id * 64 + ch as u64,
                 panic_on_hypothesis: self.shared.fault_injection
-                    && self.params.keyterms.iter().any(|k| k == super::PANIC_KEYTERM),
+                    && self.params.keyterms.iter().any(|k| k == PANIC_KEYTERM),
+                cancel: self.cancel.clone(),
             };
             let resampler =
                 Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;
@@ -316,12 +412,30 @@ impl Session {
                 self.space.clone(),
                 out.clone(),
                 self.shared.metrics.clone(),
+                lease.clone(),
             )
             .map_err(|e| SessionError::Internal(format!("starting the session worker: {e}")))?;
             self.resamplers.push(resampler);
             self.pipes.push(pipe);
         }
         Ok(())
+    }
+
+    /// The admission permit, grown to one slot per worker: a multichannel
+    /// session costs what its channels cost. Raw audio was admitted with all
+    /// its channels; a WAV header may announce more.
+    fn lease(&mut self, workers: usize) -> Result<SlotLease, SessionError> {
+        let mut permit =
+            self.slot.take().ok_or_else(|| SessionError::Internal("admission slot already used".into()))?;
+        let missing = workers.saturating_sub(permit.num_permits());
+        if missing > 0 {
+            let more = self.shared.slots.clone().try_acquire_many_owned(missing as u32).map_err(|_| {
+                self.shared.metrics.rejected_busy_total.fetch_add(1, Ordering::Relaxed);
+                SessionError::Busy(format!("{workers} channels need {workers} session slots; not enough are free"))
+            })?;
+            permit.merge(more);
+        }
+        Ok(Arc::new(permit))
     }
 
     /// Stops reading; the pipes are told to flush once their backlog is in.
@@ -337,9 +451,9 @@ impl Session {
         self.out_tx = None;
     }
 
-    fn maybe_send_close(&mut self) -> Result<(), SessionError> {
+    fn maybe_send_close(&mut self) {
         if self.closing.is_none() || self.close_sent {
-            return Ok(());
+            return;
         }
         if self.pipes.iter_mut().all(|p| p.push_pending()) {
             for p in &self.pipes {
@@ -347,7 +461,6 @@ impl Session {
             }
             self.close_sent = true;
         }
-        Ok(())
     }
 
     /// Every worker flushed: `Metadata`, then the close frame.

@@ -123,8 +123,10 @@ pub fn error_body(code: &str, msg: &str) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Auth {
     Allowed {
-        /// The browser form was used: the handshake must echo `token`.
-        echo_token_protocol: bool,
+        /// The browser form was used: the handshake must echo the scheme
+        /// the client offered (`token` or `bearer`, as it spelled it), or
+        /// the client's websocket library fails the connection.
+        protocol: Option<String>,
     },
     Denied,
 }
@@ -132,17 +134,18 @@ pub enum Auth {
 /// Checks `Authorization: Token|Bearer K` and `Sec-WebSocket-Protocol:
 /// token, K` against the configured keys, in constant time per key.
 pub fn authorize(req: &Request, keys: &[String]) -> Auth {
-    let protocol_key = req.header("sec-websocket-protocol").and_then(|v| {
+    let offered = req.header("sec-websocket-protocol").and_then(|v| {
         let mut parts = v.split(',').map(str::trim);
         match (parts.next(), parts.next()) {
             (Some(t), Some(k)) if t.eq_ignore_ascii_case("token") || t.eq_ignore_ascii_case("bearer") => {
-                Some(k.to_string())
+                Some((t.to_string(), k.to_string()))
             }
             _ => None,
         }
     });
+    let (protocol, protocol_key) = offered.map_or((None, None), |(t, k)| (Some(t), Some(k)));
     if keys.is_empty() {
-        return Auth::Allowed { echo_token_protocol: protocol_key.is_some() };
+        return Auth::Allowed { protocol };
     }
     let header_key = req.header("authorization").and_then(|v| {
         let (scheme, key) = v.trim().split_once(' ')?;
@@ -152,24 +155,21 @@ pub fn authorize(req: &Request, keys: &[String]) -> Auth {
         // Every key is compared, so the time does not say which one matched.
         keys.iter().fold(0u8, |acc, k| acc | candidate.as_bytes().ct_eq(k.as_bytes()).unwrap_u8()) == 1
     };
-    if header_key.as_deref().is_some_and(matches) {
-        return Auth::Allowed { echo_token_protocol: protocol_key.is_some() };
-    }
-    if protocol_key.as_deref().is_some_and(matches) {
-        return Auth::Allowed { echo_token_protocol: true };
+    if header_key.as_deref().is_some_and(matches) || protocol_key.as_deref().is_some_and(matches) {
+        return Auth::Allowed { protocol };
     }
     Auth::Denied
 }
 
 /// The `101 Switching Protocols` answer.
-pub fn handshake_response(req: &Request, echo_token_protocol: bool, request_id: &str) -> Option<String> {
+pub fn handshake_response(req: &Request, protocol: Option<&str>, request_id: &str) -> Option<String> {
     let key = req.header("sec-websocket-key")?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
     let mut r = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\ndg-request-id: {request_id}\r\n"
     );
-    if echo_token_protocol {
-        r.push_str("Sec-WebSocket-Protocol: token\r\n");
+    if let Some(p) = protocol {
+        r.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
     }
     r.push_str("\r\n");
     Some(r)
@@ -192,20 +192,23 @@ mod tests {
     #[test]
     fn keys() {
         let keys = vec!["secret".to_string(), "other".to_string()];
-        assert_eq!(authorize(&req(&[]), &[]), Auth::Allowed { echo_token_protocol: false });
+        let none = Auth::Allowed { protocol: None };
+        assert_eq!(authorize(&req(&[]), &[]), none);
         assert_eq!(authorize(&req(&[]), &keys), Auth::Denied);
-        assert_eq!(
-            authorize(&req(&[("Authorization", "Token secret")]), &keys),
-            Auth::Allowed { echo_token_protocol: false }
-        );
-        assert_eq!(
-            authorize(&req(&[("authorization", "Bearer other")]), &keys),
-            Auth::Allowed { echo_token_protocol: false }
-        );
+        assert_eq!(authorize(&req(&[("Authorization", "Token secret")]), &keys), none);
+        assert_eq!(authorize(&req(&[("authorization", "Bearer other")]), &keys), none);
         assert_eq!(authorize(&req(&[("Authorization", "Token secreT")]), &keys), Auth::Denied);
         assert_eq!(
             authorize(&req(&[("Sec-WebSocket-Protocol", "token, secret")]), &keys),
-            Auth::Allowed { echo_token_protocol: true }
+            Auth::Allowed { protocol: Some("token".into()) }
+        );
+        assert_eq!(
+            authorize(&req(&[("Sec-WebSocket-Protocol", "bearer, secret")]), &keys),
+            Auth::Allowed { protocol: Some("bearer".into()) }
+        );
+        assert_eq!(
+            authorize(&req(&[("Sec-WebSocket-Protocol", "bearer, x")]), &[]),
+            Auth::Allowed { protocol: Some("bearer".into()) }
         );
         assert_eq!(authorize(&req(&[("Sec-WebSocket-Protocol", "token, nope")]), &keys), Auth::Denied);
     }

@@ -25,12 +25,10 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::Whisper;
 use crate::protocol::ListenParams;
+use crate::session::PANIC_KEYTERM;
 
 /// `GET /`: live captions from the browser's microphone (no build step).
 const CAPTIONS_PAGE: &str = include_str!("captions.html");
-
-/// The keyterm that makes a session's worker panic under fault injection.
-pub const PANIC_KEYTERM: &str = "__scribed_fault_panic__";
 
 /// What every connection shares: the model (read-only), the settings, the
 /// metrics and the session slots.
@@ -166,8 +164,8 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
 /// `/v1/listen`: auth, parameters, admission, upgrade — in that order.
 async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) {
     let m = &shared.metrics;
-    let echo = match http::authorize(&req, &shared.config.api_keys) {
-        http::Auth::Allowed { echo_token_protocol } => echo_token_protocol,
+    let protocol = match http::authorize(&req, &shared.config.api_keys) {
+        http::Auth::Allowed { protocol } => protocol,
         http::Auth::Denied => {
             m.rejected_auth_total.fetch_add(1, Ordering::Relaxed);
             let body = http::error_body("INVALID_AUTH", "missing or wrong API key (Authorization: Token KEY)");
@@ -189,14 +187,25 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
         let body = http::error_body("SHUTTING_DOWN", "the daemon is shutting down");
         return http::respond_json(&mut stream, 503, &[("Retry-After", "5".into())], &body).await;
     }
-    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+    // A multichannel session runs a worker per channel and costs a slot each.
+    let slots_needed = if params.multichannel { params.channels as u32 } else { 1 };
+    if slots_needed as usize > shared.config.max_sessions {
+        m.rejected_params_total.fetch_add(1, Ordering::Relaxed);
+        let why = format!(
+            "multichannel audio with {slots_needed} channels needs {slots_needed} session slots; this server has {}",
+            shared.config.max_sessions
+        );
+        return http::respond_json(&mut stream, 400, &[], &crate::protocol::ParamError::new("channels", why).to_json())
+            .await;
+    }
+    let Ok(permit) = shared.slots.clone().try_acquire_many_owned(slots_needed) else {
         m.rejected_busy_total.fetch_add(1, Ordering::Relaxed);
         let body = http::error_body("TOO_MANY_SESSIONS", "every session slot is in use; retry later");
         return http::respond_json(&mut stream, 503, &[("Retry-After", "1".into())], &body).await;
     };
     let id = shared.next_id();
     let request_id = request_id(id);
-    let Some(answer) = http::handshake_response(&req, echo, &request_id) else { return };
+    let Some(answer) = http::handshake_response(&req, protocol.as_deref(), &request_id) else { return };
     use tokio::io::AsyncWriteExt;
     if stream.write_all(answer.as_bytes()).await.is_err() {
         return;
@@ -211,8 +220,7 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
         Some(ws_config),
     )
     .await;
-    connection::serve(ws, params, shared.clone(), request_id, id, shared.shutdown.clone()).await;
-    drop(permit);
+    connection::serve(ws, params, shared.clone(), request_id, id, permit, shared.shutdown.clone()).await;
 }
 
 /// Checks `language` against the model, so that a session the model cannot

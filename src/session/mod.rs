@@ -7,6 +7,11 @@
 //! per-stream decoder state), and sends JSON back over a bounded tokio
 //! channel. The two sides meet only there: the worker never touches the
 //! socket and the network task never waits on inference.
+//!
+//! A session's admission slot is shared by its connection and its workers
+//! ([`SlotLease`]): it is free again only when the last of them has ended,
+//! so work abandoned by a vanished client still counts against
+//! `max_sessions` until its [`Cancel`] has stopped it.
 
 pub mod worker;
 
@@ -18,9 +23,27 @@ use ringbuf::{HeapProd, HeapRb};
 use tokio::sync::{mpsc, Notify};
 
 use crate::backend::cpu::Cpu;
+use crate::decode::Cancel;
 use crate::metrics::Metrics;
 use crate::model::Whisper;
 use crate::policy::PolicyConfig;
+
+/// The keyterm that makes a session's worker panic under fault injection
+/// (tests only: see `WorkerSettings::panic_on_hypothesis`).
+pub const PANIC_KEYTERM: &str = "__scribed_fault_panic__";
+
+/// Holds one or more admission permits; the slots are free once every clone
+/// (the connection's and each worker thread's) is dropped.
+pub type SlotLease = Arc<tokio::sync::OwnedSemaphorePermit>;
+
+/// The text of a caught panic's payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
 
 /// Network → worker. Every message carries the count of samples pushed into
 /// the ring before it, so the worker acts on exactly the audio that came
@@ -70,6 +93,8 @@ pub struct WorkerSettings {
     pub metrics_key: u64,
     /// Panic at the first hypothesis (fault injection, tests only).
     pub panic_on_hypothesis: bool,
+    /// Set by the connection when it ends: the worker stops what it is doing.
+    pub cancel: Cancel,
 }
 
 /// The network side of one channel.
@@ -84,7 +109,9 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    /// Starts the worker thread of one channel.
+    /// Starts the worker thread of one channel; the thread holds `slot`
+    /// until it ends.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         model: Arc<Whisper<Cpu>>,
         settings: WorkerSettings,
@@ -92,13 +119,17 @@ impl Pipe {
         space: Arc<Notify>,
         out: mpsc::Sender<Output>,
         metrics: Arc<Metrics>,
+        slot: SlotLease,
     ) -> std::io::Result<Pipe> {
         let (prod, cons) = HeapRb::<f32>::new(ring_samples.max(16_000)).split();
         let (ctl, ctl_rx) = std::sync::mpsc::channel();
         let received = Arc::new(AtomicU64::new(0));
         let ctx =
             worker::Context { model, settings, cons, ctl: ctl_rx, space, received: received.clone(), out, metrics };
-        std::thread::Builder::new().name("scribed-session".into()).spawn(move || worker::run(ctx))?;
+        std::thread::Builder::new().name("scribed-session".into()).spawn(move || {
+            worker::run(ctx);
+            drop(slot);
+        })?;
         Ok(Pipe { prod, ctl, received, pushed: 0, pending: Vec::new() })
     }
 

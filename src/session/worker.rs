@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use super::{ChannelSummary, Control, Output, WorkerSettings};
 use crate::audio::vad::{Vad, VadConfig, FRAME};
 use crate::backend::cpu::Cpu;
-use crate::decode::{DecodeOptions, Transcriber};
+use crate::decode::{DecodeError, DecodeOptions, Transcriber};
 use crate::metrics::Metrics;
 use crate::model::Whisper;
 use crate::policy::{normalize, Emit, Policy, Reason, Update, Word};
@@ -61,11 +61,7 @@ pub fn run(ctx: Context) {
         Ok(Err(e)) => e.to_string(),
         Err(panic) => {
             metrics.worker_panics_total.fetch_add(1, Ordering::Relaxed);
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
+            let what = super::panic_message(panic.as_ref());
             tracing::error!(panic = %what, "session worker panicked");
             format!("session worker panicked: {what}")
         }
@@ -125,6 +121,9 @@ impl Worker {
         loop {
             // A closed control channel: the connection is gone, stop quietly.
             let first = self.ctl.recv().map_err(|_| WorkerError::Gone)?;
+            if self.s.cancel.is_cancelled() {
+                return Err(WorkerError::Gone);
+            }
             let mut batch = vec![first];
             batch.extend(self.ctl.try_iter());
             for ctl in batch {
@@ -209,7 +208,7 @@ impl Worker {
     }
 
     fn transcribe(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
-        assert!(!self.s.panic_on_hypothesis, "fault injection: {}", crate::server::PANIC_KEYTERM);
+        assert!(!self.s.panic_on_hypothesis, "fault injection: {}", super::PANIC_KEYTERM);
         let mut prompt = self.s.keyterms.join(", ");
         let context = self.policy.context(CONTEXT_CHARS);
         if !context.is_empty() {
@@ -228,11 +227,14 @@ impl Worker {
             initial_prompt: (!prompt.is_empty()).then_some(prompt),
             language: if multilingual { self.s.language.clone() } else { None },
             vad: true,
+            cancel: self.s.cancel.clone(),
             ..DecodeOptions::default()
         };
         let t0 = Instant::now();
-        let transcript =
-            tr.transcribe(&self.buf, &opts, &mut |_| {}).map_err(|e| WorkerError::Engine(e.to_string()))?;
+        let transcript = tr.transcribe(&self.buf, &opts, &mut |_| {}).map_err(|e| match e {
+            DecodeError::Cancelled => WorkerError::Gone,
+            e => WorkerError::Engine(e.to_string()),
+        })?;
         let spent = t0.elapsed();
         let offset = self.buf_start as f64 * 0.01;
         let words: Vec<Word> = transcript

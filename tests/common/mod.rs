@@ -9,6 +9,8 @@
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
