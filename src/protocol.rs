@@ -138,11 +138,9 @@ impl ParamError {
     }
 }
 
-impl ListenParams {
-    /// Parses a raw query string (without the `?`). Unknown parameters are
-    /// ignored, as Deepgram does; every known one is checked.
-    pub fn parse(query: &str) -> Result<Self, ParamError> {
-        let mut p = ListenParams {
+impl Default for ListenParams {
+    fn default() -> Self {
+        ListenParams {
             encoding: None,
             sample_rate: None,
             channels: 1,
@@ -156,99 +154,125 @@ impl ListenParams {
             punctuate: true,
             smart_format: false,
             model: None,
-        };
+        }
+    }
+}
+
+/// Parameters that may be given more than once (Deepgram's lists).
+const REPEATABLE: [&str; 4] = ["keyterm", "keywords", "tag", "extra"];
+
+impl ListenParams {
+    /// Parses a raw query string (without the `?`). Unknown parameters are
+    /// ignored, as Deepgram does (frameworks pass through settings such as
+    /// `filler_words` or `diarize=false` that do not apply here); every known
+    /// one is checked, and a single-valued one given twice is refused rather
+    /// than silently taking one of the values.
+    pub fn parse(query: &str) -> Result<Self, ParamError> {
+        let mut p = ListenParams::default();
+        let mut seen: Vec<String> = Vec::new();
         for pair in query.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let key = percent_decode(k).map_err(|e| ParamError::new(k, e))?;
             let value = percent_decode(v).map_err(|e| ParamError::new(&key, e))?;
-            let k = key.as_str();
-            match k {
-                "encoding" => {
-                    p.encoding = Some(Encoding::parse(&value).ok_or_else(|| {
-                        ParamError::new(k, format!("`{value}` is not one of linear16, linear32, mulaw, alaw"))
-                    })?)
+            if !REPEATABLE.contains(&key.as_str()) {
+                if seen.contains(&key) {
+                    return Err(ParamError::new(&key, "given more than once"));
                 }
-                "sample_rate" => {
-                    let rate: u32 =
-                        value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
-                    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
-                        return Err(ParamError::new(
-                            k,
-                            format!("{rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"),
-                        ));
-                    }
-                    p.sample_rate = Some(rate);
-                }
-                "channels" => {
-                    let n: u16 =
-                        value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
-                    if !(1..=MAX_CHANNELS).contains(&n) {
-                        return Err(ParamError::new(k, format!("{n} is outside 1–{MAX_CHANNELS}")));
-                    }
-                    p.channels = n;
-                }
-                "multichannel" => p.multichannel = parse_bool(k, &value)?,
-                "interim_results" => p.interim_results = parse_bool(k, &value)?,
-                "vad_events" => p.vad_events = parse_bool(k, &value)?,
-                "punctuate" => p.punctuate = parse_bool(k, &value)?,
-                "smart_format" => p.smart_format = parse_bool(k, &value)?,
-                "endpointing" => {
-                    p.endpointing_ms = match value.as_str() {
-                        "false" => None,
-                        "true" => Some(DEFAULT_ENDPOINTING_MS),
-                        _ => {
-                            let ms: u32 = value.parse().map_err(|_| {
-                                ParamError::new(k, format!("`{value}` is neither milliseconds nor false"))
-                            })?;
-                            if ms > 60_000 {
-                                return Err(ParamError::new(k, "at most 60000 ms"));
-                            }
-                            Some(ms)
-                        }
-                    }
-                }
-                "utterance_end_ms" => {
-                    let ms: u32 =
-                        value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
-                    if !(1000..=60_000).contains(&ms) {
-                        return Err(ParamError::new(k, format!("{ms} ms is outside 1000–60000 ms")));
-                    }
-                    p.utterance_end_ms = Some(ms);
-                }
-                "language" => {
-                    let ok = !value.is_empty()
-                        && value.len() <= 16
-                        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-                    if !ok {
-                        return Err(ParamError::new(k, format!("`{value}` is not a language code")));
-                    }
-                    // `en-US` → `en`: Whisper knows languages, not regions.
-                    let base = value.split(['-', '_']).next().unwrap_or(&value).to_ascii_lowercase();
-                    p.language = Some(base);
-                }
-                "keyterm" | "keywords" => {
-                    let term = value.trim();
-                    if term.len() > 200 {
-                        return Err(ParamError::new(k, "a key term is at most 200 bytes"));
-                    }
-                    if !term.is_empty() {
-                        if p.keyterms.len() >= 100 {
-                            return Err(ParamError::new(k, "at most 100 key terms"));
-                        }
-                        // Deepgram's `keywords` carry an optional `:boost`.
-                        let term = if k == "keywords" { term.split(':').next().unwrap_or(term) } else { term };
-                        p.keyterms.push(term.to_string());
-                    }
-                }
-                "model" => p.model = Some(value),
-                _ => {}
+                seen.push(key.clone());
             }
+            p.set(&key, &value)?;
         }
         if p.encoding.is_some() && p.sample_rate.is_none() {
             return Err(ParamError::new("sample_rate", "required when `encoding` is given"));
         }
         Ok(p)
     }
+
+    /// Applies one parameter.
+    fn set(&mut self, k: &str, value: &str) -> Result<(), ParamError> {
+        match k {
+            "encoding" => self.encoding = Some(parse_encoding(k, value)?),
+            "sample_rate" => {
+                self.sample_rate = Some(parse_in_range(k, value, MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE, "Hz")?)
+            }
+            "channels" => self.channels = parse_in_range(k, value, 1..=MAX_CHANNELS, "channels")?,
+            "multichannel" => self.multichannel = parse_bool(k, value)?,
+            "interim_results" => self.interim_results = parse_bool(k, value)?,
+            "vad_events" => self.vad_events = parse_bool(k, value)?,
+            "punctuate" => self.punctuate = parse_bool(k, value)?,
+            "smart_format" => self.smart_format = parse_bool(k, value)?,
+            "endpointing" => self.endpointing_ms = parse_endpointing(k, value)?,
+            // Deepgram documents 1000 ms as the useful minimum but accepts
+            // less, and frameworks send less: so do we.
+            "utterance_end_ms" => self.utterance_end_ms = Some(parse_in_range(k, value, 1..=60_000, "ms")?),
+            "language" => self.language = Some(parse_language(k, value)?),
+            "keyterm" | "keywords" => self.add_keyterm(k, value)?,
+            "model" => self.model = Some(value.to_string()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn add_keyterm(&mut self, k: &str, value: &str) -> Result<(), ParamError> {
+        let term = value.trim();
+        if term.len() > 200 {
+            return Err(ParamError::new(k, "a key term is at most 200 bytes"));
+        }
+        if term.is_empty() {
+            return Ok(());
+        }
+        if self.keyterms.len() >= 100 {
+            return Err(ParamError::new(k, "at most 100 key terms"));
+        }
+        // Deepgram's `keywords` carry an optional `:boost`.
+        let term = if k == "keywords" { term.split(':').next().unwrap_or(term) } else { term };
+        self.keyterms.push(term.to_string());
+        Ok(())
+    }
+}
+
+fn parse_encoding(k: &str, value: &str) -> Result<Encoding, ParamError> {
+    Encoding::parse(value)
+        .ok_or_else(|| ParamError::new(k, format!("`{value}` is not one of linear16, linear32, mulaw, alaw")))
+}
+
+/// An integer within `range`; `unit` names it in the error.
+fn parse_in_range<T>(k: &str, value: &str, range: std::ops::RangeInclusive<T>, unit: &str) -> Result<T, ParamError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let n: T = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not an integer")))?;
+    if !range.contains(&n) {
+        return Err(ParamError::new(k, format!("{n} is outside {}–{} {unit}", range.start(), range.end())));
+    }
+    Ok(n)
+}
+
+fn parse_endpointing(k: &str, value: &str) -> Result<Option<u32>, ParamError> {
+    match value {
+        "false" => Ok(None),
+        "true" => Ok(Some(DEFAULT_ENDPOINTING_MS)),
+        _ => {
+            let ms: u32 = value
+                .parse()
+                .map_err(|_| ParamError::new(k, format!("`{value}` is neither milliseconds nor false")))?;
+            if ms > 60_000 {
+                return Err(ParamError::new(k, "at most 60000 ms"));
+            }
+            Ok(Some(ms))
+        }
+    }
+}
+
+/// A language code; `en-US` becomes `en`: Whisper knows languages, not regions.
+fn parse_language(k: &str, value: &str) -> Result<String, ParamError> {
+    let ok = !value.is_empty()
+        && value.len() <= 16
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(ParamError::new(k, format!("`{value}` is not a language code")));
+    }
+    Ok(value.split(['-', '_']).next().unwrap_or(value).to_ascii_lowercase())
 }
 
 fn parse_bool(param: &str, v: &str) -> Result<bool, ParamError> {
@@ -478,6 +502,12 @@ mod tests {
 
     #[test]
     fn params_defaults_and_values() {
+        // What LiveKit and Pipecat pass through: accepted, the inapplicable ignored.
+        let frameworks = "utterance_end_ms=500&no_delay=true&filler_words=false&numerals=true&profanity_filter=false\
+            &mip_opt_out=true&diarize=false&dictation=false&detect_entities=false&tag=a&tag=b&keyterm=x&keyterm=y";
+        let p = ListenParams::parse(frameworks).unwrap();
+        assert_eq!(p.utterance_end_ms, Some(500));
+        assert_eq!(p.keyterms, vec!["x", "y"]);
         let p = ListenParams::parse("").unwrap();
         assert_eq!(p.encoding, None);
         assert_eq!(p.endpointing_ms, Some(DEFAULT_ENDPOINTING_MS));
@@ -504,7 +534,9 @@ mod tests {
             ("channels=0", "channels"),
             ("interim_results=maybe", "interim_results"),
             ("endpointing=-5", "endpointing"),
-            ("utterance_end_ms=10", "utterance_end_ms"),
+            ("utterance_end_ms=0", "utterance_end_ms"),
+            ("sample_rate=16000&encoding=linear16&sample_rate=8000", "sample_rate"),
+            ("interim_results=true&interim_results=false", "interim_results"),
             ("language=e%20n", "language"),
         ] {
             let e = ListenParams::parse(q).unwrap_err();
