@@ -15,6 +15,12 @@ pub struct FileConfig {
     pub model: Option<PathBuf>,
     pub max_sessions: Option<usize>,
     pub api_keys: Option<Vec<String>>,
+    /// A file of API keys, one per line (`#` comments), read at start-up and
+    /// on SIGHUP: keeps keys out of the process list.
+    pub api_key_file: Option<PathBuf>,
+    /// Browser origins (`https://app.example`, or `*`) allowed to open
+    /// sessions besides the daemon's own captions page.
+    pub allowed_origins: Option<Vec<String>>,
     pub threads: Option<usize>,
     /// Seconds without audio or KeepAlive before a session is closed.
     pub no_audio_timeout_s: Option<f64>,
@@ -37,6 +43,7 @@ pub struct Overrides {
     pub model: Option<PathBuf>,
     pub max_sessions: Option<usize>,
     pub api_keys: Vec<String>,
+    pub api_key_file: Option<PathBuf>,
     pub threads: Option<usize>,
 }
 
@@ -46,6 +53,7 @@ pub struct Config {
     pub model: PathBuf,
     pub max_sessions: usize,
     pub api_keys: Vec<String>,
+    pub allowed_origins: Vec<String>,
     pub threads: Option<usize>,
     pub no_audio_timeout: Duration,
     pub max_frame_bytes: usize,
@@ -61,6 +69,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("API key file {path}: {source}")]
+    KeyFile { path: PathBuf, source: std::io::Error },
     #[error("invalid `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -78,7 +88,13 @@ impl Config {
                 toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?
             }
         };
-        Self::merge(f, flags, default_model)
+        let key_file = flags.api_key_file.clone().or_else(|| f.api_key_file.clone());
+        let mut config = Self::merge(f, flags, default_model)?;
+        if let Some(path) = key_file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
+            config.api_keys.extend(parse_key_file(&text));
+        }
+        Ok(config)
     }
 
     pub fn merge(f: FileConfig, flags: Overrides, default_model: PathBuf) -> Result<Config, ConfigError> {
@@ -92,6 +108,10 @@ impl Config {
         let api_keys = if flags.api_keys.is_empty() { f.api_keys.unwrap_or_default() } else { flags.api_keys };
         if api_keys.iter().any(|k| k.is_empty()) {
             return Err(invalid("api_keys", "an API key is empty".into()));
+        }
+        let allowed_origins = f.allowed_origins.unwrap_or_default();
+        if let Some(bad) = allowed_origins.iter().find(|o| o.as_str() != "*" && !o.contains("://")) {
+            return Err(invalid("allowed_origins", format!("`{bad}` is not an origin such as https://app.example")));
         }
         let secs = |key, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
             let v = v.unwrap_or(default);
@@ -117,6 +137,7 @@ impl Config {
             model: flags.model.or(f.model).unwrap_or(default_model),
             max_sessions,
             api_keys,
+            allowed_origins,
             threads: flags.threads.or(f.threads),
             no_audio_timeout: secs("no_audio_timeout_s", f.no_audio_timeout_s, 10.0)?,
             max_frame_bytes,
@@ -126,6 +147,11 @@ impl Config {
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
         })
     }
+}
+
+/// One key per line; blank lines and `#` comments are skipped.
+fn parse_key_file(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from)
 }
 
 #[cfg(test)]
@@ -151,5 +177,15 @@ mod tests {
             "m".into()
         )
         .is_err());
+    }
+
+    #[test]
+    fn key_file_and_origins() {
+        let keys: Vec<String> = parse_key_file("# keys\n\n  alpha \nbeta\n").collect();
+        assert_eq!(keys, vec!["alpha", "beta"]);
+        let f: FileConfig = toml::from_str("allowed_origins = [\"https://app.example\", \"*\"]").unwrap();
+        assert_eq!(Config::merge(f, Overrides::default(), "m".into()).unwrap().allowed_origins.len(), 2);
+        let f: FileConfig = toml::from_str("allowed_origins = [\"app.example\"]").unwrap();
+        assert!(Config::merge(f, Overrides::default(), "m".into()).is_err());
     }
 }

@@ -48,9 +48,15 @@ struct ServeArgs {
     /// Concurrent sessions; more get HTTP 503 with Retry-After.
     #[arg(long)]
     max_sessions: Option<usize>,
-    /// Accepted API key (repeatable). Without any, no key is required.
-    #[arg(long = "api-key")]
+    /// Accepted API key (repeatable, or comma-separated in
+    /// $SCRIBED_API_KEYS). Without any, no key is required. Prefer
+    /// --api-key-file: flags are visible in the process list.
+    #[arg(long = "api-key", env = "SCRIBED_API_KEYS", value_delimiter = ',', hide_env_values = true)]
     api_keys: Vec<String>,
+    /// File of API keys, one per line (e.g. systemd's LoadCredential=);
+    /// re-read on SIGHUP.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -311,9 +317,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         model: args.model,
         max_sessions: args.max_sessions,
         api_keys: args.api_keys,
+        api_key_file: args.api_key_file,
         threads: args.threads,
     };
-    let config = scribed::config::Config::load(args.config.as_deref(), flags, PathBuf::from("models/tiny.en"))?;
+    let load = move || scribed::config::Config::load(args.config.as_deref(), flags.clone(), "models/tiny.en".into());
+    let config = load()?;
     choose_device(args.device, args.gpu)?;
     init_threads(config.threads)?;
     let model = Whisper::load(&config.model, Cpu)
@@ -332,11 +340,46 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("listening on {addr}");
         std::io::stdout().flush()?;
         let (shared, stop) = scribed::server::Shared::new(std::sync::Arc::new(model), config);
+        tokio::spawn(reload_on_sighup(shared.clone(), load));
         scribed::server::run(listener, shared, stop, shutdown_signal()).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-reads the configuration and applies what can change while
+/// running (API keys, allowed origins); a bad file keeps the running settings.
+/// Never exits: the default action of SIGHUP would kill the daemon.
+async fn reload_on_sighup(
+    shared: std::sync::Arc<scribed::server::Shared>,
+    load: impl Fn() -> Result<scribed::config::Config, scribed::config::ConfigError>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; configuration reload is unavailable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match load() {
+                Ok(config) => {
+                    let changed = shared.reload(&config);
+                    let access = shared.access();
+                    tracing::info!(
+                        changed,
+                        keys = access.api_keys.len(),
+                        origins = access.allowed_origins.len(),
+                        "SIGHUP: reloaded API keys and allowed origins (other settings need a restart)"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: configuration not reloaded; the running settings stay"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

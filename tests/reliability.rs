@@ -384,3 +384,88 @@ fn unknown_messages_are_not_echoed_in_full() {
     assert!(len < 1024, "error of {len} bytes");
     assert_eq!(run.close, Some(1000));
 }
+
+/// More sessions of continuous speech at real time than two cores can
+/// transcribe in time: none is disconnected by the daemon, each reports its
+/// lag, and after the audio ends each receives finals for all of it.
+#[test]
+fn overload_loses_no_words() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let sessions = 8;
+    // A small ring and a short timeout make the daemon's backpressure, and
+    // what used to be its time-out, come within this test's 17 s of audio.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scribed.toml");
+    std::fs::write(&cfg, "ring_seconds = 2.0\nno_audio_timeout_s = 2.0\n").unwrap();
+    let d = Daemon::start(&model, &["--max-sessions", &sessions.to_string(), "--config", cfg.to_str().unwrap()]);
+    let files = ["jfk.wav", "1272-128104-0000.wav"];
+    let audio: Vec<f32> = files.iter().flat_map(|f| load(f)).collect();
+    let offline_words: usize = files.iter().map(|f| normalize(&offline(&model, f)).len()).sum();
+    let url = d.ws(LIN16);
+    let t = Instant::now();
+    let runs = rt().block_on(async {
+        let all = (0..sessions).map(|_| session(&url, &[], frames16(&audio, 100), Duration::from_millis(100)));
+        futures_util::future::join_all(all).await
+    });
+    println!("{sessions} sessions of {:.1} s at real time ended after {:?}", audio.len() as f64 / 16e3, t.elapsed());
+    for (i, run) in runs.iter().enumerate() {
+        assert!(run.of_type("Error").is_empty(), "session {i}: {:?}", run.of_type("Error"));
+        assert_eq!(run.close, Some(1000), "session {i}");
+        let meta = run.of_type("Metadata");
+        let lag = meta.first().and_then(|m| m["lag_seconds"].as_f64()).expect("Metadata reports lag_seconds");
+        let words = normalize(&run.finals()).len();
+        println!("session {i}: {words} words (offline {offline_words}), worst lag {lag:.2} s");
+        let off_by = (words as f64 - offline_words as f64).abs();
+        assert!(off_by <= 0.05 * offline_words as f64, "session {i}: {words} words vs {offline_words} offline");
+    }
+}
+
+/// `kill -HUP` re-reads the key file (no restart, no exit), and a key file
+/// keeps keys out of the process list.
+#[test]
+fn sighup_reloads_the_key_file_and_keeps_serving() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# the daemon's keys\nfirst\n").unwrap();
+    let mut d = Daemon::start(&model, &["--api-key-file", keys.to_str().unwrap()]);
+    let path = format!("/v1/listen?{LIN16}");
+    let upgrade = |key: &str| {
+        let auth = format!("Authorization: Token {key}");
+        request(&d.addr, &path, &[UPGRADE.as_slice(), &[auth.as_str()]].concat(), true).0
+    };
+    assert_eq!(upgrade("first"), 101);
+    assert_eq!(upgrade("second"), 401);
+    std::fs::write(&keys, "second\n").unwrap();
+    let pid = d.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let t = Instant::now();
+    while upgrade("second") != 101 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(upgrade("second"), 101);
+    assert_eq!(upgrade("first"), 401);
+    assert!(d.child.try_wait().unwrap().is_none(), "SIGHUP must not stop the daemon");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("second"));
+}
+
+/// A web page elsewhere cannot drive a key-less daemon on localhost, by
+/// origin or by DNS rebinding; the daemon's own page and listed origins can.
+#[test]
+fn foreign_browser_origins_are_refused() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scribed.toml");
+    std::fs::write(&cfg, "allowed_origins = [\"https://captions.example\"]\n").unwrap();
+    let d = Daemon::start(&model, &["--config", cfg.to_str().unwrap()]);
+    let path = format!("/v1/listen?{LIN16}");
+    let with = |extra: &[&str]| request(&d.addr, &path, &[UPGRADE.as_slice(), extra].concat(), true);
+    let (status, _, body) = with(&["Origin: https://evil.example"]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("FORBIDDEN_ORIGIN"), "{body}");
+    let own = format!("Origin: http://{}", d.addr);
+    assert_eq!(with(&[&own]).0, 101, "the daemon's own page");
+    assert_eq!(with(&["Origin: https://captions.example"]).0, 101, "a listed origin");
+    assert_eq!(with(&[]).0, 101, "no Origin: not a browser");
+}

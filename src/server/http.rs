@@ -161,6 +161,30 @@ pub fn authorize(req: &Request, keys: &[String]) -> Auth {
     Auth::Denied
 }
 
+/// Whether a browser page may open a session. Non-browser clients send no
+/// `Origin` and pass. A page is allowed when its origin is listed (or `*`
+/// is), or when it is the daemon's own captions page reached by an IP
+/// address or `localhost`: a DNS-rebinding page has a host name of its own
+/// in both `Origin` and `Host`, so "same as Host" alone would let it in.
+pub fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
+    let Some(origin) = req.header("origin").map(str::trim) else { return true };
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let Some(host) = req.header("host").map(str::trim) else { return false };
+    let own = ["http://", "https://"].iter().any(|scheme| origin.eq_ignore_ascii_case(&format!("{scheme}{host}")));
+    own && is_local_literal(host)
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`, `192.0.2.7` and the like.
+fn is_local_literal(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| if port.parse::<u16>().is_ok() { h } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// The `101 Switching Protocols` answer.
 pub fn handshake_response(req: &Request, protocol: Option<&str>, request_id: &str) -> Option<String> {
     let key = req.header("sec-websocket-key")?;
@@ -187,6 +211,20 @@ mod tests {
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             rest: Vec::new(),
         }
+    }
+
+    #[test]
+    fn origins() {
+        let r = |origin: &str, host: &str| req(&[("Origin", origin), ("Host", host)]);
+        let listed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(&req(&[]), &[]), "no Origin: not a browser");
+        assert!(origin_allowed(&r("http://127.0.0.1:8080", "127.0.0.1:8080"), &[]));
+        assert!(origin_allowed(&r("http://localhost:8080", "localhost:8080"), &[]));
+        assert!(origin_allowed(&r("http://[::1]:8080", "[::1]:8080"), &[]));
+        assert!(!origin_allowed(&r("https://evil.example", "127.0.0.1:8080"), &[]));
+        assert!(!origin_allowed(&r("http://rebound.example:8080", "rebound.example:8080"), &[]), "DNS rebinding");
+        assert!(origin_allowed(&r("https://app.example", "127.0.0.1:8080"), &listed));
+        assert!(origin_allowed(&r("https://evil.example", "x"), &["*".to_string()]));
     }
 
     #[test]

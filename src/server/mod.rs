@@ -13,7 +13,7 @@ pub mod http;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -42,8 +42,23 @@ pub struct Shared {
     /// keyterms include [`PANIC_KEYTERM`] panics in its worker. Only tests
     /// set it, to prove that one session's panic ends that session alone.
     pub fault_injection: bool,
+    /// What SIGHUP can change without a restart: keys and origins.
+    access: RwLock<Arc<Access>>,
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
+}
+
+/// Who may open a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub api_keys: Vec<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Access {
+    fn of(config: &Config) -> Access {
+        Access { api_keys: config.api_keys.clone(), allowed_origins: config.allowed_origins.clone() }
+    }
 }
 
 impl Shared {
@@ -60,12 +75,28 @@ impl Shared {
             model_name,
             slots: Arc::new(Semaphore::new(config.max_sessions)),
             fault_injection,
+            access: RwLock::new(Arc::new(Access::of(&config))),
             config,
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
             next_id: AtomicU64::new(1),
         };
         (Arc::new(shared), tx)
+    }
+
+    /// The keys and origins in force.
+    pub fn access(&self) -> Arc<Access> {
+        self.access.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Applies what can change while running (SIGHUP); the rest of `config`
+    /// needs a restart. Returns whether anything changed.
+    pub fn reload(&self, config: &Config) -> bool {
+        let new = Access::of(config);
+        let mut slot = self.access.write().unwrap_or_else(|e| e.into_inner());
+        let changed = **slot != new;
+        *slot = Arc::new(new);
+        changed
     }
 
     fn next_id(&self) -> u64 {
@@ -164,7 +195,16 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
 /// `/v1/listen`: auth, parameters, admission, upgrade — in that order.
 async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) {
     let m = &shared.metrics;
-    let protocol = match http::authorize(&req, &shared.config.api_keys) {
+    let access = shared.access();
+    if !http::origin_allowed(&req, &access.allowed_origins) {
+        m.rejected_auth_total.fetch_add(1, Ordering::Relaxed);
+        let body = http::error_body(
+            "FORBIDDEN_ORIGIN",
+            "this browser origin may not open sessions (add it to `allowed_origins` in the config)",
+        );
+        return http::respond_json(&mut stream, 403, &[], &body).await;
+    }
+    let protocol = match http::authorize(&req, &access.api_keys) {
         http::Auth::Allowed { protocol } => protocol,
         http::Auth::Denied => {
             m.rejected_auth_total.fetch_add(1, Ordering::Relaxed);
