@@ -8,7 +8,8 @@
 #    models/tiny.en and models/base (checked by sha256), cargo build --release.
 #    It also fetches NVRTC (PyPI) and Debian's libcuda1 into .cache/, which
 #    this script puts on LD_LIBRARY_PATH for the CUDA tests that need no GPU.
-# 2. cargo test --release: every unit and integration test; the integration
+# 2. cargo fmt --check and cargo clippy --all-targets -D warnings.
+# 3. cargo test --release: every unit and integration test; the integration
 #    tests run the real binary (CARGO_BIN_EXE_scribed) on real audio from
 #    ../shared/audio.
 # Exits non-zero when anything fails. Cargo's own "test result:" lines are
@@ -33,6 +34,21 @@ if ! { command -v ldconfig >/dev/null 2>&1 && ldconfig -p | grep -q 'libcuda\.so
     if [ -n "$libcuda" ]; then cuda_path="$cuda_path:$(dirname "$libcuda")"; fi
 fi
 export LD_LIBRARY_PATH="$cuda_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# Style and lints first: cheap, and a red here means nothing else matters.
+# (Debian's cargo package ships neither tool: then one line says so.)
+if cargo fmt --version >/dev/null 2>&1; then
+    echo "test: cargo fmt --check"
+    cargo fmt --check
+else
+    echo "test: skipping the format check: rustfmt is not installed"
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    echo "test: cargo clippy --release --all-targets -- -D warnings"
+    cargo clippy --release --all-targets -- -D warnings
+else
+    echo "test: skipping the lint check: clippy is not installed"
+fi
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
