@@ -383,6 +383,10 @@ fn unknown_messages_are_not_echoed_in_full() {
     let len = errors[0].to_string().len();
     assert!(len < 1024, "error of {len} bytes");
     assert_eq!(run.close, Some(1000));
+    // A single-valued parameter given twice is refused, not silently resolved.
+    let (status, _, body) = try_upgrade(&d.addr, &format!("/v1/listen?{LIN16}&sample_rate=8000"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"sample_rate\""), "{body}");
 }
 
 /// More sessions of continuous speech at real time than two cores can

@@ -10,36 +10,24 @@ pub mod config;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;
+pub mod error;
 pub mod layers;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::{Backend, BackendError};
-pub use config::{ModelConfig, ModelFileError};
+use crate::backend::Backend;
+pub use config::ModelConfig;
 pub use ct2::{Ct2Error, Ct2File};
 pub use decoder::{DecoderState, TextDecoder};
 pub use encoder::{AudioEncoder, EncoderState};
+pub use error::{ModelError, ModelFileError};
 pub use tokenizer::Tokenizer;
 
 /// Mel frames per 30 s window (the encoder's input length).
 pub const WINDOW_FRAMES: usize = 3000;
 /// Audio samples per mel frame at 16 kHz.
 pub const HOP: usize = 160;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error(transparent)]
-    File(#[from] Ct2Error),
-    #[error(transparent)]
-    Metadata(#[from] ModelFileError),
-    #[error("{path}: {reason}")]
-    Mismatch { path: PathBuf, reason: String },
-    #[error("{0}: not a directory (expected a CTranslate2 Whisper model directory with model.bin, config.json and vocabulary.txt)")]
-    NotADirectory(PathBuf),
-    #[error("backend: {0}")]
-    Backend(#[from] BackendError),
-}
 
 /// The hyper-parameters, read off the tensors' shapes rather than trusted
 /// from metadata.

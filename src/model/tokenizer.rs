@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::config::ModelFileError;
+use super::error::ModelFileError;
 
 /// Ids of Whisper's control tokens, looked up by their text in the vocabulary
 /// (they shift by one between English-only and multilingual models).
