@@ -310,24 +310,67 @@ pub enum ClientMessage {
     KeepAlive,
     Finalize,
     CloseStream,
+    /// Settings changed mid-stream (answered with `ConfigureSuccess` or
+    /// `ConfigureFailure`, never by ending the session).
+    Configure(Configure),
     /// A well-formed message of a type we do not handle.
     Unknown(String),
+}
+
+/// A `Configure` message of `/v1/listen`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Configure {
+    /// `None` keeps the current key terms; `Some([])` clears them.
+    pub keyterms: Option<Vec<String>>,
+    /// Why it cannot be applied (a bad value, or a setting this server
+    /// cannot change mid-stream); the session goes on unchanged.
+    pub problem: Option<String>,
+}
+
+impl Configure {
+    fn parse(v: &serde_json::Value) -> Configure {
+        let mut c = Configure::default();
+        let unsupported: Vec<&str> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !["type", "keyterms"].contains(k))
+            .collect();
+        if !unsupported.is_empty() {
+            c.problem = Some(format!("cannot change {} during a stream (only keyterms)", unsupported.join(", ")));
+            return c;
+        }
+        match v.get("keyterms") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Array(items)) => {
+                let mut p = ListenParams::default();
+                let terms: Option<Vec<&str>> = items.iter().map(|t| t.as_str()).collect();
+                match terms.map(|t| t.iter().try_for_each(|t| p.add_keyterm("keyterms", t))) {
+                    Some(Ok(())) => c.keyterms = Some(p.keyterms),
+                    Some(Err(e)) => c.problem = Some(e.reason),
+                    None => c.problem = Some("`keyterms` must be an array of strings".into()),
+                }
+            }
+            Some(_) => c.problem = Some("`keyterms` must be an array of strings".into()),
+        }
+        c
+    }
 }
 
 impl ClientMessage {
     /// `Err` when the text is not a JSON object with a string `type`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        struct Typed {
-            #[serde(rename = "type")]
-            kind: String,
-        }
-        let t: Typed = serde_json::from_str(text).map_err(|e| format!("malformed JSON message: {e}"))?;
-        Ok(match t.kind.as_str() {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON message: {e}"))?;
+        let Some(kind) = v.get("type").and_then(|t| t.as_str()) else {
+            return Err("a message needs a string `type`".into());
+        };
+        Ok(match kind {
             "KeepAlive" => Self::KeepAlive,
             "Finalize" => Self::Finalize,
             "CloseStream" => Self::CloseStream,
-            _ => Self::Unknown(t.kind),
+            "Configure" => Self::Configure(Configure::parse(&v)),
+            _ => Self::Unknown(kind.to_string()),
         })
     }
 
@@ -336,6 +379,7 @@ impl ClientMessage {
             Self::KeepAlive => "KeepAlive",
             Self::Finalize => "Finalize",
             Self::CloseStream => "CloseStream",
+            Self::Configure(_) => "Configure",
             Self::Unknown(k) => k,
         };
         serde_json::json!({ "type": kind }).to_string()
@@ -405,16 +449,28 @@ pub enum ServerMessage {
     Metadata {
         transaction_key: String,
         request_id: String,
+        /// Of the audio bytes received, as sent.
         sha256: String,
         created: String,
         duration: f64,
         channels: u32,
+        /// Model UUIDs, each described in `model_info`.
         models: Vec<String>,
+        model_info: std::collections::BTreeMap<String, ModelInfo>,
         /// scribed: audio received but not yet transcribed when the stream
         /// ended (the worst over the session), seconds.
         lag_seconds: f64,
         /// scribed: final words sent.
         words: u64,
+    },
+    ConfigureSuccess {
+        request_id: String,
+        /// The key terms now in effect.
+        keyterms: Vec<String>,
+    },
+    ConfigureFailure {
+        request_id: String,
+        description: String,
     },
     Error {
         /// Machine-readable error kind.

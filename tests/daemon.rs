@@ -270,7 +270,7 @@ fn bad_input_gets_documented_errors_and_close_codes() {
         (
             "unknown type",
             lin16,
-            vec![Step::Text(r#"{"type":"Configure"}"#.into()), close()],
+            vec![Step::Text(r#"{"type":"Reconfigure"}"#.into()), close()],
             1000,
             Some("UNKNOWN_MESSAGE"),
         ),

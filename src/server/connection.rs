@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,8 +27,10 @@ use crate::audio::resample::Resampler;
 use crate::decode::Cancel;
 use crate::metrics::GaugeGuard;
 use crate::policy::PolicyConfig;
-use crate::protocol::{close, ClientMessage, Encoding, ListenParams, ServerMessage, SessionError};
-use crate::session::{panic_message, ChannelSummary, Output, Pipe, SlotLease, WorkerSettings, PANIC_KEYTERM};
+use crate::protocol::{
+    close, ClientMessage, Configure, Encoding, ListenParams, ModelInfo, ServerMessage, SessionError,
+};
+use crate::session::{panic_message, ChannelSummary, Keyterms, Output, Pipe, SlotLease, WorkerSettings, PANIC_KEYTERM};
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
 type WsStream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
@@ -133,6 +136,10 @@ struct Session {
     slot: Option<OwnedSemaphorePermit>,
     /// Stops the workers' transcriptions once this connection is gone.
     cancel: Cancel,
+    /// The key terms in force (query, then `Configure`).
+    keyterms: Keyterms,
+    /// Of every audio byte received, for `Metadata.sha256`.
+    audio_sha: Sha256,
     /// Close code to use once the workers have flushed.
     closing: Option<u16>,
     close_sent: bool,
@@ -172,7 +179,9 @@ impl Session {
             _ => PcmDecoder::wav(),
         };
         let (out_tx, out_rx) = mpsc::channel(64);
+        let keyterms = Keyterms::new(params.keyterms.clone());
         Session {
+            keyterms,
             sink,
             params,
             shared,
@@ -187,6 +196,7 @@ impl Session {
             out_rx,
             slot: Some(slot),
             cancel: Cancel::default(),
+            audio_sha: Sha256::new(),
             closing: None,
             close_sent: false,
             done: 0,
@@ -319,6 +329,12 @@ impl Session {
                 }
             }
             ClientMessage::CloseStream => self.begin_close(close::NORMAL),
+            ClientMessage::Configure(c) => {
+                let reply = self.configure(c);
+                if !self.send(Message::text(reply.to_json())).await {
+                    return Some(End::Vanished);
+                }
+            }
             ClientMessage::Unknown(kind) => {
                 let shown: String = kind.chars().take(64).collect();
                 let more = if shown.len() < kind.len() { "…" } else { "" };
@@ -332,11 +348,32 @@ impl Session {
         None
     }
 
+    /// Applies a `Configure` message: the reply says what is now in force.
+    fn configure(&mut self, c: Configure) -> ServerMessage {
+        let request_id = self.request_id.clone();
+        if let Some(description) = c.problem {
+            return ServerMessage::ConfigureFailure { request_id, description };
+        }
+        if let Some(terms) = c.keyterms {
+            self.keyterms.set(terms);
+        }
+        ServerMessage::ConfigureSuccess { request_id, keyterms: self.keyterms.get().to_vec() }
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.shared.model_name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            arch: "whisper".into(),
+        }
+    }
+
     /// Decodes one binary frame and hands its samples to the pipes.
     fn audio(&mut self, frame: &[u8]) -> Result<(), SessionError> {
         if frame.is_empty() || self.closing.is_some() {
             return Ok(()); // documented: empty frames and audio after CloseStream are ignored
         }
+        self.audio_sha.update(frame);
         let had_format = self.decoder.format().is_some();
         self.decoder.decode(frame, &mut self.interleaved).map_err(|e| match e {
             PcmError::NotWav(_) | PcmError::UnsupportedWav(_) => SessionError::UnsupportedAudio(e.to_string()),
@@ -390,11 +427,12 @@ impl Session {
         for ch in 0..n {
             let settings = WorkerSettings {
                 policy: policy.clone(),
-                keyterms: self.params.keyterms.clone(),
+                keyterms: self.keyterms.clone(),
                 language: self.params.language.clone(),
                 punctuate: self.params.punctuate || self.params.smart_format,
                 request_id: self.request_id.clone(),
                 model_name: self.shared.model_name.clone(),
+                model_uuid: self.shared.model_uuid.clone(),
                 channel_index: ch as u32,
                 channel_count: n as u32,
                 metrics_key: self.id * 64 + ch as u64,
@@ -471,11 +509,12 @@ impl Session {
         let meta = ServerMessage::Metadata {
             transaction_key: "deprecated".into(),
             request_id: self.request_id.clone(),
-            sha256: String::new(),
             created: created_now(),
             duration: (self.summary.audio_seconds * 1000.0).round() / 1000.0,
             channels: self.params.channels as u32,
-            models: vec![self.shared.model_name.clone()],
+            sha256: self.audio_sha.clone().finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            models: vec![self.shared.model_uuid.clone()],
+            model_info: [(self.shared.model_uuid.clone(), self.model_info())].into(),
             lag_seconds: (self.summary.max_lag_seconds * 1000.0).round() / 1000.0,
             words: self.summary.words,
         };

@@ -35,6 +35,9 @@ const CAPTIONS_PAGE: &str = include_str!("captions.html");
 pub struct Shared {
     pub model: Arc<Whisper<Cpu>>,
     pub model_name: String,
+    /// A UUID derived from the bytes of `model.bin`: the same model file
+    /// has the same id on every machine (Deepgram's `model_uuid`).
+    pub model_uuid: String,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub slots: Arc<Semaphore>,
@@ -70,7 +73,9 @@ impl Shared {
         if fault_injection {
             tracing::warn!("SCRIBED_FAULT_INJECTION is set: sessions with keyterm={PANIC_KEYTERM} will panic");
         }
+        let model_uuid = model_uuid(&model.dir.join("model.bin"));
         let shared = Shared {
+            model_uuid,
             model,
             model_name,
             slots: Arc::new(Semaphore::new(config.max_sessions)),
@@ -287,6 +292,19 @@ fn resolve_language(mut p: ListenParams, model: &Whisper<Cpu>) -> Result<ListenP
     }
     p.language = Some(code.to_string());
     Ok(p)
+}
+
+/// SHA-256 of the file, shaped as a version-8 (custom) UUID; all zeros when
+/// the file cannot be read (the model was loaded from it, so it can).
+fn model_uuid(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let ok = std::fs::File::open(path).and_then(|mut f| std::io::copy(&mut f, &mut h)).is_ok();
+    let mut b: [u8; 32] = if ok { h.finalize().into() } else { [0; 32] };
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b[..16].iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// A unique, UUID-shaped request id (time and sequence number).

@@ -45,6 +45,25 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// Key terms shared by a session's connection (which may replace them) and
+/// its workers (which read them at each hypothesis).
+#[derive(Debug, Clone, Default)]
+pub struct Keyterms(Arc<std::sync::RwLock<Arc<Vec<String>>>>);
+
+impl Keyterms {
+    pub fn new(terms: Vec<String>) -> Self {
+        Keyterms(Arc::new(std::sync::RwLock::new(Arc::new(terms))))
+    }
+
+    pub fn get(&self) -> Arc<Vec<String>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, terms: Vec<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(terms);
+    }
+}
+
 /// Network → worker. Every message carries the count of samples pushed into
 /// the ring before it, so the worker acts on exactly the audio that came
 /// before it on the wire.
@@ -82,11 +101,13 @@ pub struct ChannelSummary {
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub policy: PolicyConfig,
-    pub keyterms: Vec<String>,
+    /// The prompt's key terms; `Configure` replaces them mid-stream.
+    pub keyterms: Keyterms,
     pub language: Option<String>,
     pub punctuate: bool,
     pub request_id: String,
     pub model_name: String,
+    pub model_uuid: String,
     pub channel_index: u32,
     pub channel_count: u32,
     /// Metrics key of this channel (unique in the process).

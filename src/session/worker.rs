@@ -209,7 +209,7 @@ impl Worker {
 
     fn transcribe(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
         assert!(!self.s.panic_on_hypothesis, "fault injection: {}", super::PANIC_KEYTERM);
-        let mut prompt = self.s.keyterms.join(", ");
+        let mut prompt = self.s.keyterms.get().join(", ");
         let context = self.policy.context(CONTEXT_CHARS);
         if !context.is_empty() {
             if !prompt.is_empty() {
@@ -331,7 +331,7 @@ impl Worker {
                     version: env!("CARGO_PKG_VERSION").into(),
                     arch: "whisper".into(),
                 },
-                model_uuid: self.s.model_name.clone(),
+                model_uuid: self.s.model_uuid.clone(),
             },
         }
     }

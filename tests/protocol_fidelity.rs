@@ -1,0 +1,128 @@
+//! Deepgram protocol details that real clients depend on, through the real
+//! daemon and a real websocket client: the subprotocol echo of the JS SDK's
+//! browser path, `Configure` mid-stream, the `Metadata` shape, and the
+//! parameters voice-agent frameworks pass through.
+
+mod common;
+
+use common::daemon::*;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+const LIN16: &str = "encoding=linear16&sample_rate=16000";
+const FAST: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The handshake answers with the scheme the client offered: `ws` (Node)
+/// and `websockets` (Python) fail the connection on any other.
+#[test]
+fn the_offered_subprotocol_scheme_is_echoed() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    for keys in [&["--api-key", "k1"][..], &[]] {
+        let d = Daemon::start(&model, keys);
+        rt().block_on(async {
+            for scheme in ["token", "bearer", "Bearer"] {
+                let mut req = d.ws(LIN16).into_client_request().unwrap();
+                let offer = HeaderValue::from_str(&format!("{scheme}, k1")).unwrap();
+                req.headers_mut().insert("Sec-WebSocket-Protocol", offer);
+                let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
+                assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), scheme);
+                ws.close(None).await.unwrap();
+            }
+        });
+    }
+}
+
+/// `Configure` replaces the key terms mid-stream (`ConfigureSuccess` lists
+/// them); a bad one gets `ConfigureFailure` and the session goes on.
+#[test]
+fn configure_replaces_keyterms_mid_stream() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &[]);
+    let audio = load("jfk.wav");
+    let mut steps = vec![
+        Step::Text(r#"{"type":"Configure","keyterms":["Apollo","Houston"]}"#.into()),
+        Step::Text(r#"{"type":"Configure","keyterms":[7]}"#.into()),
+        Step::Text(r#"{"type":"Configure","numerals":true}"#.into()),
+    ];
+    steps.extend(frames16(&audio, 50));
+    let run = rt().block_on(session(&d.ws(&format!("{LIN16}&keyterm=Kennedy")), &[], steps, FAST));
+    let ok = run.of_type("ConfigureSuccess");
+    assert_eq!(ok.len(), 1, "{:?}", run.msgs);
+    assert_eq!(ok[0]["keyterms"], serde_json::json!(["Apollo", "Houston"]));
+    assert!(ok[0]["request_id"].as_str().is_some_and(|r| r.len() == 36));
+    let failed = run.of_type("ConfigureFailure");
+    assert_eq!(failed.len(), 2, "{:?}", run.msgs);
+    assert!(failed[1]["description"].as_str().unwrap().contains("numerals"), "{}", failed[1]);
+    assert!(run.of_type("Error").is_empty(), "{:?}", run.of_type("Error"));
+    assert_eq!(run.close, Some(1000));
+    assert!(word_errors(&reference("jfk.wav"), &run.finals()).0 <= 1, "{}", run.finals());
+}
+
+/// `Metadata` as Deepgram sends it: model UUIDs described in `model_info`,
+/// the same UUID in every result, and the SHA-256 of the audio received.
+#[test]
+fn metadata_has_deepgrams_shape() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &[]);
+    let audio = load("jfk.wav");
+    let steps = frames16(&audio, 50);
+    let sent: Vec<u8> =
+        steps.iter().filter_map(|s| if let Step::Audio(b) = s { Some(b.clone()) } else { None }).flatten().collect();
+    let run = rt().block_on(session(&d.ws(LIN16), &[], steps, FAST));
+    let meta = run.of_type("Metadata");
+    assert_eq!(meta.len(), 1);
+    let uuid = meta[0]["models"][0].as_str().expect("models[0]");
+    let shape: Vec<usize> = uuid.split('-').map(str::len).collect();
+    assert_eq!(shape, vec![8, 4, 4, 4, 12], "{uuid}");
+    assert_eq!(meta[0]["model_info"][uuid]["name"], "tiny.en", "{}", meta[0]);
+    let want: String = Sha256::digest(&sent).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(meta[0]["sha256"], want.as_str());
+    for r in run.of_type("Results") {
+        assert_eq!(r["metadata"]["model_uuid"], uuid, "{r}");
+    }
+    // The id is the model file's: a second daemon on the same model agrees.
+    let again = Daemon::start(&model, &[]);
+    let run = rt().block_on(session(&again.ws(LIN16), &[], frames16(&audio[..16_000], 50), FAST));
+    assert_eq!(run.of_type("Metadata")[0]["models"][0], uuid);
+}
+
+/// What LiveKit's and Pipecat's Deepgram plugins send is accepted.
+#[test]
+fn framework_parameters_are_accepted() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &[]);
+    let livekit = "model=nova-3&punctuate=true&smart_format=true&no_delay=true&interim_results=true\
+        &utterance_end_ms=500&endpointing=25&filler_words=true&numerals=false&profanity_filter=false\
+        &mip_opt_out=false&vad_events=true&keyterm=LiveKit&language=en";
+    let pipecat = "diarize=false&dictation=false&detect_entities=false&channels=1&multichannel=false";
+    for q in [livekit, pipecat] {
+        let (status, _, body) = try_upgrade(&d.addr, &format!("/v1/listen?{LIN16}&{q}"));
+        assert_eq!(status, 101, "{q}: {body}");
+    }
+}
+
+/// A client's own Close (without `CloseStream`) gets a Close back, as RFC
+/// 6455 asks, not a dropped connection.
+#[test]
+fn a_clients_close_is_answered() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &[]);
+    rt().block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(d.ws(LIN16).as_str()).await.unwrap();
+        ws.send(Message::binary(pcm16(&load("jfk.wav")[..16_000]))).await.unwrap();
+        ws.close(None).await.unwrap();
+        let mut got_close = false;
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Close(_)) => got_close = true,
+                Ok(_) => {}
+                Err(e) => panic!("connection dropped instead of closed: {e}"),
+            }
+        }
+        assert!(got_close);
+    });
+}
