@@ -1,4 +1,6 @@
 //! The wire protocol of `/v1/listen`: Deepgram's live-streaming subset.
+//! Every parameter and message, and where scribed differs from Deepgram:
+//! `protocol.md` beside this file.
 //!
 //! Shared by the server and the clients (clients depend on this module, never
 //! on the server). It holds the query parameters (parsed once, before the
