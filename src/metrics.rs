@@ -57,6 +57,11 @@ impl Metrics {
         }
     }
 
+    /// The worst current lag of any live session channel, ms.
+    pub fn max_lag_ms(&self) -> u64 {
+        self.lags.lock().map(|l| l.values().copied().max().unwrap_or(0)).unwrap_or(0)
+    }
+
     pub fn clear_lag(&self, key: u64) {
         if let Ok(mut l) = self.lags.lock() {
             l.remove(&key);

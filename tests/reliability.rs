@@ -23,6 +23,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 const FAST: Duration = Duration::from_millis(10); // 50 ms frames at 5× real time
+
+/// These tests load both cores on purpose and time what they see: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const LIN16: &str = "encoding=linear16&sample_rate=16000";
 
 /// Session worker threads alive in the daemon (they are named).
@@ -70,6 +77,7 @@ fn hit_and_run(url: &str, second: &[u8]) -> bool {
 /// (505 threads, 8 GB); now a slot is free only once its worker has stopped.
 #[test]
 fn vanishing_clients_leave_no_work_behind() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let max_sessions = 4;
     let d = Daemon::start(&model, &["--max-sessions", &max_sessions.to_string()]);
@@ -166,6 +174,7 @@ fn vanishing_clients_leave_no_work_behind() {
 /// 1 s ring and a 1 s no-audio timeout, still ends with every word.
 #[test]
 fn backpressure_never_times_out_the_client() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("scribed.toml");
@@ -189,6 +198,7 @@ fn backpressure_never_times_out_the_client() {
 /// frame, and a session gauge that never came down.
 #[test]
 fn absurd_float_samples_are_clipped_not_a_panic() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &[]);
     let audio = load("jfk.wav");
@@ -215,6 +225,7 @@ fn absurd_float_samples_are_clipped_not_a_panic() {
 /// flush after `CloseStream` is still running.
 #[test]
 fn control_frames_are_answered_while_flushing() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &[]);
     let audio: Vec<f32> = ["jfk.wav", "1272-128104-0000.wav"].iter().flat_map(|f| load(f)).collect();
@@ -322,6 +333,7 @@ fn close_code(s: &mut TcpStream) -> Option<u16> {
 /// Close gets a Close back, instead of a dropped TCP connection (1006).
 #[test]
 fn protocol_errors_end_with_a_close_frame() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &[]);
     let close_999 = 999u16.to_be_bytes();
@@ -347,6 +359,7 @@ fn protocol_errors_end_with_a_close_frame() {
 /// server has slots is a 400 naming the parameter, more than are free a 503.
 #[test]
 fn multichannel_sessions_pay_a_slot_per_channel() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &["--max-sessions", "2"]);
     let q = |ch: u32| format!("/v1/listen?{LIN16}&channels={ch}&multichannel=true");
@@ -373,6 +386,7 @@ fn multichannel_sessions_pay_a_slot_per_channel() {
 /// short error.
 #[test]
 fn unknown_messages_are_not_echoed_in_full() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &[]);
     let huge = format!(r#"{{"type":"{}"}}"#, "A".repeat(1 << 20));
@@ -394,6 +408,7 @@ fn unknown_messages_are_not_echoed_in_full() {
 /// lag, and after the audio ends each receives finals for all of it.
 #[test]
 fn overload_loses_no_words() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let sessions = 8;
     // A small ring and a short timeout make the daemon's backpressure, and
@@ -408,7 +423,9 @@ fn overload_loses_no_words() {
     let url = d.ws(LIN16);
     let t = Instant::now();
     let runs = rt().block_on(async {
-        let all = (0..sessions).map(|_| session(&url, &[], frames16(&audio, 100), Duration::from_millis(100)));
+        let all = (0..sessions).map(|_| {
+            session_within(&url, &[], frames16(&audio, 100), Duration::from_millis(100), Duration::from_secs(400))
+        });
         futures_util::future::join_all(all).await
     });
     println!("{sessions} sessions of {:.1} s at real time ended after {:?}", audio.len() as f64 / 16e3, t.elapsed());
@@ -428,6 +445,7 @@ fn overload_loses_no_words() {
 /// keeps keys out of the process list.
 #[test]
 fn sighup_reloads_the_key_file_and_keeps_serving() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
@@ -458,6 +476,7 @@ fn sighup_reloads_the_key_file_and_keeps_serving() {
 /// origin or by DNS rebinding; the daemon's own page and listed origins can.
 #[test]
 fn foreign_browser_origins_are_refused() {
+    let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("scribed.toml");

@@ -10,6 +10,7 @@
 
 pub mod connection;
 pub mod http;
+mod notify;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,9 +123,14 @@ pub async fn run(
 ) {
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
+    notify::ready(&shared);
+    // Pings come from this loop, so a wedged accept loop or runtime stops
+    // them and systemd's watchdog restarts the daemon.
+    let mut alive = tokio::time::interval(notify::ping_period());
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = alive.tick() => notify::alive(&shared),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +150,7 @@ pub async fn run(
     drop(listener);
     let active = shared.metrics.sessions_active.load(Ordering::Relaxed);
     tracing::info!(active, "shutting down: flushing sessions");
+    notify::stopping(active);
     let _ = stop.send(true);
     let grace = shared.config.shutdown_grace;
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {

@@ -156,6 +156,17 @@ pub enum Step {
 /// Plays `steps` (audio frames paced `frame_gap` apart) while collecting
 /// every server message until the close.
 pub async fn session(url: &str, headers: &[(&'static str, &str)], steps: Vec<Step>, frame_gap: Duration) -> Run {
+    session_within(url, headers, steps, frame_gap, Duration::from_secs(150)).await
+}
+
+/// [`session`] with its own time limit, for sessions meant to be slow.
+pub async fn session_within(
+    url: &str,
+    headers: &[(&'static str, &str)],
+    steps: Vec<Step>,
+    frame_gap: Duration,
+    limit: Duration,
+) -> Run {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
         req.headers_mut().insert(*k, HeaderValue::from_str(v).unwrap());
@@ -206,7 +217,7 @@ pub async fn session(url: &str, headers: &[(&'static str, &str)], steps: Vec<Ste
     tokio::select! {
         run = receiver => run,
         _ = sender => unreachable!(),
-        _ = tokio::time::sleep(Duration::from_secs(150)) => panic!("session timed out"),
+        _ = tokio::time::sleep(limit) => panic!("session timed out after {limit:?}"),
     }
 }
 
