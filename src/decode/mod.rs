@@ -47,6 +47,52 @@ pub struct DecodeOptions {
     pub vad: bool,
     /// Seed of the sampler used at temperatures above 0 (reproducible runs).
     pub seed: u64,
+    /// Encode only the audio that is there (whisper.cpp's `audio_ctx`)
+    /// instead of the window padded to 30 s. `None` (the default, and what
+    /// offline transcription uses) keeps faster-whisper's full window.
+    pub audio_ctx: Option<AudioCtx>,
+    /// Text the first window's output begins with (faster-whisper's
+    /// `prefix`): fed to the decoder in one forward pass after the prompt,
+    /// then only what follows it is decoded. The streaming worker passes the
+    /// words of the utterance that are already final.
+    pub prefix: Option<String>,
+}
+
+/// A shortened encoder input: a window's content, plus `padding` mel frames,
+/// at least `min` frames, rounded up to a multiple of `granularity` mel
+/// frames (at most 30 s). The positional embedding, the decoder's
+/// cross-attention, the latest timestamp allowed and the word alignment all
+/// use that length.
+///
+/// Whisper was trained on 30 s windows: on a short context it can fall into
+/// a repetition loop. With a shortened context the decoder therefore stops a
+/// hypothesis that repeats itself, and the window is decoded again over the
+/// full 30 s (see `longform`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioCtx {
+    /// Mel frames (10 ms) of zero-padding after the content.
+    pub padding: usize,
+    /// Shortest input, mel frames.
+    pub min: usize,
+    /// Mel frames the length is rounded up to; even (two mel frames per
+    /// encoder position).
+    pub granularity: usize,
+}
+
+impl Default for AudioCtx {
+    fn default() -> Self {
+        // 1 s of padding, 1 s steps, never under 10 s: on tiny.en, contexts
+        // of a few seconds looped in about one hypothesis in four.
+        AudioCtx { padding: 100, min: 1000, granularity: 100 }
+    }
+}
+
+impl AudioCtx {
+    /// Mel frames to encode for a window with `content` frames of audio.
+    pub fn frames(&self, content: usize) -> usize {
+        let g = self.granularity.max(2).next_multiple_of(2);
+        (content + self.padding).max(self.min).max(1).next_multiple_of(g).min(crate::model::WINDOW_FRAMES)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +123,8 @@ impl Default for DecodeOptions {
             suppress_blank: true,
             vad: true,
             seed: 0,
+            audio_ctx: None,
+            prefix: None,
         }
     }
 }

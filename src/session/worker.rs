@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use super::{ChannelSummary, Control, Output, WorkerSettings};
 use crate::audio::vad::{Vad, VadConfig, FRAME};
 use crate::backend::cpu::Cpu;
-use crate::decode::{DecodeOptions, Transcriber};
+use crate::decode::{AudioCtx, DecodeOptions, Transcriber};
 use crate::metrics::Metrics;
 use crate::model::Whisper;
 use crate::policy::{normalize, Emit, Policy, Reason, Update, Word};
@@ -228,6 +228,8 @@ impl Worker {
             initial_prompt: (!prompt.is_empty()).then_some(prompt),
             language: if multilingual { self.s.language.clone() } else { None },
             vad: true,
+            // Encode the utterance, not a 30 s window padded with silence.
+            audio_ctx: Some(AudioCtx::default()),
             ..DecodeOptions::default()
         };
         let t0 = Instant::now();
