@@ -218,6 +218,10 @@ impl Worker {
             }
             prompt.push_str(context);
         }
+        // Words already final in this utterance are not decoded again: they
+        // are a forced prefix, fed in one pass; only the tail is decoded.
+        let committed: Vec<&str> = self.policy.committed().iter().map(|w| w.text.as_str()).collect();
+        let prefix = (!committed.is_empty()).then(|| committed.join(" "));
         let multilingual = self.model.is_multilingual();
         let opts = DecodeOptions {
             beam_size: 1,
@@ -230,6 +234,7 @@ impl Worker {
             vad: true,
             // Encode the utterance, not a 30 s window padded with silence.
             audio_ctx: Some(AudioCtx::default()),
+            prefix,
             ..DecodeOptions::default()
         };
         let t0 = Instant::now();
