@@ -174,7 +174,7 @@ impl<B: Backend> Whisper<B> {
         let n_mels = self.dims.n_mels;
         let frames = mel.len() / n_mels;
         assert!(
-            mel.len() % n_mels == 0 && frames % 2 == 0 && (2..=WINDOW_FRAMES).contains(&frames),
+            mel.len().is_multiple_of(n_mels) && frames.is_multiple_of(2) && (2..=WINDOW_FRAMES).contains(&frames),
             "encoder input of {} values is not an even number of {n_mels}-bin frames up to {WINDOW_FRAMES}",
             mel.len()
         );
