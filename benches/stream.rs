@@ -295,8 +295,8 @@ fn align_words(hyp: &[String], base: &[String]) -> Vec<Option<usize>> {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=m {
-        d[0][j] = j;
+    for (j, x) in d[0].iter_mut().enumerate() {
+        *x = j;
     }
     for i in 1..=n {
         for j in 1..=m {
