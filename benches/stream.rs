@@ -45,10 +45,23 @@ struct Args {
     audio_dir: PathBuf,
     #[arg(long, default_value = "models/tiny.en")]
     model: PathBuf,
-    /// Reference files to replay per session (the shorter LibriSpeech ones
-    /// and jfk, in manifest order).
+    /// Which files each session replays: `issue` (issue 9's 12 files: 11 with
+    /// references, 207 words, then apollo11.wav, 89 s of continuous speech)
+    /// or `manifest` (the first `--files` reference files under 40 s, in
+    /// manifest order: the set of the earlier results).
+    #[arg(long, default_value = "issue")]
+    set: String,
+    /// Files per session with `--set manifest`.
     #[arg(long, default_value_t = 6)]
     files: usize,
+    /// Send `Finalize` right after the last audio frame of each file and time
+    /// the `from_finalize` reply (files with a reference only).
+    #[arg(long)]
+    finalize: bool,
+    /// The daemon binary to start (default: this build's `scribed`), to time
+    /// another build with the same client.
+    #[arg(long)]
+    scribed: Option<PathBuf>,
     /// Instead of the latency run: one session streaming all reference files
     /// joined, repeated for this many hours of audio.
     #[arg(long)]
@@ -56,6 +69,12 @@ struct Args {
     /// Seconds between RSS/lag samples in the soak run.
     #[arg(long, default_value_t = 10.0)]
     sample_every: f64,
+    /// Before streaming, also run offline greedy with the encoder input cut
+    /// to the audio plus this many mel frames of padding (the daemon's
+    /// `AudioCtx` otherwise), one WER figure each: what shortening the audio
+    /// context alone costs.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    ctx_padding: Vec<usize>,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -67,14 +86,14 @@ fn main() -> anyhow::Result<()> {
     let max = a.sessions.iter().copied().max().unwrap_or(1).max(1);
     let daemon = match &a.url {
         Some(_) => None,
-        None => Some(Daemon::start(&a.model, max + 1)?),
+        None => Some(Daemon::start(a.scribed.as_deref(), &a.model, max + 1)?),
     };
     let url = a.url.clone().unwrap_or_else(|| format!("ws://{}", daemon.as_ref().map_or("", |d| d.addr.as_str())));
     let pid = daemon.as_ref().map(|d| d.child.id());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match a.soak_hours {
         Some(hours) => soak(&rt, &a, &url, pid, &refs, hours)?,
-        None => latency(&rt, &a, &url, refs)?,
+        None => latency(&rt, &a, &url, pid, &refs)?,
     }
     drop(daemon);
     Ok(())
@@ -102,8 +121,9 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(model: &std::path::Path, max_sessions: usize) -> anyhow::Result<Daemon> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_scribed"))
+    fn start(bin: Option<&std::path::Path>, model: &std::path::Path, max_sessions: usize) -> anyhow::Result<Daemon> {
+        let bin = bin.map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scribed")), |b| b.to_path_buf());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--max-sessions", &max_sessions.to_string(), "--model"])
             .arg(model)
             .env("RUST_LOG", "warn")
@@ -171,10 +191,18 @@ fn to_linear16(samples: &[f32]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What one streamed file gave back: every message with its arrival time,
+/// the stream's start, and (with `finalize`) the seconds from the
+/// `Finalize` message to the first `from_finalize` result.
+struct Streamed {
+    msgs: Vec<(Instant, Value)>,
+    t0: Instant,
+    finalize_reply: Option<f64>,
+}
+
 /// Streams `samples` as one session in 20 ms frames at `speed`, then
-/// `CloseStream`; returns every message with its arrival time, and the
-/// stream's start.
-async fn stream_one(url: &str, samples: &[f32], speed: f64) -> anyhow::Result<(Vec<(Instant, Value)>, Instant)> {
+/// (with `finalize`) `Finalize`, then `CloseStream`.
+async fn stream_one(url: &str, samples: &[f32], speed: f64, finalize: bool) -> anyhow::Result<Streamed> {
     let full = format!("{url}/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true");
     let (ws, _) = tokio_tungstenite::connect_async(full.as_str()).await?;
     let (mut tx, mut rx) = ws.split();
@@ -182,6 +210,9 @@ async fn stream_one(url: &str, samples: &[f32], speed: f64) -> anyhow::Result<(V
     let t0 = Instant::now();
     let start = tokio::time::Instant::from_std(t0);
     let gap = Duration::from_secs_f64(0.02 / speed);
+    let finalize_sent = Arc::new(Mutex::new(None::<Instant>));
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel::<()>();
+    let sent_at = finalize_sent.clone();
     let sender = async move {
         for (i, f) in frames.into_iter().enumerate() {
             // A frame is sent once all of its audio has "happened".
@@ -190,34 +221,110 @@ async fn stream_one(url: &str, samples: &[f32], speed: f64) -> anyhow::Result<(V
                 return;
             }
         }
+        if finalize {
+            if let Ok(mut s) = sent_at.lock() {
+                *s = Some(Instant::now());
+            }
+            let _ = tx.send(Message::text(r#"{"type":"Finalize"}"#)).await;
+            // Close only once the reply is in, as a voice agent would.
+            let _ = tokio::time::timeout(Duration::from_secs(60), reply_rx).await;
+        }
         let _ = tx.send(Message::text(r#"{"type":"CloseStream"}"#)).await;
         tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
     };
     let receiver = async {
         let mut got = Vec::new();
+        let mut reply = None;
+        let mut reply_tx = Some(reply_tx);
         while let Some(Ok(m)) = rx.next().await {
             match m {
-                Message::Text(t) => got.push((Instant::now(), serde_json::from_str(t.as_str()).unwrap_or(Value::Null))),
+                Message::Text(t) => {
+                    let now = Instant::now();
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                    if reply.is_none() && v["type"] == "Results" && v["from_finalize"] == true {
+                        let sent = finalize_sent.lock().ok().and_then(|s| *s);
+                        if let Some(sent) = sent {
+                            reply = Some(now.saturating_duration_since(sent).as_secs_f64());
+                            if let Some(r) = reply_tx.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    got.push((now, v));
+                }
                 Message::Close(_) => break,
                 _ => {}
             }
         }
-        got
+        (got, reply)
     };
-    tokio::select! { got = receiver => Ok((got, t0)), _ = sender => anyhow::bail!("the daemon never closed the stream") }
+    tokio::select! {
+        (msgs, finalize_reply) = receiver => Ok(Streamed { msgs, t0, finalize_reply }),
+        _ = sender => anyhow::bail!("the daemon never closed the stream"),
+    }
 }
 
 #[derive(Default)]
 struct Tally {
-    interim: Vec<f64>,
+    /// Final latency from the offline word end of the matched word.
     fin: Vec<f64>,
+    /// Final latency from the streamed word's own end time (the earlier
+    /// definition of this benchmark).
+    fin_own: Vec<f64>,
+    interim: Vec<f64>,
     errors: usize,
     words: usize,
     lag: Vec<f64>,
+    finalize: Vec<f64>,
 }
 
-fn score(msgs: &[(Instant, Value)], t0: Instant, speed: f64, reference: &str, t: &mut Tally) {
+/// One file of the run: its audio, its reference (if any), and the offline
+/// greedy transcript's words (normalised) with their end times.
+struct Clip {
+    name: String,
+    samples: Vec<f32>,
+    reference: Option<String>,
+    offline: Vec<(String, f64)>,
+}
+
+/// For each word of `hyp`, the index of the word of `base` it lines up with
+/// (same or substituted word) in a minimum-edit alignment.
+fn align_words(hyp: &[String], base: &[String]) -> Vec<Option<usize>> {
+    let (n, m) = (hyp.len(), base.len());
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, x) in d[0].iter_mut().enumerate() {
+        *x = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let sub = d[i - 1][j - 1] + usize::from(hyp[i - 1] != base[j - 1]);
+            d[i][j] = sub.min(d[i - 1][j] + 1).min(d[i][j - 1] + 1);
+        }
+    }
+    let mut out = vec![None; n];
+    let (mut i, mut j) = (n, m);
+    while i > 0 && j > 0 {
+        if d[i][j] == d[i - 1][j - 1] + usize::from(hyp[i - 1] != base[j - 1]) {
+            out[i - 1] = Some(j - 1);
+            i -= 1;
+            j -= 1;
+        } else if d[i][j] == d[i - 1][j] + 1 {
+            i -= 1;
+        } else {
+            j -= 1;
+        }
+    }
+    out
+}
+
+fn score(s: &Streamed, speed: f64, clip: &Clip, t: &mut Tally) {
+    let (msgs, t0) = (&s.msgs, s.t0);
     let mut finals = String::new();
+    // (normalised word, own end, arrival) of every final word.
+    let mut fin_words: Vec<(String, f64, Instant)> = Vec::new();
     for (at, m) in msgs {
         if m["type"] == "Metadata" {
             t.lag.push(m["lag_seconds"].as_f64().unwrap_or(0.0));
@@ -230,7 +337,7 @@ fn score(msgs: &[(Instant, Value)], t0: Instant, speed: f64, reference: &str, t:
         for w in words(m) {
             let (ws, we) = (w["start"].as_f64().unwrap_or(0.0), w["end"].as_f64().unwrap_or(0.0));
             let spoken = t0 + Duration::from_secs_f64(we / speed);
-            t.fin.push(at.saturating_duration_since(spoken).as_secs_f64());
+            t.fin_own.push(at.saturating_duration_since(spoken).as_secs_f64());
             let first = msgs
                 .iter()
                 .filter(|(_, m2)| m2["type"] == "Results")
@@ -241,48 +348,173 @@ fn score(msgs: &[(Instant, Value)], t0: Instant, speed: f64, reference: &str, t:
                 })
                 .map_or(*at, |(a, _)| *a);
             t.interim.push(first.saturating_duration_since(spoken).as_secs_f64());
+            let text = w["punctuated_word"].as_str().or(w["word"].as_str()).unwrap_or("");
+            for n in norm(text) {
+                fin_words.push((n, we, *at));
+            }
         }
     }
-    let (e, n) = word_errors(reference, &finals);
-    t.errors += e;
-    t.words += n;
+    // Latency from the end of the word's audio as the offline transcript
+    // places it (the same clock for every build), own end when unmatched.
+    let hyp: Vec<String> = fin_words.iter().map(|w| w.0.clone()).collect();
+    let base: Vec<String> = clip.offline.iter().map(|w| w.0.clone()).collect();
+    for (k, j) in align_words(&hyp, &base).into_iter().enumerate() {
+        let end = j.map_or(fin_words[k].1, |j| clip.offline[j].1);
+        let spoken = t0 + Duration::from_secs_f64(end / speed);
+        t.fin.push(fin_words[k].2.saturating_duration_since(spoken).as_secs_f64());
+    }
+    if let Some(r) = s.finalize_reply {
+        t.finalize.push(r);
+    }
+    if let Some(reference) = &clip.reference {
+        let (e, n) = word_errors(reference, &finals);
+        t.errors += e;
+        t.words += n;
+    }
 }
 
-/// The latency run: `files` reference files per session, for each session
-/// count in `--sessions`, one table row each.
-fn latency(rt: &tokio::runtime::Runtime, a: &Args, url: &str, refs: Vec<(String, String)>) -> anyhow::Result<()> {
-    // Offline transcripts first, so they do not compete with the streams.
+/// The files of the run, in order: issue 9's set, or the first `files`
+/// reference files of the manifest.
+fn pick_files(a: &Args, refs: &[(String, String)]) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let reference = |f: &str| refs.iter().find(|(n, _)| n == f).map(|(_, r)| r.clone());
+    match a.set.as_str() {
+        "issue" => Ok(ISSUE_FILES
+            .iter()
+            .map(|f| {
+                let f = if f.ends_with(".wav") { f.to_string() } else { format!("{f}.wav") };
+                let r = reference(&f);
+                (f, r)
+            })
+            .collect()),
+        "manifest" => Ok(refs.iter().take(a.files).map(|(f, r)| (f.clone(), Some(r.clone()))).collect()),
+        other => anyhow::bail!("--set {other}: expected issue or manifest"),
+    }
+}
+
+/// Issue 9's files: 11 with references (207 words), then 89 s of continuous
+/// speech without one.
+const ISSUE_FILES: [&str; 12] = [
+    "jfk.wav",
+    "1089-134686-0000",
+    "1089-134686-0002",
+    "1089-134691-0001",
+    "1272-128104-0000",
+    "1688-142285-0003",
+    "1998-15444-0001",
+    "2033-164914-0003",
+    "2414-128291-0001",
+    "2609-156975-0000",
+    "2412-153948-0000",
+    "apollo11.wav",
+];
+
+/// User + system CPU seconds of a process so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    // Clock ticks: `getconf CLK_TCK` is 100 on Linux.
+    Some((utime + stime) / 100.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The latency run: the chosen files per session, for each session count in
+/// `--sessions`, one table row each.
+fn latency(
+    rt: &tokio::runtime::Runtime,
+    a: &Args,
+    url: &str,
+    pid: Option<u32>,
+    refs: &[(String, String)],
+) -> anyhow::Result<()> {
+    let files = pick_files(a, refs)?;
+    // Offline transcripts first, so they do not compete with the streams:
+    // greedy text for the WER, and greedy with word timestamps for the word
+    // end times latency is measured from.
     let model = scribed::model::Whisper::load(&a.model, scribed::backend::cpu::Cpu)?;
     let opts = scribed::decode::DecodeOptions { beam_size: 1, ..Default::default() };
+    let timed = scribed::decode::DecodeOptions { word_timestamps: true, ..opts.clone() };
     let mut tr = scribed::decode::Transcriber::new(&model, opts.max_seqs())?;
     let mut offline = (0, 0);
-    let mut audio = Vec::new();
-    for (f, r) in refs.into_iter().take(a.files) {
-        let s = scribed::audio::load_mono_16k(&a.audio_dir.join(&f))?;
-        let (e, n) = word_errors(&r, &tr.transcribe(&s, &opts, &mut |_| {})?.text());
-        offline = (offline.0 + e, offline.1 + n);
-        audio.push((f, s, r));
+    let mut offline_trimmed = vec![0; a.ctx_padding.len()];
+    let mut clips = Vec::new();
+    let mut offline_secs = 0.0;
+    let mut audio_secs = 0.0;
+    for (f, r) in files {
+        let samples = scribed::audio::load_mono_16k(&a.audio_dir.join(&f))?;
+        audio_secs += samples.len() as f64 / 16_000.0;
+        let t = Instant::now();
+        let text = tr.transcribe(&samples, &opts, &mut |_| {})?.text();
+        offline_secs += t.elapsed().as_secs_f64();
+        if let Some(r) = &r {
+            let (e, n) = word_errors(r, &text);
+            offline = (offline.0 + e, offline.1 + n);
+            for (k, &padding) in a.ctx_padding.iter().enumerate() {
+                let ctx = scribed::decode::AudioCtx { padding, ..Default::default() };
+                let trimmed = scribed::decode::DecodeOptions { audio_ctx: Some(ctx), ..opts.clone() };
+                offline_trimmed[k] += word_errors(r, &tr.transcribe(&samples, &trimmed, &mut |_| {})?.text()).0;
+            }
+        }
+        let words: Vec<(String, f64)> = tr
+            .transcribe(&samples, &timed, &mut |_| {})?
+            .segments
+            .iter()
+            .flat_map(|s| s.words.iter().flatten())
+            .flat_map(|w| norm(&w.word).into_iter().map(move |n| (n, w.end)))
+            .collect();
+        if a.finalize && r.is_none() {
+            continue;
+        }
+        clips.push(Clip { name: f, samples, reference: r, offline: words });
     }
     drop(tr);
     drop(model);
-    let audio = Arc::new(audio);
+    let trimmed: Vec<String> = a
+        .ctx_padding
+        .iter()
+        .zip(&offline_trimmed)
+        .map(|(p, e)| format!("{:.2} % (padding {p} frames)", 100.0 * *e as f64 / offline.1.max(1) as f64))
+        .collect();
     println!(
-        "| sessions | final p50 | final p95 | interim p50 | interim p95 | WER streaming | WER offline | worst lag | wall |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "offline greedy (scribed, in-process): {offline_secs:.1} s for {audio_secs:.1} s of audio; WER {:.2} % with the full 30 s window, with only the audio that is there: {}; load {}",
+        100.0 * offline.0 as f64 / offline.1.max(1) as f64,
+        trimmed.join(", "),
+        loadavg()
     );
+    let audio = Arc::new(clips);
+    let has_long = audio.iter().any(|c| c.reference.is_none());
+    let long_name = audio.iter().find(|c| c.reference.is_none()).map_or(String::new(), |c| c.name.clone());
+    println!(
+        "| sessions | final p50 (refs) | final p95 (refs) | final p95 ({}) | final p50/p95 own times (refs) | interim p50 | interim p95 | WER streaming | WER offline | CPU s per audio s | worst lag | Finalize→reply p50 | Finalize→reply p95 | wall | load before → after |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        if has_long { long_name.as_str() } else { "-" }
+    );
+    let per_session_audio: f64 = audio.iter().map(|c| c.samples.len() as f64 / 16_000.0).sum();
     for &sessions in &a.sessions {
-        let tally = Arc::new(Mutex::new(Tally::default()));
+        let refs_tally = Arc::new(Mutex::new(Tally::default()));
+        let long_tally = Arc::new(Mutex::new(Tally::default()));
+        let load0 = loadavg();
+        let cpu0 = pid.and_then(cpu_seconds);
         let wall = Instant::now();
         rt.block_on(async {
             let mut tasks = Vec::new();
             for s in 0..sessions {
-                let (audio, tally, url, speed) = (audio.clone(), tally.clone(), url.to_string(), a.speed);
+                let (audio, refs_tally, long_tally, url, speed, fin) =
+                    (audio.clone(), refs_tally.clone(), long_tally.clone(), url.to_string(), a.speed, a.finalize);
                 tasks.push(tokio::spawn(async move {
                     // Stagger the sessions so their utterances do not align.
                     tokio::time::sleep(Duration::from_millis(700 * s as u64)).await;
-                    for (_, samples, reference) in audio.iter() {
-                        let (msgs, t0) = stream_one(&url, samples, speed).await?;
+                    for clip in audio.iter() {
+                        let got = stream_one(&url, &clip.samples, speed, fin).await?;
+                        let tally = if clip.reference.is_some() { &refs_tally } else { &long_tally };
                         let mut t = tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                        score(&msgs, t0, speed, reference, &mut t);
+                        score(&got, speed, clip, &mut t);
                     }
                     anyhow::Ok(())
                 }));
@@ -292,20 +524,41 @@ fn latency(rt: &tokio::runtime::Runtime, a: &Args, url: &str, refs: Vec<(String,
             }
             anyhow::Ok(())
         })?;
-        let mut t = tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let cpu = match (cpu0, pid.and_then(cpu_seconds)) {
+            (Some(a0), Some(a1)) => format!("{:.2}", (a1 - a0) / (per_session_audio * sessions as f64)),
+            _ => "-".into(),
+        };
+        let mut t = refs_tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut l = long_tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let lag = t.lag.iter().chain(&l.lag).copied().fold(0.0, f64::max);
+        let long95 = if has_long { format!("{:.2} s", pct(&mut l.fin, 0.95)) } else { "-".into() };
+        let (f50, f95) = if t.finalize.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (format!("{:.2} s", pct(&mut t.finalize, 0.5)), format!("{:.2} s", pct(&mut t.finalize, 0.95)))
+        };
         println!(
-            "| {sessions} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} % | {:.2} % | {:.2} s | {:.0} s |",
+            "| {sessions} | {:.2} s | {:.2} s | {long95} | {:.2} / {:.2} s | {:.2} s | {:.2} s | {:.2} % | {:.2} % | {cpu} | {:.2} s | {f50} | {f95} | {:.0} s | {load0} → {} |",
             pct(&mut t.fin, 0.5),
             pct(&mut t.fin, 0.95),
+            pct(&mut t.fin_own, 0.5),
+            pct(&mut t.fin_own, 0.95),
             pct(&mut t.interim, 0.5),
             pct(&mut t.interim, 0.95),
             100.0 * t.errors as f64 / t.words.max(1) as f64,
             100.0 * offline.0 as f64 / offline.1.max(1) as f64,
-            t.lag.iter().copied().fold(0.0, f64::max),
-            wall.elapsed().as_secs_f64()
+            lag,
+            wall.elapsed().as_secs_f64(),
+            loadavg()
         );
     }
-    println!("speed {}x, {} files per session ({} words)", a.speed, audio.len(), offline.1);
+    println!(
+        "speed {}x, {} files per session ({} reference words){}",
+        a.speed,
+        audio.len(),
+        offline.1,
+        if a.finalize { ", Finalize after each file's last frame" } else { "" }
+    );
     Ok(())
 }
 

@@ -176,6 +176,12 @@ impl Policy {
         self.has_speech
     }
 
+    /// The words of the current utterance that are already final (the next
+    /// hypothesis need not decode them again).
+    pub fn committed(&self) -> &[Word] {
+        &self.committed
+    }
+
     /// Final words sent so far.
     pub fn words_final(&self) -> u64 {
         self.words_final

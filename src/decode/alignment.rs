@@ -49,7 +49,9 @@ pub fn align<B: Backend>(
     }
     let heads = &model.config.alignment_heads;
     let weights = model.decoder.cross_attention_weights(&model.backend, &mut st.decoder, &tokens, heads);
-    let audio = model.dims.audio_ctx;
+    // Encoder positions of the window as encoded (shorter than 1500 when
+    // only the audio that is there was encoded).
+    let audio = st.decoder.cross_len();
     let frames = (num_frames / 2).clamp(1, audio);
     let rows = tokens.len();
     // Rows from the no-timestamps position (predicting the first text token)

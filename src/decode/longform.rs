@@ -8,7 +8,7 @@ use crate::audio::mel::MelFrontend;
 use crate::audio::vad::{self, VadConfig};
 use crate::backend::Backend;
 use crate::decode::alignment;
-use crate::decode::rules::Rules;
+use crate::decode::rules::{repeats_at_end, Rules};
 use crate::decode::search::{decode_with_fallback, Rng, WindowResult};
 use crate::decode::{DecodeError, DecodeOptions, Segment, Task, Transcript, Word};
 use crate::model::{State, Whisper, HOP, WINDOW_FRAMES};
@@ -76,18 +76,25 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             sot_sequence.push(lang_token);
             sot_sequence.push(if opts.task == Task::Translate { sp.translate } else { sp.transcribe });
         }
-        let rules = Rules::new(
+        let mut rules = Rules::new(
             &sp,
             &model.config.suppress_ids,
             if opts.suppress_blank { &model.config.suppress_ids_begin } else { &[] },
             !opts.without_timestamps,
             opts.max_initial_timestamp,
         );
+        rules.stop_loops(opts.audio_ctx.is_some());
 
         let mut all_tokens: Vec<u32> = Vec::new();
         if let Some(p) = opts.initial_prompt.as_deref().filter(|p| !p.trim().is_empty()) {
             let ids = tok.encode(&format!(" {}", p.trim())).map_err(|e| DecodeError::Prompt(e.to_string()))?;
             all_tokens.extend(ids);
+        }
+        let mut prefix_tokens = Vec::new();
+        if let Some(p) = opts.prefix.as_deref().filter(|p| !p.trim().is_empty()) {
+            prefix_tokens = tok.encode(&format!(" {}", p.trim())).map_err(|e| DecodeError::Prompt(e.to_string()))?;
+            // faster-whisper's cap: under half the text context.
+            prefix_tokens.truncate(model.decoder.text_ctx() / 2 - 1);
         }
         let mut prompt_reset_since = 0;
         let mut rng = Rng::new(opts.seed);
@@ -111,8 +118,10 @@ impl<'m, B: Backend> Transcriber<'m, B> {
                 }
             }
             self.fill_window(&mel.data, n_mels, seek, segment_size);
+            let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
+            rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
             let t0 = std::time::Instant::now();
-            model.encode(&self.window, &mut self.state);
+            model.encode(&self.window[..encoded_frames * n_mels], &mut self.state);
             let encoded = t0.elapsed();
 
             prompt.clear();
@@ -127,16 +136,41 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             if opts.without_timestamps {
                 prompt.push(sp.no_timestamps);
             }
+            // The prefix opens the first window's output (after its first
+            // timestamp, as faster-whisper writes it).
+            let mut forced = 0;
+            if seek == 0 && !prefix_tokens.is_empty() {
+                let before = prompt.len();
+                if !opts.without_timestamps {
+                    prompt.push(sp.timestamp_begin);
+                }
+                // Leave room to decode: the prompt and prefix share 448 positions.
+                let room = model.decoder.text_ctx().saturating_sub(prompt.len() + 64);
+                prompt.extend_from_slice(&prefix_tokens[..prefix_tokens.len().min(room)]);
+                forced = prompt.len() - before;
+            }
 
-            let result = decode_with_fallback(model, &mut self.state, &prompt, sot_index, &rules, opts, &mut rng);
+            let mut result =
+                decode_with_fallback(model, &mut self.state, &prompt, sot_index, forced, &rules, opts, &mut rng);
+            if encoded_frames < WINDOW_FRAMES && repeats_at_end(&result.tokens) && !opts.cancel.is_cancelled() {
+                // Whisper loops on a short context now and then: this window
+                // again over the full 30 s, as it was trained.
+                tracing::debug!(seek, encoded_frames, "loop on the shortened window: full window");
+                rules.limit_timestamps(None);
+                model.encode(&self.window, &mut self.state);
+                result =
+                    decode_with_fallback(model, &mut self.state, &prompt, sot_index, forced, &rules, opts, &mut rng);
+            }
             if opts.cancel.is_cancelled() {
                 return Err(DecodeError::Cancelled);
             }
             tracing::debug!(
                 seek,
+                encoded_frames,
                 encode_ms = encoded.as_millis() as u64,
                 decode_ms = (t0.elapsed() - encoded).as_millis() as u64,
                 tokens = result.tokens.len(),
+                forced,
                 prompt = prompt.len(),
                 temperature = result.temperature,
                 "window"

@@ -18,6 +18,26 @@ pub struct Rules {
     ts_end: u32,
     timestamps: bool,
     max_initial_ts_index: u32,
+    /// Latest timestamp allowed (index from `ts_begin`): the end of the
+    /// encoded audio when the window is shortened, else the last token.
+    max_ts_index: u32,
+    /// End a sequence that has started to repeat itself ([`repeats_at_end`]).
+    stop_loops: bool,
+}
+
+/// Whether `seq` ends in a loop: its last `p` tokens (for some period `p` up
+/// to 32) occur at least three times in a row, over at least 12 tokens
+/// ("s s s …", "he done, he done, he done, …", a whole sentence again and
+/// again) — what Whisper does when it has run out of audio it can read.
+pub fn repeats_at_end(seq: &[u32]) -> bool {
+    let n = seq.len();
+    (1..=32.min(n / 3)).any(|p| {
+        let mut reps = 1;
+        while (reps + 1) * p <= n && seq[n - (reps + 1) * p..n - reps * p] == seq[n - p..] {
+            reps += 1;
+        }
+        reps >= 3 && reps * p >= 12
+    })
 }
 
 impl Rules {
@@ -37,7 +57,22 @@ impl Rules {
             ts_end: sp.timestamp_end,
             timestamps,
             max_initial_ts_index: (max_initial_timestamp / 0.02).round() as u32,
+            max_ts_index: sp.timestamp_end - sp.timestamp_begin,
+            stop_loops: false,
         }
+    }
+
+    /// Ends a sequence with end-of-text once it repeats itself
+    /// ([`repeats_at_end`]); off by default (faster-whisper has no such rule).
+    pub fn stop_loops(&mut self, on: bool) {
+        self.stop_loops = on;
+    }
+
+    /// Allows timestamps up to `seconds` only (the encoded audio's length);
+    /// `None` allows every timestamp token.
+    pub fn limit_timestamps(&mut self, seconds: Option<f64>) {
+        let all = self.ts_end - self.ts_begin;
+        self.max_ts_index = seconds.map_or(all, |s| ((s / 0.02).round() as u32).min(all));
     }
 
     pub fn eot(&self) -> u32 {
@@ -64,6 +99,11 @@ impl Rules {
             let lo = (lo as usize).min(hi);
             l[lo..hi].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
         };
+        if self.stop_loops && repeats_at_end(seq) {
+            let eot = self.eot as usize;
+            logits.iter_mut().enumerate().filter(|(i, _)| *i != eot).for_each(|(_, x)| *x = f32::NEG_INFINITY);
+            return;
+        }
         off(logits, &self.suppress);
         if step == 0 {
             off(logits, &self.suppress_begin);
@@ -73,6 +113,9 @@ impl Rules {
         }
         let (tb, te) = (self.ts_begin, self.ts_end);
         off(logits, &[self.no_timestamps]);
+        if self.max_ts_index < te - tb {
+            range(logits, tb + self.max_ts_index + 1, te + 1);
+        }
         let mut check_mass = false;
         if step == 0 {
             // The first token is a timestamp no later than max_initial_timestamp.
@@ -186,6 +229,22 @@ mod tests {
         }
         r.apply(&[12, 1], &mut l);
         assert!(l[..12].iter().all(|x| !x.is_finite()));
+    }
+
+    #[test]
+    fn loops_are_found_at_the_end_only() {
+        assert!(repeats_at_end(&[1; 12]));
+        assert!(!repeats_at_end(&[1; 11]));
+        let phrase = [3, 4, 5, 6, 7];
+        let looped: Vec<u32> = [&[9, 9][..], &phrase, &phrase, &phrase].concat();
+        assert!(repeats_at_end(&looped));
+        assert!(!repeats_at_end(&[&phrase[..], &phrase, &[8]].concat()));
+        // "no, no, no": a short repetition that speech has.
+        assert!(!repeats_at_end(&[1, 2, 1, 2, 1, 2]));
+        let mut rules = Rules::new(&specials(), &[], &[], true, 1.0);
+        rules.stop_loops(true);
+        let a = allowed(&rules, &looped);
+        assert_eq!(a, vec![10], "only end-of-text after a loop");
     }
 
     #[test]

@@ -28,17 +28,32 @@ struct Hypothesis {
     logprobs: Vec<f32>,
     sum_logprob: f64,
     finished: bool,
+    /// Leading tokens that were forced (a prefix), not chosen: they count in
+    /// neither the score nor the average log-probability.
+    forced: usize,
 }
 
 impl Hypothesis {
-    fn new() -> Self {
-        Hypothesis { tokens: Vec::new(), logprobs: Vec::new(), sum_logprob: 0.0, finished: false }
+    /// A hypothesis that starts with the forced `prefix` (log-probability 0).
+    fn new(prefix: &[u32]) -> Self {
+        Hypothesis {
+            tokens: prefix.to_vec(),
+            logprobs: vec![0.0; prefix.len()],
+            sum_logprob: 0.0,
+            finished: false,
+            forced: prefix.len(),
+        }
+    }
+
+    /// Tokens chosen by the search.
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.forced
     }
 
     /// CTranslate2's ranking score: log-probability over length^penalty
     /// (length without end-of-text).
     fn score(&self, length_penalty: f32) -> f64 {
-        let len = self.tokens.len().max(1) as f64;
+        let len = self.generated().max(1) as f64;
         self.sum_logprob / len.powf(length_penalty as f64)
     }
 }
@@ -101,12 +116,18 @@ fn argmax(row: &[f32]) -> usize {
 /// Decodes the window already encoded into `st`, retrying at higher
 /// temperatures while the result looks like a failure (repetitive or
 /// improbable), as faster-whisper does.
+///
+/// The last `forced` tokens of `prompt` are a prefix of the output
+/// (faster-whisper's `prefix`: text already known): they are fed with the
+/// prompt in one forward pass and begin every hypothesis, so only what
+/// follows them is decoded token by token.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_with_fallback<B: Backend>(
     model: &Whisper<B>,
     st: &mut State<B>,
     prompt: &[u32],
     sot_index: usize,
+    forced: usize,
     rules: &Rules,
     opts: &DecodeOptions,
     rng: &mut Rng,
@@ -116,7 +137,7 @@ pub fn decode_with_fallback<B: Backend>(
         if opts.cancel.is_cancelled() && !tried.is_empty() {
             break;
         }
-        let r = decode_once(model, st, prompt, sot_index, rules, opts, temperature, rng);
+        let r = decode_once(model, st, prompt, sot_index, forced, rules, opts, temperature, rng);
         let mut fallback = false;
         if opts.compression_ratio_threshold.is_some_and(|t| r.compression_ratio > t) {
             fallback = true;
@@ -144,13 +165,15 @@ pub fn decode_with_fallback<B: Backend>(
         .expect("at least one temperature is tried")
 }
 
-/// One decoding of the window at one temperature.
+/// One decoding of the window at one temperature; the last `forced` tokens
+/// of `prompt` begin the output (see [`decode_with_fallback`]).
 #[allow(clippy::too_many_arguments)]
 pub fn decode_once<B: Backend>(
     model: &Whisper<B>,
     st: &mut State<B>,
     prompt: &[u32],
     sot_index: usize,
+    forced: usize,
     rules: &Rules,
     opts: &DecodeOptions,
     temperature: f32,
@@ -175,16 +198,18 @@ pub fn decode_once<B: Backend>(
 
     let n = if temperature > 0.0 { opts.best_of.max(1) } else { opts.beam_size.max(1) };
     let n = n.min(st.decoder.max_seqs());
+    assert!(forced < prompt.len() - sot_index, "the forced prefix overlaps the start-of-transcript sequence");
+    let prefix = &prompt[prompt.len() - forced..];
     let best = if temperature > 0.0 {
-        sample(model, st, &mut logits, rules, n, temperature, max_new, opts, rng)
+        sample(model, st, &mut logits, rules, prefix, n, temperature, max_new, opts, rng)
     } else if n > 1 {
-        beam_search(model, st, &mut logits, rules, n, max_new, opts)
+        beam_search(model, st, &mut logits, rules, prefix, n, max_new, opts)
     } else {
-        sample(model, st, &mut logits, rules, 1, 0.0, max_new, opts, rng)
+        sample(model, st, &mut logits, rules, prefix, 1, 0.0, max_new, opts, rng)
     };
 
     let text = model.tokenizer.decode(&best.tokens);
-    let avg_logprob = (best.sum_logprob / (best.tokens.len() + 1) as f64) as f32;
+    let avg_logprob = (best.sum_logprob / (best.generated() + 1) as f64) as f32;
     WindowResult {
         compression_ratio: compression_ratio(text.trim()),
         tokens: best.tokens,
@@ -203,6 +228,7 @@ fn sample<B: Backend>(
     st: &mut State<B>,
     logits: &mut Vec<f32>,
     rules: &Rules,
+    prefix: &[u32],
     n: usize,
     temperature: f32,
     max_new: usize,
@@ -224,7 +250,7 @@ fn sample<B: Backend>(
             logits.extend_from_slice(&first);
         }
     }
-    let mut hyps = vec![Hypothesis::new(); n];
+    let mut hyps = vec![Hypothesis::new(prefix); n];
     let mut feed = vec![0u32; n];
     let select: Vec<usize> = (0..n).collect();
     let mut probs = Vec::with_capacity(vocab);
@@ -285,6 +311,7 @@ fn beam_search<B: Backend>(
     st: &mut State<B>,
     logits: &mut Vec<f32>,
     rules: &Rules,
+    prefix: &[u32],
     beam: usize,
     max_new: usize,
     opts: &DecodeOptions,
@@ -296,7 +323,7 @@ fn beam_search<B: Backend>(
     let eot = rules.eot();
     let max_finished = ((beam as f32 * patience).round() as usize).max(1);
     let n_cand = 2 * beam;
-    let mut alive = vec![Hypothesis::new()];
+    let mut alive = vec![Hypothesis::new(prefix)];
     let mut finished: Vec<Hypothesis> = Vec::new();
     let mut logp = Vec::with_capacity(vocab);
     // (cumulative log-prob, parent, token, token log-prob)

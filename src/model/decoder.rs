@@ -76,6 +76,11 @@ impl<B: Backend> DecoderState<B> {
     pub fn max_seqs(&self) -> usize {
         self.max_seqs
     }
+
+    /// Encoder positions of the current window (1500 unless shortened).
+    pub fn cross_len(&self) -> usize {
+        self.cross_len
+    }
 }
 
 impl<B: Backend> TextDecoder<B> {
@@ -266,9 +271,12 @@ impl<B: Backend> TextDecoder<B> {
             );
             if let Some((pairs, out)) = align.as_mut() {
                 // Copy this layer's heads to their slots in the caller's order.
+                // The backend packs each head's `q_len × cross_len` block
+                // from the start of the buffer, whose rows are `audio_ctx`
+                // wide: whole rows are downloaded, the packed prefix read.
                 let block = q_len * st.cross_len;
                 if !heads.is_empty() {
-                    st.probs_host.resize(heads.len() * block, 0.0);
+                    st.probs_host.resize(heads.len() * q_len * self.audio_ctx, 0.0);
                     b.download(&st.probs, 0..heads.len() * q_len, &mut st.probs_host);
                     for (slot, &(pl, ph)) in pairs.iter().enumerate() {
                         if pl == l {

@@ -83,8 +83,9 @@ impl<B: Backend> AudioEncoder<B> {
         })
     }
 
-    /// Encodes one window of `2 · n_audio_ctx` mel frames, time-major
-    /// (`mel[t · n_mels + m]`), into `st.output`.
+    /// Encodes one window of up to `2 · n_audio_ctx` mel frames (an even
+    /// number), time-major (`mel[t · n_mels + m]`), into `st.output`, one row
+    /// per two frames; a shorter input uses the first positions only.
     pub fn forward(&self, b: &B, mel: &[f32], st: &mut EncoderState<B>) {
         let d = self.d;
         b.upload(mel, &mut st.mel);

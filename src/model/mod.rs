@@ -154,9 +154,18 @@ impl<B: Backend> Whisper<B> {
         self.tokenizer.is_multilingual()
     }
 
-    /// Encodes one window (`WINDOW_FRAMES` time-major mel frames) and makes it
-    /// the decoder's cross-attention context.
+    /// Encodes one window of time-major mel frames and makes it the
+    /// decoder's cross-attention context: `WINDOW_FRAMES` frames, or fewer
+    /// (an even number) to encode only the audio that is there, with the
+    /// positional embedding and cross-attention shortened to match.
     pub fn encode(&self, mel: &[f32], st: &mut State<B>) {
+        let n_mels = self.dims.n_mels;
+        let frames = mel.len() / n_mels;
+        assert!(
+            mel.len().is_multiple_of(n_mels) && frames.is_multiple_of(2) && (2..=WINDOW_FRAMES).contains(&frames),
+            "encoder input of {} values is not an even number of {n_mels}-bin frames up to {WINDOW_FRAMES}",
+            mel.len()
+        );
         self.encoder.forward(&self.backend, mel, &mut st.encoder);
         self.decoder.set_audio(&self.backend, &mut st.decoder, &st.encoder.output);
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use super::{ChannelSummary, Control, Output, WorkerSettings};
 use crate::audio::vad::{Vad, VadConfig, FRAME};
 use crate::backend::cpu::Cpu;
-use crate::decode::{DecodeError, DecodeOptions, Transcriber};
+use crate::decode::{AudioCtx, DecodeError, DecodeOptions, Transcriber};
 use crate::metrics::Metrics;
 use crate::model::Whisper;
 use crate::policy::{normalize, Emit, Policy, Reason, Update, Word};
@@ -217,6 +217,10 @@ impl Worker {
             }
             prompt.push_str(context);
         }
+        // Words already final in this utterance are not decoded again: they
+        // are a forced prefix, fed in one pass; only the tail is decoded.
+        let committed: Vec<&str> = self.policy.committed().iter().map(|w| w.text.as_str()).collect();
+        let prefix = (!committed.is_empty()).then(|| committed.join(" "));
         let multilingual = self.model.is_multilingual();
         let opts = DecodeOptions {
             beam_size: 1,
@@ -228,6 +232,9 @@ impl Worker {
             language: if multilingual { self.s.language.clone() } else { None },
             vad: true,
             cancel: self.s.cancel.clone(),
+            // Encode the utterance, not a 30 s window padded with silence.
+            audio_ctx: Some(AudioCtx::default()),
+            prefix,
             ..DecodeOptions::default()
         };
         let t0 = Instant::now();
