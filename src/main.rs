@@ -258,7 +258,7 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let duration = audio.len() as f64 / 16_000.0;
+        let duration = scribed::audio::seconds(audio.len() as u64);
         let bar = progress_bar(duration);
         let mut on_progress = |done: f64| {
             if let Some(b) = &bar {

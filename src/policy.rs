@@ -20,6 +20,8 @@
 //! be monotonic, and interim words never start before the last final word
 //! ends, so interims and finals agree on one clock.
 
+use crate::audio::round3;
+
 /// Seconds per VAD frame.
 pub const FRAME_SECONDS: f64 = 0.01;
 
@@ -420,10 +422,6 @@ impl Policy {
             })
             .collect()
     }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

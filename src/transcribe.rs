@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::audio::round3;
 use crate::decode::Transcript;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,10 +24,6 @@ pub fn render(t: &Transcript, file: &Path, format: Format) -> String {
         Format::Srt => subtitles(t, ",", false),
         Format::Vtt => subtitles(t, ".", true),
     }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 fn json(t: &Transcript, file: &Path) -> String {

@@ -50,7 +50,7 @@ impl Vad {
         let floor = match self.floor_db {
             None => db,
             Some(f) if db < f => db,
-            Some(f) => (f + self.cfg.floor_rise_db_per_s * FRAME as f32 / 16_000.0).min(db),
+            Some(f) => (f + self.cfg.floor_rise_db_per_s * FRAME as f32 / super::SAMPLE_RATE as f32).min(db),
         };
         self.floor_db = Some(floor);
         let loud = db > self.cfg.min_db && db > floor + self.cfg.margin_db;

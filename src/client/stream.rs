@@ -119,7 +119,7 @@ pub async fn stream_samples(
     let speed = if opts.speed.is_finite() && opts.speed > 0.0 { opts.speed } else { 1.0 };
     let sender = async move {
         let start = tokio::time::Instant::now();
-        let per_frame = Duration::from_secs_f64(frame_len as f64 / 16_000.0 / speed);
+        let per_frame = Duration::from_secs_f64(crate::audio::seconds(frame_len as u64) / speed);
         let mut bytes = Vec::with_capacity(frame_len * 2);
         for (i, frame) in samples.chunks(frame_len).enumerate() {
             tokio::time::sleep_until(start + per_frame * i as u32).await;

@@ -13,7 +13,7 @@ use crate::decode::search::{decode_with_fallback, Rng, WindowResult};
 use crate::decode::{DecodeError, DecodeOptions, Segment, Task, Transcript, Word};
 use crate::model::{State, Whisper, HOP, WINDOW_FRAMES};
 
-const SAMPLE_RATE: f64 = 16_000.0;
+const SAMPLE_RATE: f64 = crate::audio::SAMPLE_RATE as f64;
 /// Mel frames per second.
 const FRAMES_PER_SECOND: f64 = SAMPLE_RATE / HOP as f64;
 /// A window with less voiced audio than this (10 ms frames) is not decoded.

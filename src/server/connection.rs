@@ -262,7 +262,7 @@ impl Session {
     /// A worker's result, completion or failure.
     async fn on_output(&mut self, out: Option<Output>) -> Turn {
         match out {
-            Some(Output::Message { json, .. }) => (!self.send(Message::text(json)).await).then_some(End::Vanished),
+            Some(Output::Message(json)) => (!self.send(Message::text(json)).await).then_some(End::Vanished),
             Some(Output::Done(sum)) => {
                 self.done += 1;
                 self.summary.words += sum.words;
@@ -442,7 +442,7 @@ impl Session {
             };
             let resampler =
                 Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;
-            let ring = (cfg.ring_seconds * 16_000.0) as usize;
+            let ring = (cfg.ring_seconds * f64::from(crate::audio::SAMPLE_RATE)) as usize;
             let pipe = Pipe::spawn(
                 self.shared.model.clone(),
                 settings,
@@ -504,7 +504,7 @@ impl Session {
     /// Every worker flushed: `Metadata`, then the close frame.
     async fn finish(&mut self) -> End {
         let code = self.closing.unwrap_or(close::NORMAL);
-        let audio = self.pipes.iter().map(|p| p.pushed()).max().unwrap_or(0) as f64 / 16_000.0;
+        let audio = crate::audio::seconds(self.pipes.iter().map(|p| p.pushed()).max().unwrap_or(0));
         self.summary.audio_seconds = self.summary.audio_seconds.max(audio);
         let meta = ServerMessage::Metadata {
             transaction_key: "deprecated".into(),

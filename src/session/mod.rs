@@ -81,7 +81,7 @@ pub enum Control {
 #[derive(Debug)]
 pub enum Output {
     /// A server message, already serialised.
-    Message { json: String, is_final: bool, has_words: bool },
+    Message(String),
     /// The worker flushed and stopped.
     Done(ChannelSummary),
     /// The worker failed (an error or a panic); the session ends.

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::{ChannelSummary, Control, Output, WorkerSettings};
 use crate::audio::vad::{Vad, VadConfig, FRAME};
+use crate::audio::{round3, seconds};
 use crate::backend::cpu::Cpu;
 use crate::decode::{AudioCtx, DecodeError, DecodeOptions, Transcriber};
 use crate::metrics::Metrics;
@@ -142,7 +143,7 @@ impl Worker {
                         }
                         self.flush(Reason::Close, &mut tr)?;
                         self.summary.words = self.policy.words_final();
-                        self.summary.audio_seconds = self.consumed as f64 / 16_000.0;
+                        self.summary.audio_seconds = seconds(self.consumed);
                         let _ = self.out.blocking_send(Output::Done(self.summary));
                         return Ok(());
                     }
@@ -261,12 +262,12 @@ impl Worker {
         self.metrics.transcriptions_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.inference_us.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
         let received = self.received.load(Ordering::Acquire);
-        let lag = received.saturating_sub(self.consumed) as f64 / 16_000.0 + spent.as_secs_f64();
+        let lag = seconds(received.saturating_sub(self.consumed)) + spent.as_secs_f64();
         self.summary.max_lag_seconds = self.summary.max_lag_seconds.max(lag);
         self.metrics.set_lag(self.s.metrics_key, (lag * 1e3) as u64);
         tracing::debug!(
             ?reason,
-            audio_s = self.buf.len() as f64 / 16_000.0,
+            audio_s = seconds(self.buf.len() as u64),
             ms = spent.as_millis() as u64,
             lag,
             "hypothesis"
@@ -279,27 +280,21 @@ impl Worker {
     fn send_emits(&mut self) -> Result<(), WorkerError> {
         for e in std::mem::take(&mut self.emits) {
             let ch = vec![self.s.channel_index, self.s.channel_count];
-            let (msg, is_final, has_words) = match e {
-                Emit::SpeechStarted { timestamp } => {
-                    (ServerMessage::SpeechStarted { channel: ch, timestamp }, false, false)
-                }
-                Emit::UtteranceEnd { last_word_end } => {
-                    (ServerMessage::UtteranceEnd { channel: ch, last_word_end }, false, false)
-                }
+            let msg = match e {
+                Emit::SpeechStarted { timestamp } => ServerMessage::SpeechStarted { channel: ch, timestamp },
+                Emit::UtteranceEnd { last_word_end } => ServerMessage::UtteranceEnd { channel: ch, last_word_end },
                 Emit::Results(u) => {
-                    let has = !u.words.is_empty();
-                    let fin = u.is_final;
-                    if fin {
+                    if u.is_final {
                         self.metrics.results_final_total.fetch_add(1, Ordering::Relaxed);
                         self.metrics.words_final_total.fetch_add(u.words.len() as u64, Ordering::Relaxed);
                     } else {
                         self.metrics.results_interim_total.fetch_add(1, Ordering::Relaxed);
                     }
-                    (self.results(u, ch), fin, has)
+                    self.results(u, ch)
                 }
             };
             let json = msg.to_json();
-            self.out.blocking_send(Output::Message { json, is_final, has_words }).map_err(|_| WorkerError::Gone)?;
+            self.out.blocking_send(Output::Message(json)).map_err(|_| WorkerError::Gone)?;
         }
         Ok(())
     }
@@ -342,8 +337,4 @@ impl Worker {
             },
         }
     }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
