@@ -339,7 +339,8 @@ impl Policy {
     }
 
     /// The words of `hyp` that come after the committed ones.
-    fn after_committed(&self, hyp: &[Word]) -> Vec<Word> {
+    /// The words of `hyp` that come after the final words of this utterance.
+    pub fn after_committed(&self, hyp: &[Word]) -> Vec<Word> {
         let n = self.committed.len();
         if n == 0 {
             return hyp.to_vec();

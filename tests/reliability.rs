@@ -435,7 +435,7 @@ fn overload_loses_no_words() {
         let meta = run.of_type("Metadata");
         let lag = meta.first().and_then(|m| m["lag_seconds"].as_f64()).expect("Metadata reports lag_seconds");
         let words = normalize(&run.finals()).len();
-        println!("session {i}: {words} words (offline {offline_words}), worst lag {lag:.2} s");
+        println!("session {i}: {words} words (offline {offline_words}), worst lag {lag:.2} s: {}", run.finals());
         let off_by = (words as f64 - offline_words as f64).abs();
         assert!(off_by <= 0.05 * offline_words as f64, "session {i}: {words} words vs {offline_words} offline");
     }

@@ -30,6 +30,10 @@ use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMes
 /// Characters of earlier final text put into the prompt.
 const CONTEXT_CHARS: usize = 200;
 
+/// Seconds of an utterance after its final words that may pass without a
+/// new word before a prefixed hypothesis is taken to have skipped speech.
+const MAX_GAP_S: f64 = 1.0;
+
 pub struct Context {
     pub model: Arc<Whisper<Cpu>>,
     pub settings: WorkerSettings,
@@ -210,53 +214,28 @@ impl Worker {
 
     fn transcribe(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
         assert!(!self.s.panic_on_hypothesis, "fault injection: {}", super::PANIC_KEYTERM);
-        let mut prompt = self.s.keyterms.get().join(", ");
-        let context = self.policy.context(CONTEXT_CHARS);
-        if !context.is_empty() {
-            if !prompt.is_empty() {
-                prompt.push_str(". ");
-            }
-            prompt.push_str(context);
+        let mut opts = self.decode_options();
+        if reason != Reason::Step {
+            // A step's words become final only when the next step agrees;
+            // an endpoint, a cut, Finalize or Close commit one hypothesis
+            // whole. Under load a prefixed hypothesis sometimes skipped
+            // seconds of speech ("Mr. Quilter is the [9 words] to welcome
+            // his gospel", tests/reliability.rs overload): those decode the
+            // whole utterance.
+            opts.prefix = None;
         }
-        // Words already final in this utterance are not decoded again: they
-        // are a forced prefix, fed in one pass; only the tail is decoded.
-        let committed: Vec<&str> = self.policy.committed().iter().map(|w| w.text.as_str()).collect();
-        let prefix = (!committed.is_empty()).then(|| committed.join(" "));
-        let multilingual = self.model.is_multilingual();
-        let opts = DecodeOptions {
-            beam_size: 1,
-            best_of: 1,
-            temperatures: vec![0.0],
-            word_timestamps: true,
-            condition_on_previous_text: false,
-            initial_prompt: (!prompt.is_empty()).then_some(prompt),
-            language: if multilingual { self.s.language.clone() } else { None },
-            vad: true,
-            cancel: self.s.cancel.clone(),
-            // Encode the utterance, not a 30 s window padded with silence.
-            audio_ctx: Some(AudioCtx::default()),
-            prefix,
-            ..DecodeOptions::default()
-        };
         let t0 = Instant::now();
-        let transcript = tr.transcribe(&self.buf, &opts, &mut |_| {}).map_err(|e| match e {
-            DecodeError::Cancelled => WorkerError::Gone,
-            e => WorkerError::Engine(e.to_string()),
-        })?;
+        let mut words = self.hypothesis(tr, &opts)?;
+        if opts.prefix.is_some() && self.skipped_speech(&words) {
+            // Continuing a forced prefix, Whisper can jump over speech it has
+            // not written yet (seen under load, when one step covers seconds
+            // of new audio): that speech would never become text. Decode the
+            // whole utterance instead, as without a prefix.
+            tracing::debug!(?reason, "the prefixed hypothesis skipped speech; decoding the whole utterance");
+            opts.prefix = None;
+            words = self.hypothesis(tr, &opts)?;
+        }
         let spent = t0.elapsed();
-        let offset = self.buf_start as f64 * 0.01;
-        let words: Vec<Word> = transcript
-            .segments
-            .iter()
-            .flat_map(|s| s.words.iter().flatten())
-            .filter(|w| !w.word.trim().is_empty())
-            .map(|w| Word {
-                text: w.word.trim().to_string(),
-                start: offset + w.start,
-                end: offset + w.end,
-                probability: w.probability,
-            })
-            .collect();
         self.policy.on_hypothesis(reason, words, &mut self.emits);
         self.summary.transcriptions += 1;
         self.metrics.transcriptions_total.fetch_add(1, Ordering::Relaxed);
@@ -275,6 +254,70 @@ impl Worker {
         self.send_emits()?;
         self.trim();
         Ok(())
+    }
+
+    /// Greedy decoding of the current utterance, prompted with the key terms
+    /// and earlier final text; the utterance's final words are a forced
+    /// prefix (fed in one pass), so only the unstable tail is decoded.
+    fn decode_options(&self) -> DecodeOptions {
+        let mut prompt = self.s.keyterms.get().join(", ");
+        let context = self.policy.context(CONTEXT_CHARS);
+        if !context.is_empty() {
+            if !prompt.is_empty() {
+                prompt.push_str(". ");
+            }
+            prompt.push_str(context);
+        }
+        let committed: Vec<&str> = self.policy.committed().iter().map(|w| w.text.as_str()).collect();
+        let prefix = (!committed.is_empty()).then(|| committed.join(" "));
+        let multilingual = self.model.is_multilingual();
+        DecodeOptions {
+            beam_size: 1,
+            best_of: 1,
+            temperatures: vec![0.0],
+            word_timestamps: true,
+            condition_on_previous_text: false,
+            initial_prompt: (!prompt.is_empty()).then_some(prompt),
+            language: if multilingual { self.s.language.clone() } else { None },
+            vad: true,
+            cancel: self.s.cancel.clone(),
+            // Encode the utterance, not a 30 s window padded with silence.
+            audio_ctx: Some(AudioCtx::default()),
+            prefix,
+            ..DecodeOptions::default()
+        }
+    }
+
+    /// The words of one hypothesis over the utterance, in stream time.
+    fn hypothesis(&self, tr: &mut Transcriber<'_, Cpu>, opts: &DecodeOptions) -> Result<Vec<Word>, WorkerError> {
+        let transcript = tr.transcribe(&self.buf, opts, &mut |_| {}).map_err(|e| match e {
+            DecodeError::Cancelled => WorkerError::Gone,
+            e => WorkerError::Engine(e.to_string()),
+        })?;
+        let offset = self.buf_start as f64 * 0.01;
+        let words = transcript.segments.iter().flat_map(|s| s.words.iter().flatten());
+        Ok(words
+            .filter(|w| !w.word.trim().is_empty())
+            .map(|w| Word {
+                text: w.word.trim().to_string(),
+                start: offset + w.start,
+                end: offset + w.end,
+                probability: w.probability,
+            })
+            .collect())
+    }
+
+    /// Whether a hypothesis leaves a stretch of the utterance after its final
+    /// words without text: its first new word starts more than
+    /// [`MAX_GAP_S`] after them, or there is none though the audio goes on
+    /// that long. Endpointing splits utterances at silence, so inside one
+    /// such a gap is speech that was skipped.
+    fn skipped_speech(&self, words: &[Word]) -> bool {
+        let Some(last) = self.policy.committed().last() else { return false };
+        let audio_end =
+            (self.buf_start as usize * FRAME + self.buf.len()) as f64 / f64::from(crate::audio::SAMPLE_RATE);
+        let next = self.policy.after_committed(words).first().map_or(audio_end, |w| w.start);
+        next - last.end > MAX_GAP_S
     }
 
     fn send_emits(&mut self) -> Result<(), WorkerError> {
