@@ -77,7 +77,8 @@ pub struct LayerNorm<B: Backend> {
     pub beta: B::Vector,
 }
 
-/// CT2's default when `config.json` gives no `layer_norm_epsilon`.
+/// Whisper's layer-norm epsilon (CT2's default). `config.json` is not read
+/// for it: no Whisper conversion sets another.
 pub const LAYER_NORM_EPS: f32 = 1e-5;
 
 impl<B: Backend> LayerNorm<B> {

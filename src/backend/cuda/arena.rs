@@ -2,7 +2,7 @@
 //! start-up, and the pool of session slots that admits connections.
 //!
 //! The daemon makes one device allocation at start-up and none after it
-//! (design.md, "GPU memory and streams"). This module is the bookkeeping for
+//! (`../shared/docs/design.md`, "GPU memory and streams"). This module is the bookkeeping for
 //! that allocation and touches no GPU, so all of it is unit-tested in CI:
 //!
 //! ```text

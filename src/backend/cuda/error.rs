@@ -22,7 +22,7 @@ pub enum CudaError {
     NoNvrtc,
     #[error("cuBLAS (libcublas.so.13, libcublasLt.so.13) could not be loaded: install the CUDA 13 cuBLAS library and put it on the library path")]
     NoCublas,
-    #[error("GPU {index} has compute capability {major}.{minor}; scribed's kernels need 7.0 or newer")]
+    #[error("GPU {index} has compute capability {major}.{minor}; scribed's kernels need 7.5 (Turing) or newer")]
     UnsupportedArch { index: usize, major: i32, minor: i32 },
     #[error("{0} is usable, but the CUDA backend is not complete yet: use --device cpu (or auto)")]
     NotReady(String),
