@@ -30,6 +30,10 @@ use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMes
 /// Characters of earlier final text put into the prompt.
 const CONTEXT_CHARS: usize = 200;
 
+/// Whether streaming hypotheses encode only the audio that is there and
+/// decode only the unstable tail (issue 9). Off: see `decode_options`.
+const STREAMING_AUDIO_CTX: bool = false;
+
 /// Seconds of an utterance after its final words that may pass without a
 /// new word before a prefixed hypothesis is taken to have skipped speech.
 const MAX_GAP_S: f64 = 1.0;
@@ -281,9 +285,12 @@ impl Worker {
             language: if multilingual { self.s.language.clone() } else { None },
             vad: true,
             cancel: self.s.cancel.clone(),
-            // Encode the utterance, not a 30 s window padded with silence.
-            audio_ctx: Some(AudioCtx::default()),
-            prefix,
+            // Switched off until they are measured again: in a clean-clone CI
+            // run, jfk through mulaw 8 kHz came out "so am I fellow America"
+            // with the shortened context and prefix (tests/daemon.rs
+            // other_encodings_give_the_same_words), never with the 30 s window.
+            audio_ctx: STREAMING_AUDIO_CTX.then(AudioCtx::default),
+            prefix: prefix.filter(|_| STREAMING_AUDIO_CTX),
             ..DecodeOptions::default()
         }
     }
