@@ -13,6 +13,7 @@
 //! so work abandoned by a vanished client still counts against
 //! `max_sessions` until its [`Cancel`] has stopped it.
 
+mod reaper;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,10 +148,17 @@ impl Pipe {
         let received = Arc::new(AtomicU64::new(0));
         let ctx =
             worker::Context { model, settings, cons, ctl: ctl_rx, space, received: received.clone(), out, metrics };
-        std::thread::Builder::new().name("scribed-session".into()).spawn(move || {
+        // The thread learns its own handle so that the reaper can join it
+        // before the slot is free (see `reaper`).
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel::<std::thread::JoinHandle<()>>(1);
+        let thread = std::thread::Builder::new().name("scribed-session".into()).spawn(move || {
             worker::run(ctx);
-            drop(slot);
+            match handle_rx.recv() {
+                Ok(me) => reaper::release_after_exit(me, slot),
+                Err(_) => drop(slot),
+            }
         })?;
+        let _ = handle_tx.send(thread);
         Ok(Pipe { prod, ctl, received, pushed: 0, pending: Vec::new() })
     }
 
