@@ -31,8 +31,14 @@ use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMes
 const CONTEXT_CHARS: usize = 200;
 
 /// Whether streaming hypotheses encode only the audio that is there and
-/// decode only the unstable tail (issue 9). Off: see `decode_options`.
-const STREAMING_AUDIO_CTX: bool = false;
+/// decode only the unstable tail (issue 9). Off, a step re-encodes 30 s and
+/// re-decodes the whole utterance: on apollo11.wav final p95 41–47 s against
+/// 7–9 s, 1.8 CPU s per audio s against 0.8–1.2 (`benches/results/streaming.md`).
+/// (It was switched off once for a CI failure on jfk through 8 kHz mulaw,
+/// "so am I fellow America": that comes from finalising words at 1.5–3 s into
+/// the utterance, and streamed at real-time pace it happens as often with
+/// the switch off.)
+const STREAMING_AUDIO_CTX: bool = true;
 
 /// Seconds of an utterance after its final words that may pass without a
 /// new word before a prefixed hypothesis is taken to have skipped speech.
@@ -285,10 +291,6 @@ impl Worker {
             language: if multilingual { self.s.language.clone() } else { None },
             vad: true,
             cancel: self.s.cancel.clone(),
-            // Switched off until they are measured again: in a clean-clone CI
-            // run, jfk through mulaw 8 kHz came out "so am I fellow America"
-            // with the shortened context and prefix (tests/daemon.rs
-            // other_encodings_give_the_same_words), never with the 30 s window.
             audio_ctx: STREAMING_AUDIO_CTX.then(AudioCtx::default),
             prefix: prefix.filter(|_| STREAMING_AUDIO_CTX),
             ..DecodeOptions::default()
