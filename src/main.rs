@@ -107,8 +107,12 @@ struct ClientArgs {
     #[arg(long)]
     interim: bool,
     /// Print the raw JSON messages, one per line.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lines")]
     json: bool,
+    /// Print final text only, one line per utterance, flushed as soon as the
+    /// utterance ends: for pipes and key bindings (`scribed mic --lines | …`).
+    #[arg(long, conflicts_with = "interim")]
+    lines: bool,
     #[arg(long, env = "SCRIBED_API_KEY")]
     api_key: Option<String>,
     /// Extra query parameters for /v1/listen (k=v&k2=v2).
@@ -117,6 +121,14 @@ struct ClientArgs {
 }
 
 impl ClientArgs {
+    fn printing(&self) -> Printing {
+        match (self.json, self.lines) {
+            (true, _) => Printing::Json,
+            (_, true) => Printing::Lines,
+            _ => Printing::Captions,
+        }
+    }
+
     fn options(self, speed: f64, frame_ms: u32) -> scribed::client::stream::StreamOptions {
         scribed::client::stream::StreamOptions {
             url: self.url,
@@ -407,7 +419,7 @@ async fn shutdown_signal() {
 
 fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let samples = load_mono_16k(&args.file)?;
-    let mut printer = Captions::new(args.client.json);
+    let mut printer = Captions::new(args.client.printing());
     let opts = args.client.options(args.speed, args.frame_ms);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(scribed::client::stream::stream_samples(&samples, &opts, |msg, raw| printer.show(msg, raw)))?;
@@ -427,7 +439,7 @@ fn mic(args: MicArgs) -> anyhow::Result<ExitCode> {
     }
     let mut microphone = mic::Microphone::open(args.device.as_deref())?;
     eprintln!("scribed: listening on {} ({} Hz); Ctrl-C to stop", microphone.name, microphone.sample_rate);
-    let mut printer = Captions::new(args.client.json);
+    let mut printer = Captions::new(args.client.printing());
     let opts = args.client.options(1.0, 50);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stop = async {
@@ -441,38 +453,49 @@ fn mic(args: MicArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a daemon's results: finals as lines, the interim tail in place on
-/// a terminal (dimmed), or every raw JSON message with `--json`.
+/// How `stream` and `mic` print what the daemon sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Printing {
+    /// Finals as they come, the interim tail in place on a terminal (dimmed).
+    Captions,
+    /// One line per utterance, final text only.
+    Lines,
+    /// Every raw JSON message.
+    Json,
+}
+
+/// Prints a daemon's results as `Printing` says; summaries and errors go to
+/// stderr, so stdout holds only text.
 struct Captions {
-    json: bool,
+    printing: Printing,
     tty: bool,
     interim_shown: bool,
+    /// `Lines`: the final text of the utterance so far.
+    utterance: String,
 }
 
 impl Captions {
-    fn new(json: bool) -> Captions {
-        Captions { json, tty: std::io::stdout().is_terminal(), interim_shown: false }
+    fn new(printing: Printing) -> Captions {
+        Captions { printing, tty: std::io::stdout().is_terminal(), interim_shown: false, utterance: String::new() }
     }
 
     fn show(&mut self, msg: &scribed::protocol::ServerMessage, raw: &str) {
         use scribed::protocol::ServerMessage;
         let mut out = std::io::stdout().lock();
-        if self.json {
-            let _ = writeln!(out, "{raw}");
-            let _ = out.flush();
-            return;
-        }
-        let clear = |out: &mut std::io::StdoutLock, shown: &mut bool, tty: bool| {
-            if *shown && tty {
-                let _ = write!(out, "\r\x1b[2K");
+        match (self.printing, msg) {
+            (Printing::Json, _) => {
+                let _ = writeln!(out, "{raw}");
             }
-            *shown = false;
-        };
-        match msg {
-            ServerMessage::Results { is_final, .. } => {
+            (Printing::Lines, ServerMessage::Results { is_final: true, speech_final, from_finalize, .. }) => {
+                self.add_to_utterance(msg.transcript().unwrap_or(""));
+                if *speech_final || *from_finalize {
+                    self.end_utterance(&mut out);
+                }
+            }
+            (Printing::Captions, ServerMessage::Results { is_final, .. }) => {
                 let text = msg.transcript().unwrap_or("");
                 if *is_final {
-                    clear(&mut out, &mut self.interim_shown, self.tty);
+                    self.clear_interim(&mut out);
                     if !text.is_empty() {
                         let _ = writeln!(out, "{text}");
                     }
@@ -483,13 +506,38 @@ impl Captions {
                     let _ = writeln!(out, "… {text}");
                 }
             }
-            ServerMessage::Metadata { duration, lag_seconds, words, .. } => {
-                clear(&mut out, &mut self.interim_shown, self.tty);
+            (_, ServerMessage::Metadata { duration, lag_seconds, words, .. }) => {
+                self.clear_interim(&mut out);
+                self.end_utterance(&mut out);
                 eprintln!("scribed: {duration:.1} s of audio, {words} words, worst lag {lag_seconds:.2} s");
             }
-            ServerMessage::Error { description, .. } => eprintln!("scribed: server: {description}"),
+            (_, ServerMessage::Error { description, .. }) => eprintln!("scribed: server: {description}"),
             _ => {}
         }
         let _ = out.flush();
+    }
+
+    fn add_to_utterance(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if !self.utterance.is_empty() {
+            self.utterance.push(' ');
+        }
+        self.utterance.push_str(text);
+    }
+
+    fn end_utterance(&mut self, out: &mut std::io::StdoutLock) {
+        if !self.utterance.is_empty() {
+            let _ = writeln!(out, "{}", self.utterance);
+            self.utterance.clear();
+        }
+    }
+
+    fn clear_interim(&mut self, out: &mut std::io::StdoutLock) {
+        if self.interim_shown && self.tty {
+            let _ = write!(out, "\r\x1b[2K");
+        }
+        self.interim_shown = false;
     }
 }

@@ -111,3 +111,53 @@ fn microphone_errors_are_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--seconds must be a positive"));
 }
+
+/// `--lines`: final text only, one line per utterance, each written when
+/// its utterance ends rather than when the program exits. Two recordings
+/// 2 s apart are two utterances; `endpointing=1500` keeps jfk's 0.7 s pauses
+/// inside its own. (ALSA's `file` plugin over the `null` device plays faster
+/// than real time, so the test shows the lines coming apart, not their
+/// real-time latency.)
+#[test]
+fn dictation_lines_are_one_per_utterance_and_come_at_once() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model);
+    let files = ["jfk.wav", "1272-128104-0000.wav"];
+    let mut speech = Vec::new();
+    for f in files {
+        speech.extend(scribed::audio::load_mono_16k(&shared_audio(f)).unwrap());
+        speech.extend(std::iter::repeat_n(0.0, 16_000 * 2));
+    }
+    let seconds = format!("{:.1}", speech.len() as f64 / 16_000.0);
+    let home = fake_microphone(&speech);
+    let url = format!("ws://{}", d.1);
+    let args = ["mic", "--lines", "--url", &url, "--seconds", &seconds, "--query", "endpointing=1500"];
+    let start = std::time::Instant::now();
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("HOME", home.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("scribed mic runs");
+    let lines: Vec<(String, std::time::Duration)> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| (l.expect("utf-8 line"), start.elapsed()))
+        .collect();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    println!("lines: {lines:?}\nstderr: {stderr}");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(lines.len(), 2, "one line per utterance: {lines:?}");
+    for ((text, _), f) in lines.iter().zip(files) {
+        let offline = common::daemon::offline(&model, f);
+        let (errors, n) = word_errors(&offline, text);
+        assert!(errors <= 1, "{f}: {errors}/{n} words differ from offline ({offline}): {text}");
+    }
+    // Written as each utterance ended: a program that buffered its output
+    // until exit would deliver both lines at once.
+    let apart = lines[1].1 - lines[0].1;
+    assert!(apart >= std::time::Duration::from_millis(100), "the lines came {apart:?} apart");
+}
