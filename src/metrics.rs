@@ -2,14 +2,71 @@
 //! text format at `GET /metrics`.
 //!
 //! Plain atomics: the hot paths (audio frames, results) only add to a
-//! counter; rendering happens at scrape time.
+//! counter or a histogram bucket; rendering happens at scrape time. Labelled
+//! counters (errors by kind, closes by code) change only when a session ends
+//! and sit behind a mutex.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::Duration;
 
-#[derive(Debug, Default)]
+/// Latency buckets, seconds: the streaming targets (final p50 1.2 s, p95
+/// 2 s; `Finalize` reply 0.4 / 0.8 s) fall between bounds.
+const LATENCY_BUCKETS: &[f64] = &[0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+/// Time of one hypothesis, seconds.
+const COMPUTE_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0];
+/// Compute time over audio time, per session channel.
+const RTF_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0];
+
+/// A Prometheus histogram with fixed bounds: observing is two atomic adds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative); the last is `+Inf`.
+    counts: Box<[AtomicU64]>,
+    /// Sum of the observations, in millionths.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value (negative values count as 0).
+    pub fn observe(&self, v: f64) {
+        let v = v.max(0.0);
+        let i = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((v * 1e6).round() as u64, Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Relaxed);
+            match self.bounds.get(i) {
+                Some(b) => _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {cumulative}"),
+                None => _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {cumulative}"),
+            }
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(s, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+#[derive(Debug)]
 pub struct Metrics {
     pub connections_total: AtomicU64,
     pub sessions_started_total: AtomicU64,
@@ -17,7 +74,6 @@ pub struct Metrics {
     pub rejected_busy_total: AtomicU64,
     pub rejected_auth_total: AtomicU64,
     pub rejected_params_total: AtomicU64,
-    pub session_errors_total: AtomicU64,
     pub worker_panics_total: AtomicU64,
     /// Panics caught in a session's network task.
     pub connection_panics_total: AtomicU64,
@@ -29,8 +85,54 @@ pub struct Metrics {
     pub results_interim_total: AtomicU64,
     pub results_final_total: AtomicU64,
     pub words_final_total: AtomicU64,
+    /// Audio seconds received after a final word's end by the time its
+    /// result was sent: its latency, for a client sending in real time.
+    pub final_latency: Histogram,
+    /// The same for the newest word of each interim result.
+    pub interim_latency: Histogram,
+    /// From a `Finalize` message's arrival to its `from_finalize` result.
+    pub finalize_reply: Histogram,
+    /// Wall time of one hypothesis.
+    pub hypothesis_time: Histogram,
+    /// Compute time over audio time, per session channel, at its end.
+    pub real_time_factor: Histogram,
     /// Current lag of each live session channel, ms (received − processed).
     lags: Mutex<HashMap<u64, u64>>,
+    /// Sessions ended by an error, by its kind (the `Error` message's
+    /// `variant`).
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Sessions ended, by the close code they got (0: no close frame).
+    closes: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let zero = AtomicU64::default;
+        Metrics {
+            connections_total: zero(),
+            sessions_started_total: zero(),
+            sessions_active: zero(),
+            rejected_busy_total: zero(),
+            rejected_auth_total: zero(),
+            rejected_params_total: zero(),
+            worker_panics_total: zero(),
+            connection_panics_total: zero(),
+            audio_received_us: zero(),
+            transcriptions_total: zero(),
+            inference_us: zero(),
+            results_interim_total: zero(),
+            results_final_total: zero(),
+            words_final_total: zero(),
+            final_latency: Histogram::new(LATENCY_BUCKETS),
+            interim_latency: Histogram::new(LATENCY_BUCKETS),
+            finalize_reply: Histogram::new(LATENCY_BUCKETS),
+            hypothesis_time: Histogram::new(COMPUTE_BUCKETS),
+            real_time_factor: Histogram::new(RTF_BUCKETS),
+            lags: Mutex::default(),
+            errors: Mutex::default(),
+            closes: Mutex::default(),
+        }
+    }
 }
 
 /// Adds one to a gauge for as long as it lives: the gauge is right whether
@@ -68,7 +170,20 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, max_sessions: usize) -> String {
+    /// Counts a session's end: its close code (`None`: the client vanished)
+    /// and, if it ended in error, the error's kind.
+    pub fn session_ended(&self, close: Option<u16>, error: Option<&'static str>) {
+        if let Ok(mut c) = self.closes.lock() {
+            *c.entry(close.unwrap_or(0)).or_default() += 1;
+        }
+        if let Some(kind) = error {
+            if let Ok(mut e) = self.errors.lock() {
+                *e.entry(kind).or_default() += 1;
+            }
+        }
+    }
+
+    pub fn render(&self, slots_free: usize, max_sessions: usize) -> String {
         let mut s = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, v: f64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -84,6 +199,12 @@ impl Metrics {
         counter("scribed_sessions_active", "Websocket sessions in progress.", "gauge", c(&self.sessions_active));
         counter("scribed_sessions_max", "Configured session slots.", "gauge", max_sessions as f64);
         counter(
+            "scribed_slots_free",
+            "Session slots free now (a multichannel session takes one per channel).",
+            "gauge",
+            slots_free as f64,
+        );
+        counter(
             "scribed_rejected_busy_total",
             "Upgrades refused with 503 (no free slot).",
             "counter",
@@ -95,12 +216,6 @@ impl Metrics {
             "Upgrades refused with 400.",
             "counter",
             c(&self.rejected_params_total),
-        );
-        counter(
-            "scribed_session_errors_total",
-            "Sessions ended by an error.",
-            "counter",
-            c(&self.session_errors_total),
         );
         counter(
             "scribed_worker_panics_total",
@@ -137,6 +252,47 @@ impl Metrics {
             max as f64 / 1e3,
         );
         counter("scribed_lag_seconds_sum", "Sum of the live sessions' lag.", "gauge", sum as f64 / 1e3);
+        self.render_labelled(&mut s);
+        self.render_histograms(&mut s);
         s
+    }
+
+    fn render_labelled(&self, s: &mut String) {
+        let name = "scribed_session_errors_total";
+        let _ = writeln!(s, "# HELP {name} Sessions ended by an error, by kind.\n# TYPE {name} counter");
+        for (kind, n) in self.errors.lock().map(|e| e.clone()).unwrap_or_default() {
+            let _ = writeln!(s, "{name}{{kind=\"{kind}\"}} {n}");
+        }
+        let name = "scribed_sessions_ended_total";
+        let help = "Sessions ended, by the close code sent or received (0: the connection was lost).";
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (code, n) in self.closes.lock().map(|c| c.clone()).unwrap_or_default() {
+            let _ = writeln!(s, "{name}{{code=\"{code}\"}} {n}");
+        }
+    }
+
+    fn render_histograms(&self, s: &mut String) {
+        self.final_latency.render(
+            s,
+            "scribed_final_latency_seconds",
+            "Audio received after a final word's end by the time its result was sent (the wall-clock latency \
+             of a client sending in real time).",
+        );
+        self.interim_latency.render(
+            s,
+            "scribed_interim_latency_seconds",
+            "The same for the newest word of each interim result.",
+        );
+        self.finalize_reply.render(
+            s,
+            "scribed_finalize_reply_seconds",
+            "From a Finalize message's arrival to its from_finalize result.",
+        );
+        self.hypothesis_time.render(s, "scribed_hypothesis_seconds", "Wall time of one hypothesis.");
+        self.real_time_factor.render(
+            s,
+            "scribed_real_time_factor",
+            "Compute time over audio time of one session channel, observed when it ends.",
+        );
     }
 }

@@ -53,6 +53,23 @@ enum End {
 }
 
 impl End {
+    /// The close code the session ended with; `None` when the connection
+    /// was lost.
+    fn close_code(&self) -> Option<u16> {
+        match self {
+            End::Closed(code) | End::ClientClosed(code) => Some(*code),
+            End::Error(e) => Some(e.close_code()),
+            End::Vanished => None,
+        }
+    }
+
+    fn error_kind(&self) -> Option<&'static str> {
+        match self {
+            End::Error(e) => Some(e.variant()),
+            _ => None,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             End::Closed(code) => format!("closed {code}"),
@@ -98,9 +115,7 @@ pub async fn serve(
             s.fail(SessionError::Internal(format!("the connection task panicked: {what}"))).await
         }
     };
-    if matches!(end, End::Error(_)) {
-        m.session_errors_total.fetch_add(1, Ordering::Relaxed);
-    }
+    m.session_ended(end.close_code(), end.error_kind());
     let sum = s.summary;
     tracing::info!(
         request_id,

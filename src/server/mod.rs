@@ -196,7 +196,7 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
             }
         }
         "/metrics" => {
-            let body = shared.metrics.render(shared.config.max_sessions);
+            let body = shared.metrics.render(shared.slots.available_permits(), shared.config.max_sessions);
             http::respond(&mut stream, 200, "text/plain; version=0.0.4", &[], &body).await
         }
         "/v1/listen" | "/v1/listen/" => listen(stream, req, shared).await,

@@ -72,8 +72,8 @@ impl Keyterms {
 pub enum Control {
     /// Audio up to `upto` is in the ring.
     Audio { upto: u64 },
-    /// Flush everything up to `upto` (`Finalize`).
-    Finalize { upto: u64 },
+    /// Flush everything up to `upto` (`Finalize`, which arrived `at`).
+    Finalize { upto: u64, at: std::time::Instant },
     /// Flush everything up to `upto`, report and stop.
     Close { upto: u64 },
 }
@@ -180,7 +180,7 @@ impl Pipe {
     }
 
     pub fn finalize(&self) {
-        let _ = self.ctl.send(Control::Finalize { upto: self.pushed });
+        let _ = self.ctl.send(Control::Finalize { upto: self.pushed, at: std::time::Instant::now() });
     }
 
     pub fn close(&self) {

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
@@ -104,6 +104,17 @@ struct Worker {
     chunk: Vec<f32>,
     emits: Vec<Emit>,
     summary: ChannelSummary,
+    /// Time spent in hypotheses.
+    busy: Duration,
+}
+
+impl Drop for Worker {
+    /// The channel's real-time factor, however it ended.
+    fn drop(&mut self) {
+        if self.consumed > 0 {
+            self.metrics.real_time_factor.observe(self.busy.as_secs_f64() / seconds(self.consumed));
+        }
+    }
 }
 
 impl Worker {
@@ -127,6 +138,7 @@ impl Worker {
             chunk: vec![0.0; 8_000],
             emits: Vec::new(),
             summary: ChannelSummary::default(),
+            busy: Duration::ZERO,
         })
     }
 
@@ -144,9 +156,10 @@ impl Worker {
             for ctl in batch {
                 match ctl {
                     Control::Audio { upto } => self.consume(upto, &mut tr)?,
-                    Control::Finalize { upto } => {
+                    Control::Finalize { upto, at } => {
                         self.consume(upto, &mut tr)?;
                         self.flush(Reason::Finalize, &mut tr)?;
+                        self.metrics.finalize_reply.observe_duration(at.elapsed());
                     }
                     Control::Close { upto } => {
                         self.consume(upto, &mut tr)?;
@@ -250,6 +263,8 @@ impl Worker {
         self.summary.transcriptions += 1;
         self.metrics.transcriptions_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.inference_us.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
+        self.metrics.hypothesis_time.observe_duration(spent);
+        self.busy += spent;
         let received = self.received.load(Ordering::Acquire);
         let lag = seconds(received.saturating_sub(self.consumed)) + spent.as_secs_f64();
         self.summary.max_lag_seconds = self.summary.max_lag_seconds.max(lag);
@@ -329,6 +344,26 @@ impl Worker {
         next - last.end > MAX_GAP_S
     }
 
+    /// Counts a result and observes its words' latency: the audio received
+    /// after each word's end so far (for a real-time client, how long ago
+    /// the word was spoken).
+    fn count_result(&self, u: &Update) {
+        let m = &self.metrics;
+        let received = seconds(self.received.load(Ordering::Acquire));
+        if u.is_final {
+            m.results_final_total.fetch_add(1, Ordering::Relaxed);
+            m.words_final_total.fetch_add(u.words.len() as u64, Ordering::Relaxed);
+            for w in &u.words {
+                m.final_latency.observe(received - w.end);
+            }
+        } else {
+            m.results_interim_total.fetch_add(1, Ordering::Relaxed);
+            if let Some(w) = u.words.last() {
+                m.interim_latency.observe(received - w.end);
+            }
+        }
+    }
+
     fn send_emits(&mut self) -> Result<(), WorkerError> {
         for e in std::mem::take(&mut self.emits) {
             let ch = vec![self.s.channel_index, self.s.channel_count];
@@ -336,12 +371,7 @@ impl Worker {
                 Emit::SpeechStarted { timestamp } => ServerMessage::SpeechStarted { channel: ch, timestamp },
                 Emit::UtteranceEnd { last_word_end } => ServerMessage::UtteranceEnd { channel: ch, last_word_end },
                 Emit::Results(u) => {
-                    if u.is_final {
-                        self.metrics.results_final_total.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.words_final_total.fetch_add(u.words.len() as u64, Ordering::Relaxed);
-                    } else {
-                        self.metrics.results_interim_total.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.count_result(&u);
                     self.results(u, ch)
                 }
             };
