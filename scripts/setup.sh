@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/setup.sh — make a fresh Debian machine ready to build and run scribed.
 #
-#   bash scripts/setup.sh [--with-base] [--with-browser] [--with-systemd] [--with-haproxy] [--no-run] [--no-build]
+#   bash scripts/setup.sh [--with-base] [--with-browser] [--with-systemd] [--with-haproxy]
+#                         [--user-service] [--no-run] [--no-build]
 #
 # Idempotent: every step checks first and does nothing when already done.
 #   1. Installs what is missing with apt-get (build-essential, pkg-config,
@@ -25,7 +26,12 @@
 #                           to test the "driver but no GPU" path; Debian only
 #      scripts/test.sh puts their lib folders on LD_LIBRARY_PATH.
 #   4. cargo build --release  (skipped with --no-build: uses the binary as it is)
-#   5. Unless --no-run: starts the daemon on the default model
+#   5. With --user-service (local dictation, no root needed for this step):
+#      installs the binary as ~/.local/bin/scribed, tiny.en under
+#      ~/.local/share/scribed/models and systemd/scribed-user.service as
+#      ~/.config/systemd/user/scribed.service, enables and starts it with
+#      `systemctl --user`, and stops there (then: `scribed mic`).
+#   6. Unless --no-run: starts the daemon on the default model
 #      (`scribed serve --model models/tiny.en`) when the binary has `serve`,
 #      otherwise transcribes ../shared/audio/jfk.wav as a demo.
 #
@@ -46,6 +52,7 @@ WITH_BASE=0
 WITH_BROWSER=0
 WITH_SYSTEMD=0
 WITH_HAPROXY=0
+USER_SERVICE=0
 RUN=1
 BUILD=1
 for arg in "$@"; do
@@ -54,9 +61,10 @@ for arg in "$@"; do
         --with-browser) WITH_BROWSER=1 ;;
         --with-systemd) WITH_SYSTEMD=1 ;;
         --with-haproxy) WITH_HAPROXY=1 ;;
+        --user-service) USER_SERVICE=1 ;;
         --no-run) RUN=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -263,6 +271,27 @@ cd "$REPO"
 if [ "$BUILD" -eq 1 ]; then
     say "cargo build --release"
     cargo build --release
+fi
+
+# ------------------------------------------------------ dictation service --
+if [ "$USER_SERVICE" -eq 1 ]; then
+    BIN="$REPO/target/release/scribed"
+    [ -x "$BIN" ] || die "$BIN was not built"
+    share="$HOME/.local/share/scribed/models"
+    install -D -m 755 "$BIN" "$HOME/.local/bin/scribed"
+    mkdir -p "$share"
+    rm -rf "$share/.tiny.en.new"
+    cp -r "$MODELS_DIR/tiny.en" "$share/.tiny.en.new"
+    rm -rf "$share/tiny.en"
+    mv -T "$share/.tiny.en.new" "$share/tiny.en"
+    install -D -m 644 "$REPO/systemd/scribed-user.service" "$HOME/.config/systemd/user/scribed.service"
+    say "installed ~/.local/bin/scribed, $share/tiny.en and ~/.config/systemd/user/scribed.service"
+    if systemctl --user daemon-reload 2>/dev/null && systemctl --user enable --now scribed; then
+        say "dictation service running on 127.0.0.1:8080: dictate with ~/.local/bin/scribed mic"
+    else
+        say "no systemd user manager here: in a login session run systemctl --user enable --now scribed"
+    fi
+    exit 0
 fi
 [ "$RUN" -eq 1 ] || { say "done"; exit 0; }
 

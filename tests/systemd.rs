@@ -71,3 +71,55 @@ fn unit_files_verify() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// The dictation path of `systemd/README.md`: `scripts/setup.sh
+/// --user-service` installs the binary, the model and the user unit under
+/// `$HOME` (here a temporary one, where no user manager runs, so it says how
+/// to start the unit), and the unit's own `ExecStart` (on a free port) serves
+/// the installed binary's `stream --lines` with jfk's words.
+#[test]
+fn user_service_install_serves_dictation() {
+    let Some(_model) = model_dir("tiny.en") else { return };
+    let home = tempfile::tempdir().unwrap();
+    let real_home = std::env::var("HOME").unwrap_or_default();
+    let var = |k: &str, default: String| std::env::var(k).unwrap_or(default);
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/setup.sh"))
+        .args(["--user-service", "--no-build"])
+        .env("HOME", home.path())
+        .env("RUSTUP_HOME", var("RUSTUP_HOME", format!("{real_home}/.rustup")))
+        .env("CARGO_HOME", var("CARGO_HOME", format!("{real_home}/.cargo")))
+        .env("MODELS_DIR", models_root())
+        .output()
+        .expect("setup.sh runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("systemctl --user enable --now scribed"), "{said}");
+
+    let unit = std::fs::read_to_string(home.path().join(".config/systemd/user/scribed.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let exec = exec.replace("%h", &home.path().to_string_lossy()).replace("127.0.0.1:8080", "127.0.0.1:0");
+    let mut argv = exec.split_whitespace();
+    let mut daemon = Command::new(argv.next().unwrap())
+        .args(argv)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the installed daemon starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(daemon.stdout.take().unwrap()), &mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
+    let client = Command::new(home.path().join(".local/bin/scribed"))
+        .arg("stream")
+        .arg(shared_audio("jfk.wav"))
+        .args(["--lines", "--speed", "4", "--url", &format!("ws://{addr}")])
+        .output()
+        .expect("the installed client runs");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let text = String::from_utf8_lossy(&client.stdout);
+    assert!(client.status.success(), "{}", String::from_utf8_lossy(&client.stderr));
+    let (errors, n) = word_errors(&reference("jfk.wav"), &text);
+    assert!(errors <= 1, "{errors}/{n} errors: {text}");
+    assert!(!text.contains('…'), "no interim lines: {text}");
+}
