@@ -17,12 +17,14 @@ use std::fs::File;
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 
+use symphonia::core::audio::GenericAudioBufferRef;
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
+use symphonia::core::packet::Packet;
 
 use super::resample::{resample_to_16k, ResampleError};
 use super::SAMPLE_RATE;
@@ -193,22 +195,7 @@ fn decode_source(
     extension: Option<&str>,
     path: &Path,
 ) -> Result<DecodedAudio, AudioError> {
-    let mss = MediaSourceStream::new(source, Default::default());
-    let mut hint = Hint::new();
-    if let Some(ext) = extension {
-        hint.with_extension(ext);
-    }
-    let mut format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
-        .map_err(|e| match e {
-            // Probing reads headers; running out of bytes there means the
-            // file is too short to be what it claims, or is not audio.
-            SymError::IoError(ref io) if io.kind() == io::ErrorKind::UnexpectedEof => {
-                AudioError::Unsupported { path: path.to_path_buf(), reason: "truncated or unrecognised header".into() }
-            }
-            other => sym_error(path, other),
-        })?;
-
+    let mut format = probe(source, extension, path)?;
     let track =
         format.default_track(TrackType::Audio).ok_or_else(|| AudioError::NoAudioTrack { path: path.to_path_buf() })?;
     let track_id = track.id;
@@ -222,88 +209,134 @@ fn decode_source(
         .map_err(|e| sym_error(path, e))?;
     // Rate and channels from the header; the decoded buffers have the
     // final word (some containers leave them unset).
-    let mut sample_rate = params.sample_rate;
-    let mut channels = params.channels.as_ref().map(|c| c.count());
-
-    let mut samples: Vec<f32> = Vec::new();
-    let mut decoded_packets = 0usize;
-    let mut skipped: Option<SymError> = None;
-    let mut skipped_count = 0usize;
-    loop {
-        let packet = match format.next_packet() {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            // Chained Ogg streams: keep the first logical stream.
-            Err(SymError::ResetRequired) => break,
-            // Truncated file: keep what was decoded so far (PyAV does too).
-            Err(SymError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                tracing::warn!(path = %path.display(), "audio stream ends early (truncated file?)");
-                break;
-            }
-            Err(e @ SymError::DecodeError(_)) if decoded_packets > 0 => {
-                tracing::warn!(path = %path.display(), error = %e, "stopping at corrupt data");
-                break;
-            }
-            Err(e) => return Err(sym_error(path, e)),
-        };
+    let mut out = Collected::new(params.sample_rate, params.channels.as_ref().map(|c| c.count()));
+    while let Some(packet) = next_packet(format.as_mut(), out.decoded_packets, path)? {
         if packet.track_id != track_id {
             continue;
         }
         match decoder.decode(&packet) {
-            Ok(buf) => {
-                let spec = buf.spec();
-                let (rate, ch) = (spec.rate(), spec.channels().count());
-                if ch == 0 || rate == 0 {
-                    return Err(AudioError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: format!("decoder reports {ch} channels at {rate} Hz"),
-                    });
-                }
-                // A mid-stream format change cannot be represented in one
-                // buffer; no supported format produces one in practice.
-                if decoded_packets > 0 && (sample_rate != Some(rate) || channels != Some(ch)) {
-                    return Err(AudioError::Unsupported {
-                        path: path.to_path_buf(),
-                        reason: "sample rate or channel count changes mid-stream".into(),
-                    });
-                }
-                sample_rate = Some(rate);
-                channels = Some(ch);
-                decoded_packets += 1;
-                let start = samples.len();
-                samples.resize(start + buf.samples_interleaved(), 0.0);
-                buf.copy_to_slice_interleaved(&mut samples[start..]);
-            }
+            Ok(buf) => out.append(&buf, path)?,
             // Bad packets are skipped, as faster-whisper's decode_audio does.
-            Err(e @ (SymError::DecodeError(_) | SymError::IoError(_))) => {
-                skipped_count += 1;
-                skipped.get_or_insert(e);
-            }
+            Err(e @ (SymError::DecodeError(_) | SymError::IoError(_))) => out.skip(e),
             Err(e) => return Err(sym_error(path, e)),
         }
     }
-    if decoded_packets == 0 {
-        if let Some(e) = skipped {
-            return Err(sym_error(path, e));
+    out.finish(path)
+}
+
+/// Opens the container (detected from the content; the extension is a hint).
+fn probe(
+    source: Box<dyn MediaSource>,
+    extension: Option<&str>,
+    path: &Path,
+) -> Result<Box<dyn FormatReader>, AudioError> {
+    let mss = MediaSourceStream::new(source, Default::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = extension {
+        hint.with_extension(ext);
+    }
+    symphonia::default::get_probe().probe(&hint, mss, FormatOptions::default(), MetadataOptions::default()).map_err(
+        |e| match e {
+            // Probing reads headers; running out of bytes there means the
+            // file is too short to be what it claims, or is not audio.
+            SymError::IoError(ref io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+                AudioError::Unsupported { path: path.to_path_buf(), reason: "truncated or unrecognised header".into() }
+            }
+            other => sym_error(path, other),
+        },
+    )
+}
+
+/// The next packet, or `None` where the usable stream ends: at its end, at
+/// a chained Ogg stream (the first is kept), at a truncation (what was
+/// decoded is kept, as PyAV does), or at corrupt data after good packets.
+fn next_packet(format: &mut dyn FormatReader, decoded: usize, path: &Path) -> Result<Option<Packet>, AudioError> {
+    match format.next_packet() {
+        Ok(p) => Ok(p),
+        Err(SymError::ResetRequired) => Ok(None),
+        Err(SymError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            tracing::warn!(path = %path.display(), "audio stream ends early (truncated file?)");
+            Ok(None)
         }
-    } else if skipped_count > 0 {
-        tracing::warn!(path = %path.display(), skipped_count, "skipped undecodable audio packets");
+        Err(e @ SymError::DecodeError(_)) if decoded > 0 => {
+            tracing::warn!(path = %path.display(), error = %e, "stopping at corrupt data");
+            Ok(None)
+        }
+        Err(e) => Err(sym_error(path, e)),
+    }
+}
+
+/// Decoded samples gathered packet by packet, with the format they share.
+struct Collected {
+    samples: Vec<f32>,
+    sample_rate: Option<u32>,
+    channels: Option<usize>,
+    decoded_packets: usize,
+    /// The first undecodable packet's error, and how many were skipped.
+    skipped: Option<SymError>,
+    skipped_count: usize,
+}
+
+impl Collected {
+    fn new(sample_rate: Option<u32>, channels: Option<usize>) -> Self {
+        Collected { samples: Vec::new(), sample_rate, channels, decoded_packets: 0, skipped: None, skipped_count: 0 }
     }
 
-    let (Some(sample_rate), Some(channels)) = (sample_rate, channels) else {
-        return Err(AudioError::Corrupt {
-            path: path.to_path_buf(),
-            reason: "sample rate or channel count unknown".into(),
-        });
-    };
-    if sample_rate == 0 || channels == 0 {
-        return Err(AudioError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("header declares {channels} channels at {sample_rate} Hz"),
-        });
+    fn append(&mut self, buf: &GenericAudioBufferRef<'_>, path: &Path) -> Result<(), AudioError> {
+        let spec = buf.spec();
+        let (rate, ch) = (spec.rate(), spec.channels().count());
+        if ch == 0 || rate == 0 {
+            return Err(AudioError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("decoder reports {ch} channels at {rate} Hz"),
+            });
+        }
+        // A mid-stream format change cannot be represented in one buffer;
+        // no supported format produces one in practice.
+        if self.decoded_packets > 0 && (self.sample_rate != Some(rate) || self.channels != Some(ch)) {
+            return Err(AudioError::Unsupported {
+                path: path.to_path_buf(),
+                reason: "sample rate or channel count changes mid-stream".into(),
+            });
+        }
+        self.sample_rate = Some(rate);
+        self.channels = Some(ch);
+        self.decoded_packets += 1;
+        let start = self.samples.len();
+        self.samples.resize(start + buf.samples_interleaved(), 0.0);
+        buf.copy_to_slice_interleaved(&mut self.samples[start..]);
+        Ok(())
     }
-    super::sanitize(&mut samples);
-    Ok(DecodedAudio { samples, sample_rate, channels })
+
+    fn skip(&mut self, e: SymError) {
+        self.skipped_count += 1;
+        self.skipped.get_or_insert(e);
+    }
+
+    fn finish(mut self, path: &Path) -> Result<DecodedAudio, AudioError> {
+        if self.decoded_packets == 0 {
+            if let Some(e) = self.skipped.take() {
+                return Err(sym_error(path, e));
+            }
+        } else if self.skipped_count > 0 {
+            tracing::warn!(path = %path.display(), skipped_count = self.skipped_count, "skipped undecodable audio packets");
+        }
+        let (Some(sample_rate), Some(channels)) = (self.sample_rate, self.channels) else {
+            return Err(AudioError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "sample rate or channel count unknown".into(),
+            });
+        };
+        if sample_rate == 0 || channels == 0 {
+            return Err(AudioError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("header declares {channels} channels at {sample_rate} Hz"),
+            });
+        }
+        let mut samples = self.samples;
+        super::sanitize(&mut samples);
+        Ok(DecodedAudio { samples, sample_rate, channels })
+    }
 }
 
 #[cfg(test)]
