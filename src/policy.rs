@@ -338,7 +338,6 @@ impl Policy {
         }
     }
 
-    /// The words of `hyp` that come after the committed ones.
     /// The words of `hyp` that come after the final words of this utterance.
     pub fn after_committed(&self, hyp: &[Word]) -> Vec<Word> {
         let n = self.committed.len();
