@@ -61,6 +61,11 @@ pub struct Config {
     pub step_ms: u64,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// A session whose keyterms include `session::PANIC_KEYTERM` panics in
+    /// its worker. Never from the config file: `main` sets it from
+    /// `SCRIBED_FAULT_INJECTION`, which only tests set, to prove that one
+    /// session's panic ends that session alone.
+    pub fault_injection: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +150,7 @@ impl Config {
             step_ms,
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
+            fault_injection: false,
         })
     }
 }

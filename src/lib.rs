@@ -27,6 +27,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod decode;
+pub mod engine;
 pub mod metrics;
 pub mod model;
 pub mod policy;

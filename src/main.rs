@@ -333,7 +333,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads,
     };
     let load = move || scribed::config::Config::load(args.config.as_deref(), flags.clone(), "models/tiny.en".into());
-    let config = load()?;
+    let mut config = load()?;
+    config.fault_injection = std::env::var_os("SCRIBED_FAULT_INJECTION").is_some();
     choose_device(args.device, args.gpu)?;
     init_threads(config.threads)?;
     let model = Whisper::load(&config.model, Cpu)
@@ -351,7 +352,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Scripts and tests read the bound address (port 0 picks one) here.
         println!("listening on {addr}");
         std::io::stdout().flush()?;
-        let (shared, stop) = scribed::server::Shared::new(std::sync::Arc::new(model), config);
+        let engine = std::sync::Arc::new(scribed::engine::WhisperEngine::new(model));
+        let (shared, stop) = scribed::server::Shared::new(engine, config);
         tokio::spawn(reload_on_sighup(shared.clone(), load));
         scribed::server::run(listener, shared, stop, shutdown_signal()).await;
         tracing::info!("stopped");

@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use super::Shared;
 use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat, SampleFormat};
@@ -32,8 +30,13 @@ use crate::protocol::{
 };
 use crate::session::{panic_message, ChannelSummary, Keyterms, Output, Pipe, SlotLease, WorkerSettings, PANIC_KEYTERM};
 
-type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
-type WsStream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
+/// The sending half of a websocket (or, in tests, of a channel).
+pub trait WsSink: Sink<Message, Error = tungstenite::Error> + Unpin + Send {}
+impl<T: Sink<Message, Error = tungstenite::Error> + Unpin + Send> WsSink for T {}
+
+/// The receiving half of a websocket (or, in tests, of a channel).
+pub trait WsStream: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send {}
+impl<T: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send> WsStream for T {}
 
 /// Protocol "errors" that only say the TCP connection went away.
 fn is_connection_loss(p: &tungstenite::error::ProtocolError) -> bool {
@@ -82,15 +85,18 @@ impl End {
 
 /// Serves one upgraded `/v1/listen` connection to its end. `slot` is the
 /// admission permit: it goes to the workers, which hold it until they stop.
+/// Written against any sink and stream of websocket messages, so that tests
+/// drive a session through channels.
 pub async fn serve(
-    ws: WebSocketStream<TcpStream>,
+    sink: impl WsSink,
+    stream: impl WsStream,
     params: ListenParams,
     shared: Arc<Shared>,
     request_id: String,
     id: u64,
     slot: OwnedSemaphorePermit,
-    mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut shutdown = shared.shutdown.clone();
     let m = shared.metrics.clone();
     m.sessions_started_total.fetch_add(1, Ordering::Relaxed);
     let _active = GaugeGuard::inc(&m.sessions_active);
@@ -102,7 +108,6 @@ pub async fn serve(
         channels = params.channels,
         "session start"
     );
-    let (sink, stream) = ws.split();
     let mut s = Session::new(sink, params, shared.clone(), request_id.clone(), id, slot);
     // A bug on this side must end this session alone, with an error and a
     // close frame, and leave the gauges right (the guards above).
@@ -132,8 +137,8 @@ pub async fn serve(
 /// What one turn of the session loop decided.
 type Turn = Option<End>;
 
-struct Session {
-    sink: Sink,
+struct Session<S: WsSink> {
+    sink: S,
     params: ListenParams,
     shared: Arc<Shared>,
     request_id: String,
@@ -163,7 +168,7 @@ struct Session {
     scratch: Vec<f32>,
 }
 
-impl Drop for Session {
+impl<S: WsSink> Drop for Session<S> {
     /// Whatever ended the connection, the workers stop: a vanished client's
     /// audio is not transcribed for nobody.
     fn drop(&mut self) {
@@ -171,9 +176,9 @@ impl Drop for Session {
     }
 }
 
-impl Session {
+impl<S: WsSink> Session<S> {
     fn new(
-        sink: Sink,
+        sink: S,
         params: ListenParams,
         shared: Arc<Shared>,
         request_id: String,
@@ -223,7 +228,7 @@ impl Session {
     /// The session loop. It reads the socket whenever the rings have room,
     /// during the final flush too, so pings and a client's Close are always
     /// answered; it stops reading only while audio waits for ring space.
-    async fn run(&mut self, mut stream: WsStream, shutdown: &mut watch::Receiver<bool>) -> End {
+    async fn run(&mut self, mut stream: impl WsStream, shutdown: &mut watch::Receiver<bool>) -> End {
         let timeout = self.shared.config.no_audio_timeout;
         let mut deadline = tokio::time::Instant::now() + timeout;
         let mut was_reading = true;
@@ -377,7 +382,7 @@ impl Session {
 
     fn model_info(&self) -> ModelInfo {
         ModelInfo {
-            name: self.shared.model_name.clone(),
+            name: self.shared.engine.name().into(),
             version: env!("CARGO_PKG_VERSION").into(),
             arch: "whisper".into(),
         }
@@ -446,20 +451,17 @@ impl Session {
                 language: self.params.language.clone(),
                 punctuate: self.params.punctuate || self.params.smart_format,
                 request_id: self.request_id.clone(),
-                model_name: self.shared.model_name.clone(),
-                model_uuid: self.shared.model_uuid.clone(),
                 channel_index: ch as u32,
                 channel_count: n as u32,
                 metrics_key: self.id * 64 + ch as u64,
-                panic_on_hypothesis: self.shared.fault_injection
-                    && self.params.keyterms.iter().any(|k| k == PANIC_KEYTERM),
+                panic_on_hypothesis: cfg.fault_injection && self.params.keyterms.iter().any(|k| k == PANIC_KEYTERM),
                 cancel: self.cancel.clone(),
             };
             let resampler =
                 Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;
             let ring = (cfg.ring_seconds * f64::from(crate::audio::SAMPLE_RATE)) as usize;
             let pipe = Pipe::spawn(
-                self.shared.model.clone(),
+                self.shared.engine.clone(),
                 settings,
                 ring,
                 self.space.clone(),
@@ -528,8 +530,8 @@ impl Session {
             duration: (self.summary.audio_seconds * 1000.0).round() / 1000.0,
             channels: self.params.channels as u32,
             sha256: self.audio_sha.clone().finalize().iter().map(|b| format!("{b:02x}")).collect(),
-            models: vec![self.shared.model_uuid.clone()],
-            model_info: [(self.shared.model_uuid.clone(), self.model_info())].into(),
+            models: vec![self.shared.engine.uuid().into()],
+            model_info: [(self.shared.engine.uuid().into(), self.model_info())].into(),
             lag_seconds: (self.summary.max_lag_seconds * 1000.0).round() / 1000.0,
             words: self.summary.words,
         };

@@ -11,6 +11,8 @@
 pub mod connection;
 pub mod http;
 mod notify;
+#[cfg(test)]
+mod session_tests;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,31 +23,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::backend::cpu::Cpu;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::model::Whisper;
 use crate::protocol::ListenParams;
 use crate::session::PANIC_KEYTERM;
 
 /// `GET /`: live captions from the browser's microphone (no build step).
 const CAPTIONS_PAGE: &str = include_str!("captions.html");
 
-/// What every connection shares: the model (read-only), the settings, the
+/// What every connection shares: the engine (read-only), the settings, the
 /// metrics and the session slots.
 pub struct Shared {
-    pub model: Arc<Whisper<Cpu>>,
-    pub model_name: String,
-    /// A UUID derived from the bytes of `model.bin`: the same model file
-    /// has the same id on every machine (Deepgram's `model_uuid`).
-    pub model_uuid: String,
+    pub engine: Arc<dyn Engine>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub slots: Arc<Semaphore>,
-    /// `SCRIBED_FAULT_INJECTION` was set at start-up: a session whose
-    /// keyterms include [`PANIC_KEYTERM`] panics in its worker. Only tests
-    /// set it, to prove that one session's panic ends that session alone.
-    pub fault_injection: bool,
     /// What SIGHUP can change without a restart: keys and origins.
     access: RwLock<Arc<Access>>,
     shutdown: watch::Receiver<bool>,
@@ -66,21 +59,14 @@ impl Access {
 }
 
 impl Shared {
-    pub fn new(model: Arc<Whisper<Cpu>>, config: Config) -> (Arc<Shared>, watch::Sender<bool>) {
+    pub fn new(engine: Arc<dyn Engine>, config: Config) -> (Arc<Shared>, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(false);
-        let model_name =
-            model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "whisper".into());
-        let fault_injection = std::env::var_os("SCRIBED_FAULT_INJECTION").is_some();
-        if fault_injection {
-            tracing::warn!("SCRIBED_FAULT_INJECTION is set: sessions with keyterm={PANIC_KEYTERM} will panic");
+        if config.fault_injection {
+            tracing::warn!("fault injection is on: sessions with keyterm={PANIC_KEYTERM} will panic");
         }
-        let model_uuid = model_uuid(&model.dir.join("model.bin"));
         let shared = Shared {
-            model_uuid,
-            model,
-            model_name,
+            engine,
             slots: Arc::new(Semaphore::new(config.max_sessions)),
-            fault_injection,
             access: RwLock::new(Arc::new(Access::of(&config))),
             config,
             metrics: Arc::new(Metrics::default()),
@@ -224,7 +210,7 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
             return http::respond_json(&mut stream, 401, &[("WWW-Authenticate", "Token".into())], &body).await;
         }
     };
-    let params = match ListenParams::parse(&req.query).and_then(|p| resolve_language(p, &shared.model)) {
+    let params = match ListenParams::parse(&req.query).and_then(|p| resolve_language(p, shared.engine.as_ref())) {
         Ok(p) => p,
         Err(e) => {
             m.rejected_params_total.fetch_add(1, Ordering::Relaxed);
@@ -272,26 +258,26 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
         Some(ws_config),
     )
     .await;
-    connection::serve(ws, params, shared.clone(), request_id, id, permit, shared.shutdown.clone()).await;
+    let (sink, stream) = futures_util::StreamExt::split(ws);
+    connection::serve(sink, stream, params, shared.clone(), request_id, id, permit).await;
 }
 
 /// Checks `language` against the model, so that a session the model cannot
 /// serve is refused with 400 before the upgrade rather than failing later.
 /// Codes and English names both work (`de`, `german`); `multi` asks for
 /// detection, which is what an unset language does.
-fn resolve_language(mut p: ListenParams, model: &Whisper<Cpu>) -> Result<ListenParams, crate::protocol::ParamError> {
+fn resolve_language(mut p: ListenParams, engine: &dyn Engine) -> Result<ListenParams, crate::protocol::ParamError> {
     let Some(requested) = p.language.take() else { return Ok(p) };
     if requested == "multi" {
         return Ok(p);
     }
-    let tok = &model.tokenizer;
-    let Some(code) = tok.language_token(&requested).and_then(|id| tok.language_code(id)) else {
+    let Some(code) = engine.language_code(&requested) else {
         return Err(crate::protocol::ParamError::new(
             "language",
             format!("`{requested}` is not a language Whisper knows"),
         ));
     };
-    if !tok.is_multilingual() && code != "en" {
+    if !engine.is_multilingual() && code != "en" {
         return Err(crate::protocol::ParamError::new(
             "language",
             format!("the model on this server is English-only; `{requested}` needs a multilingual model"),
@@ -299,19 +285,6 @@ fn resolve_language(mut p: ListenParams, model: &Whisper<Cpu>) -> Result<ListenP
     }
     p.language = Some(code.to_string());
     Ok(p)
-}
-
-/// SHA-256 of the file, shaped as a version-8 (custom) UUID; all zeros when
-/// the file cannot be read (the model was loaded from it, so it can).
-fn model_uuid(path: &std::path::Path) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    let ok = std::fs::File::open(path).and_then(|mut f| std::io::copy(&mut f, &mut h)).is_ok();
-    let mut b: [u8; 32] = if ok { h.finalize().into() } else { [0; 32] };
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b[..16].iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// A unique, UUID-shaped request id (time and sequence number).

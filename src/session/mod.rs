@@ -23,10 +23,9 @@ use ringbuf::traits::{Producer, Split};
 use ringbuf::{HeapProd, HeapRb};
 use tokio::sync::{mpsc, Notify};
 
-use crate::backend::cpu::Cpu;
 use crate::decode::Cancel;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::model::Whisper;
 use crate::policy::PolicyConfig;
 
 /// The keyterm that makes a session's worker panic under fault injection
@@ -107,8 +106,6 @@ pub struct WorkerSettings {
     pub language: Option<String>,
     pub punctuate: bool,
     pub request_id: String,
-    pub model_name: String,
-    pub model_uuid: String,
     pub channel_index: u32,
     pub channel_count: u32,
     /// Metrics key of this channel (unique in the process).
@@ -135,7 +132,7 @@ impl Pipe {
     /// until it ends.
     #[allow(clippy::too_many_arguments)]
     pub fn spawn(
-        model: Arc<Whisper<Cpu>>,
+        engine: Arc<dyn Engine>,
         settings: WorkerSettings,
         ring_samples: usize,
         space: Arc<Notify>,
@@ -147,7 +144,7 @@ impl Pipe {
         let (ctl, ctl_rx) = std::sync::mpsc::channel();
         let received = Arc::new(AtomicU64::new(0));
         let ctx =
-            worker::Context { model, settings, cons, ctl: ctl_rx, space, received: received.clone(), out, metrics };
+            worker::Context { engine, settings, cons, ctl: ctl_rx, space, received: received.clone(), out, metrics };
         // The thread learns its own handle so that the reaper can join it
         // before the slot is free (see `reaper`).
         let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel::<std::thread::JoinHandle<()>>(1);

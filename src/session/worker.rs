@@ -20,10 +20,9 @@ use tokio::sync::{mpsc, Notify};
 use super::{ChannelSummary, Control, Output, WorkerSettings};
 use crate::audio::vad::{Vad, VadConfig, FRAME};
 use crate::audio::{round3, seconds};
-use crate::backend::cpu::Cpu;
-use crate::decode::{AudioCtx, DecodeError, DecodeOptions, Transcriber};
+use crate::decode::{AudioCtx, DecodeError, DecodeOptions};
+use crate::engine::{Engine, EngineStream};
 use crate::metrics::Metrics;
-use crate::model::Whisper;
 use crate::policy::{normalize, Emit, Policy, Reason, Update, Word};
 use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMessage, WireWord};
 
@@ -45,7 +44,7 @@ const STREAMING_AUDIO_CTX: bool = true;
 const MAX_GAP_S: f64 = 1.0;
 
 pub struct Context {
-    pub model: Arc<Whisper<Cpu>>,
+    pub engine: Arc<dyn Engine>,
     pub settings: WorkerSettings,
     pub cons: HeapCons<f32>,
     pub ctl: Receiver<Control>,
@@ -85,7 +84,7 @@ pub fn run(ctx: Context) {
 }
 
 struct Worker {
-    model: Arc<Whisper<Cpu>>,
+    engine: Arc<dyn Engine>,
     s: WorkerSettings,
     cons: HeapCons<f32>,
     ctl: Receiver<Control>,
@@ -121,7 +120,7 @@ impl Worker {
     fn new(ctx: Context) -> Result<Self, WorkerError> {
         let policy = Policy::new(ctx.settings.policy.clone());
         Ok(Worker {
-            model: ctx.model,
+            engine: ctx.engine,
             s: ctx.settings,
             cons: ctx.cons,
             ctl: ctx.ctl,
@@ -143,8 +142,9 @@ impl Worker {
     }
 
     fn run(&mut self) -> Result<(), WorkerError> {
-        let model = self.model.clone();
-        let mut tr = Transcriber::new(&model, 1).map_err(|e| WorkerError::Engine(e.to_string()))?;
+        let engine = self.engine.clone();
+        let mut stream = engine.stream().map_err(|e| WorkerError::Engine(e.to_string()))?;
+        let tr = stream.as_mut();
         loop {
             // A closed control channel: the connection is gone, stop quietly.
             let first = self.ctl.recv().map_err(|_| WorkerError::Gone)?;
@@ -155,20 +155,20 @@ impl Worker {
             batch.extend(self.ctl.try_iter());
             for ctl in batch {
                 match ctl {
-                    Control::Audio { upto } => self.consume(upto, &mut tr)?,
+                    Control::Audio { upto } => self.consume(upto, tr)?,
                     Control::Finalize { upto, at } => {
-                        self.consume(upto, &mut tr)?;
-                        self.flush(Reason::Finalize, &mut tr)?;
+                        self.consume(upto, tr)?;
+                        self.flush(Reason::Finalize, tr)?;
                         self.metrics.finalize_reply.observe_duration(at.elapsed());
                     }
                     Control::Close { upto } => {
-                        self.consume(upto, &mut tr)?;
+                        self.consume(upto, tr)?;
                         // The partial last frame belongs to the stream too.
                         if !self.frame.is_empty() {
                             let f = std::mem::take(&mut self.frame);
                             self.buf.extend_from_slice(&f);
                         }
-                        self.flush(Reason::Close, &mut tr)?;
+                        self.flush(Reason::Close, tr)?;
                         self.summary.words = self.policy.words_final();
                         self.summary.audio_seconds = seconds(self.consumed);
                         let _ = self.out.blocking_send(Output::Done(self.summary));
@@ -177,14 +177,14 @@ impl Worker {
                 }
             }
             if self.policy.step_due() {
-                self.transcribe(Reason::Step, &mut tr)?;
+                self.transcribe(Reason::Step, tr)?;
             }
         }
     }
 
     /// Feeds the audio up to sample `upto` through the VAD and the policy,
     /// serving endpoints and cuts at their exact frame.
-    fn consume(&mut self, upto: u64, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
+    fn consume(&mut self, upto: u64, tr: &mut dyn EngineStream) -> Result<(), WorkerError> {
         while self.consumed < upto {
             let want = ((upto - self.consumed) as usize).min(self.chunk.len());
             let n = self.cons.pop_slice(&mut self.chunk[..want]);
@@ -224,7 +224,7 @@ impl Worker {
         }
     }
 
-    fn flush(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
+    fn flush(&mut self, reason: Reason, tr: &mut dyn EngineStream) -> Result<(), WorkerError> {
         if self.policy.pending() {
             self.transcribe(reason, tr)
         } else {
@@ -235,7 +235,7 @@ impl Worker {
         }
     }
 
-    fn transcribe(&mut self, reason: Reason, tr: &mut Transcriber<'_, Cpu>) -> Result<(), WorkerError> {
+    fn transcribe(&mut self, reason: Reason, tr: &mut dyn EngineStream) -> Result<(), WorkerError> {
         assert!(!self.s.panic_on_hypothesis, "fault injection: {}", super::PANIC_KEYTERM);
         let mut opts = self.decode_options();
         if reason != Reason::Step {
@@ -295,7 +295,7 @@ impl Worker {
         }
         let committed: Vec<&str> = self.policy.committed().iter().map(|w| w.text.as_str()).collect();
         let prefix = (!committed.is_empty()).then(|| committed.join(" "));
-        let multilingual = self.model.is_multilingual();
+        let multilingual = self.engine.is_multilingual();
         DecodeOptions {
             beam_size: 1,
             best_of: 1,
@@ -313,8 +313,8 @@ impl Worker {
     }
 
     /// The words of one hypothesis over the utterance, in stream time.
-    fn hypothesis(&self, tr: &mut Transcriber<'_, Cpu>, opts: &DecodeOptions) -> Result<Vec<Word>, WorkerError> {
-        let transcript = tr.transcribe(&self.buf, opts, &mut |_| {}).map_err(|e| match e {
+    fn hypothesis(&self, tr: &mut dyn EngineStream, opts: &DecodeOptions) -> Result<Vec<Word>, WorkerError> {
+        let transcript = tr.transcribe(&self.buf, opts).map_err(|e| match e {
             DecodeError::Cancelled => WorkerError::Gone,
             e => WorkerError::Engine(e.to_string()),
         })?;
@@ -411,11 +411,11 @@ impl Worker {
             metadata: ResultMetadata {
                 request_id: self.s.request_id.clone(),
                 model_info: ModelInfo {
-                    name: self.s.model_name.clone(),
+                    name: self.engine.name().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     arch: "whisper".into(),
                 },
-                model_uuid: self.s.model_uuid.clone(),
+                model_uuid: self.engine.uuid().into(),
             },
         }
     }
