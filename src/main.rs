@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use scribed::audio::decode::load_mono_16k;
+use scribed::audio::load_mono_16k;
 use scribed::backend::cpu::Cpu;
 use scribed::backend::cuda::{resolve_device, DeviceChoice, Resolved};
 use scribed::decode::{DecodeOptions, Task, Transcriber};
 use scribed::model::Whisper;
-use scribed::transcribe::{render, Format};
+use scribed::render::{render, Format};
 
 #[derive(Parser)]
 #[command(name = "scribed", version, about = "Streaming speech transcription with Whisper")]

@@ -169,15 +169,6 @@ impl Policy {
         self.utt_start
     }
 
-    pub fn frames(&self) -> u64 {
-        self.frames
-    }
-
-    /// Whether the utterance holds speech (a hypothesis is worth making).
-    pub fn has_speech(&self) -> bool {
-        self.has_speech
-    }
-
     /// The words of the current utterance that are already final (the next
     /// hypothesis need not decode them again).
     pub fn committed(&self) -> &[Word] {

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use scribed::audio::decode::{decode_file, load_mono_16k};
 use scribed::audio::mel::MelFrontend;
+use scribed::audio::{decode_file, load_mono_16k};
 
 const JFK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/audio/jfk.wav");
 

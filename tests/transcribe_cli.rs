@@ -105,8 +105,8 @@ fn long_audio_is_transcribed_window_after_window() {
     // Three JFK sentences and a LibriSpeech one, with pauses: 45 s, two windows.
     let dir = tempfile::tempdir().unwrap();
     let long = dir.path().join("long.wav");
-    let jfk = scribed::audio::decode::load_mono_16k(&shared_audio("jfk.wav")).unwrap();
-    let other = scribed::audio::decode::load_mono_16k(&shared_audio("2412-153948-0000.wav")).unwrap();
+    let jfk = scribed::audio::load_mono_16k(&shared_audio("jfk.wav")).unwrap();
+    let other = scribed::audio::load_mono_16k(&shared_audio("2412-153948-0000.wav")).unwrap();
     let pause = vec![0.0f32; 16_000];
     let mut all = Vec::new();
     for part in [&jfk, &pause, &jfk, &pause, &other, &pause, &jfk] {

@@ -1,13 +1,13 @@
-//! Audio front end: decoding files to samples, resampling to 16 kHz, and
+//! Audio front end: reading audio files to samples, resampling to 16 kHz, and
 //! Whisper's log-mel spectrogram.
 
-pub mod decode;
+pub mod file;
 pub mod mel;
 pub mod pcm;
 pub mod resample;
 pub mod vad;
 
-pub use decode::{decode_file, load_mono_16k, AudioError, DecodedAudio};
+pub use file::{decode_file, load_mono_16k, AudioError, DecodedAudio};
 pub use mel::{Mel, MelFrontend};
 pub use resample::Resampler;
 
