@@ -38,17 +38,17 @@ pub fn align<B: Backend>(
     if text_tokens.is_empty() {
         return Vec::new();
     }
-    let sp = *model.tokenizer.specials();
+    let sp = *model.tokenizer().specials();
     let mut tokens = sot_sequence.to_vec();
     tokens.push(sp.no_timestamps);
     tokens.extend_from_slice(text_tokens);
     tokens.push(sp.eot);
-    let max = model.decoder.text_ctx();
+    let max = model.text_ctx();
     if tokens.len() > max {
         return Vec::new();
     }
-    let heads = &model.config.alignment_heads;
-    let weights = model.decoder.cross_attention_weights(&model.backend, &mut st.decoder, &tokens, heads);
+    let n_heads = model.config().alignment_heads.len();
+    let weights = model.alignment_weights(st, &tokens);
     // Encoder positions of the window as encoded (shorter than 1500 when
     // only the audio that is there was encoded).
     let audio = st.decoder.cross_len();
@@ -57,7 +57,7 @@ pub fn align<B: Backend>(
     // to the last text token (predicting end-of-text).
     let first = sot_sequence.len();
     let n_text = text_tokens.len() + 1;
-    let matrix = head_average(&weights, heads.len(), tokens.len(), audio, frames, first, n_text);
+    let matrix = head_average(&weights, n_heads, tokens.len(), audio, frames, first, n_text);
     let neg: Vec<f64> = matrix.iter().map(|x| -x).collect();
     let (text_idx, time_idx) = dtw(&neg, n_text, frames);
     let jump_times = jump_times(&text_idx, &time_idx, n_text);
@@ -151,7 +151,7 @@ fn timed_words(words: Vec<(String, Vec<u32>)>, jump_times: &[f64], token_probs: 
 /// Splits tokens into words: at spaces and punctuation for most languages,
 /// at every complete character for those written without spaces.
 fn split_words<B: Backend>(model: &Whisper<B>, tokens: &[u32], language: &str) -> Vec<(String, Vec<u32>)> {
-    let tok = &model.tokenizer;
+    let tok = model.tokenizer();
     // Sub-words: the shortest token runs that decode to whole UTF-8 characters.
     let mut subwords: Vec<(String, Vec<u32>)> = Vec::new();
     let mut current: Vec<u32> = Vec::new();

@@ -37,15 +37,15 @@ pub struct Transcriber<'m, B: Backend> {
 
 impl<'m, B: Backend> Transcriber<'m, B> {
     pub fn new(model: &'m Whisper<B>, max_seqs: usize) -> Result<Self, crate::model::ModelError> {
-        let mel = MelFrontend::new(model.dims.n_mels).map_err(|e| crate::model::ModelError::Mismatch {
-            path: model.dir.join("model.bin"),
+        let mel = MelFrontend::new(model.dims().n_mels).map_err(|e| crate::model::ModelError::Mismatch {
+            path: model.dir().join("model.bin"),
             reason: e.to_string(),
         })?;
         Ok(Transcriber {
             model,
             mel,
             state: model.state(max_seqs)?,
-            window: vec![0.0; WINDOW_FRAMES * model.dims.n_mels],
+            window: vec![0.0; WINDOW_FRAMES * model.dims().n_mels],
         })
     }
 
@@ -92,13 +92,13 @@ impl<'m, B: Backend> Transcriber<'m, B> {
     /// take) surface here, before any window is decoded.
     fn recording<'o>(&self, language: String, opts: &'o DecodeOptions) -> Result<Recording<'o>, DecodeError> {
         let model = self.model;
-        let tok = &model.tokenizer;
+        let tok = model.tokenizer();
         let specials = *tok.specials();
         let sot_sequence = sot_sequence(tok, &language, opts.task)?;
         let mut rules = Rules::new(
             &specials,
-            &model.config.suppress_ids,
-            if opts.suppress_blank { &model.config.suppress_ids_begin } else { &[] },
+            &model.config().suppress_ids,
+            if opts.suppress_blank { &model.config().suppress_ids_begin } else { &[] },
             !opts.without_timestamps,
             opts.max_initial_timestamp,
         );
@@ -112,12 +112,12 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         if let Some(p) = non_blank(&opts.prefix) {
             prefix = encode_text(tok, p)?;
             // faster-whisper's cap: under half the text context.
-            prefix.truncate(model.decoder.text_ctx() / 2 - 1);
+            prefix.truncate(model.text_ctx() / 2 - 1);
         }
         Ok(Recording {
             opts,
             specials,
-            text_ctx: model.decoder.text_ctx(),
+            text_ctx: model.text_ctx(),
             language,
             sot_sequence,
             rules,
@@ -125,7 +125,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             rng: Rng::new(opts.seed),
             all_tokens,
             prompt_reset_since: 0,
-            prompt: Prompt { tokens: Vec::with_capacity(model.decoder.text_ctx()), sot_index: 0, forced: 0 },
+            prompt: Prompt { tokens: Vec::with_capacity(model.text_ctx()), sot_index: 0, forced: 0 },
             segments: Vec::new(),
         })
     }
@@ -163,7 +163,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
                 }
             }
         }
-        rec.keep(window_segments, &result, time_offset, &self.model.tokenizer);
+        rec.keep(window_segments, &result, time_offset, self.model.tokenizer());
         // Never stand still: a window that produced nothing usable moves on.
         Ok(if next_seek > seek { next_seek } else { seek + segment_size })
     }
@@ -179,7 +179,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         rec: &mut Recording<'_>,
     ) -> Result<WindowResult, DecodeError> {
         let (model, opts) = (self.model, rec.opts);
-        let n_mels = model.dims.n_mels;
+        let n_mels = model.dims().n_mels;
         self.fill_window(mel, n_mels, seek, segment_size);
         let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
         rec.rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
@@ -245,7 +245,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         content_frames: usize,
         opts: &DecodeOptions,
     ) -> Result<(String, f32), DecodeError> {
-        let tok = &self.model.tokenizer;
+        let tok = self.model.tokenizer();
         // A requested language is resolved through the vocabulary, which
         // knows both codes and English names.
         let requested = match opts.language.as_deref() {
@@ -266,13 +266,13 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             return Ok((code.into(), 1.0));
         }
         let model = self.model;
-        let n_mels = model.dims.n_mels;
+        let n_mels = model.dims().n_mels;
         self.fill_window(mel, n_mels, 0, WINDOW_FRAMES.min(content_frames));
         model.encode(&self.window, &mut self.state);
         let sp = tok.specials();
-        model.decoder.reset(&mut self.state.decoder);
+        model.reset(&mut self.state);
         let mut logits = Vec::new();
-        model.decoder.forward(&model.backend, &mut self.state.decoder, &[sp.sot], 1, &[0], &mut logits);
+        model.decode(&mut self.state, &[sp.sot], 1, &[0], &mut logits);
         let langs = tok.language_tokens();
         let max = langs.iter().map(|&(id, _)| logits[id as usize]).fold(f32::NEG_INFINITY, f32::max);
         let sum: f32 = langs.iter().map(|&(id, _)| (logits[id as usize] - max).exp()).sum();
@@ -295,7 +295,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         segment_size: usize,
         without_timestamps: bool,
     ) -> (Vec<SegmentDraft>, usize, bool) {
-        let tb = self.model.tokenizer.specials().timestamp_begin;
+        let tb = self.model.tokenizer().specials().timestamp_begin;
         let time_offset = seek as f64 / FRAMES_PER_SECOND;
         let tokens = &r.tokens;
         let mut out = Vec::new();
@@ -342,7 +342,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         time_offset: f64,
         language: &str,
     ) -> Option<f64> {
-        let eot = self.model.tokenizer.specials().eot;
+        let eot = self.model.tokenizer().specials().eot;
         let mut text = Vec::new();
         let mut probs = Vec::new();
         let mut per_segment = Vec::with_capacity(segs.len());

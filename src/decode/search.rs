@@ -193,19 +193,17 @@ pub fn decode_once<B: Backend>(
     temperature: f32,
     rng: &mut Rng,
 ) -> WindowResult {
-    let b = &model.backend;
-    let dec = &model.decoder;
-    let vocab = dec.vocab();
-    let max_length = dec.text_ctx();
+    let vocab = model.vocab();
+    let max_length = model.text_ctx();
     // CTranslate2's cap on generated tokens (end-of-text included).
     let max_new = (max_length / 2).min(max_length.saturating_sub(prompt.len().saturating_sub(1))).max(1);
 
-    dec.reset(&mut st.decoder);
+    model.reset(st);
     let mut logits = Vec::with_capacity(2 * vocab);
-    dec.forward(b, &mut st.decoder, prompt, 1, &[sot_index, prompt.len() - 1], &mut logits);
+    model.decode(st, prompt, 1, &[sot_index, prompt.len() - 1], &mut logits);
     let no_speech_prob = {
         let row = &logits[..vocab];
-        let id = model.tokenizer.specials().no_speech as usize;
+        let id = model.tokenizer().specials().no_speech as usize;
         log_softmax_at(row, id, 1.0).exp()
     };
     logits.drain(..vocab);
@@ -222,7 +220,7 @@ pub fn decode_once<B: Backend>(
         sample(model, st, &mut logits, rules, prefix, 1, 0.0, max_new, opts, rng)
     };
 
-    let text = model.tokenizer.decode(&best.tokens);
+    let text = model.tokenizer().decode(&best.tokens);
     let avg_logprob = (best.sum_logprob / (best.generated() + 1) as f64) as f32;
     WindowResult {
         compression_ratio: compression_ratio(text.trim()),
@@ -250,9 +248,7 @@ fn sample<B: Backend>(
     rng: &mut Rng,
 ) -> Hypothesis {
     let length_penalty = opts.length_penalty;
-    let b = &model.backend;
-    let dec = &model.decoder;
-    let vocab = dec.vocab();
+    let vocab = model.vocab();
     let eot = rules.eot();
     if n > 1 {
         replicate_prompt(model, st, logits, n);
@@ -277,7 +273,7 @@ fn sample<B: Backend>(
         if hyps.iter().all(|h| h.finished) || opts.cancel.is_cancelled() {
             break;
         }
-        dec.forward(b, &mut st.decoder, &feed, n, &select, logits);
+        model.decode(st, &feed, n, &select, logits);
     }
     hyps.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("n ≥ 1")
 }
@@ -285,9 +281,9 @@ fn sample<B: Backend>(
 /// Every sequence starts from the one prompt: its cache and first logits
 /// are copied to all `n`, so the prompt is run once.
 fn replicate_prompt<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, n: usize) {
-    let vocab = model.decoder.vocab();
+    let vocab = model.vocab();
     let order = vec![0; n];
-    model.decoder.reorder(&model.backend, &mut st.decoder, &order);
+    model.reorder(st, &order);
     let first = logits[..vocab].to_vec();
     logits.clear();
     for _ in 0..n {
@@ -333,9 +329,7 @@ fn beam_search<B: Backend>(
     opts: &DecodeOptions,
 ) -> Hypothesis {
     let (patience, length_penalty) = (opts.patience, opts.length_penalty);
-    let b = &model.backend;
-    let dec = &model.decoder;
-    let vocab = dec.vocab();
+    let vocab = model.vocab();
     let eot = rules.eot();
     let max_finished = ((beam as f32 * patience).round() as usize).max(1);
     let n_cand = 2 * beam;
@@ -352,11 +346,11 @@ fn beam_search<B: Backend>(
         if last_step || finished.len() >= max_finished || next.is_empty() || opts.cancel.is_cancelled() {
             break;
         }
-        dec.reorder(b, &mut st.decoder, &order);
+        model.reorder(st, &order);
         feed.clear();
         feed.extend(next.iter().map(|h| *h.tokens.last().expect("alive hypotheses end in a token")));
         let select: Vec<usize> = (0..next.len()).collect();
-        dec.forward(b, &mut st.decoder, &feed, next.len(), &select, logits);
+        model.decode(st, &feed, next.len(), &select, logits);
         alive = next;
     }
     let pool = if finished.is_empty() { alive } else { finished };
