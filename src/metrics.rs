@@ -20,6 +20,18 @@ const COMPUTE_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1
 /// Compute time over audio time, per session channel.
 const RTF_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0];
 
+const COUNTER: &str = "counter";
+const GAUGE: &str = "gauge";
+
+/// One unlabelled sample with its HELP and TYPE lines.
+fn write_sample(s: &mut String, name: &str, help: &str, kind: &str, v: f64) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+}
+
+fn load(a: &AtomicU64) -> f64 {
+    a.load(Relaxed) as f64
+}
+
 /// A Prometheus histogram with fixed bounds: observing is two atomic adds.
 #[derive(Debug)]
 pub struct Histogram {
@@ -183,78 +195,101 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text of every metric, rendered at scrape time so that
+    /// the hot paths only ever add to atomics.
     pub fn render(&self, slots_free: usize, max_sessions: usize) -> String {
         let mut s = String::new();
-        let mut counter = |name: &str, help: &str, kind: &str, v: f64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        let c = |a: &AtomicU64| a.load(Relaxed) as f64;
-        counter("scribed_connections_total", "HTTP connections accepted.", "counter", c(&self.connections_total));
-        counter(
-            "scribed_sessions_started_total",
-            "Websocket sessions started.",
-            "counter",
-            c(&self.sessions_started_total),
-        );
-        counter("scribed_sessions_active", "Websocket sessions in progress.", "gauge", c(&self.sessions_active));
-        counter("scribed_sessions_max", "Configured session slots.", "gauge", max_sessions as f64);
-        counter(
-            "scribed_slots_free",
-            "Session slots free now (a multichannel session takes one per channel).",
-            "gauge",
-            slots_free as f64,
-        );
-        counter(
-            "scribed_rejected_busy_total",
-            "Upgrades refused with 503 (no free slot).",
-            "counter",
-            c(&self.rejected_busy_total),
-        );
-        counter("scribed_rejected_auth_total", "Requests refused with 401.", "counter", c(&self.rejected_auth_total));
-        counter(
-            "scribed_rejected_params_total",
-            "Upgrades refused with 400.",
-            "counter",
-            c(&self.rejected_params_total),
-        );
-        counter(
-            "scribed_worker_panics_total",
-            "Session workers that panicked.",
-            "counter",
-            c(&self.worker_panics_total),
-        );
-        counter(
-            "scribed_connection_panics_total",
-            "Session network tasks that panicked (the session ended with an error).",
-            "counter",
-            c(&self.connection_panics_total),
-        );
-        counter(
-            "scribed_audio_received_seconds_total",
-            "Audio received (after resampling).",
-            "counter",
-            c(&self.audio_received_us) / 1e6,
-        );
-        counter("scribed_transcriptions_total", "Hypotheses computed.", "counter", c(&self.transcriptions_total));
-        counter("scribed_inference_seconds_total", "Time spent transcribing.", "counter", c(&self.inference_us) / 1e6);
-        counter("scribed_results_interim_total", "Interim results sent.", "counter", c(&self.results_interim_total));
-        counter("scribed_results_final_total", "Final results sent.", "counter", c(&self.results_final_total));
-        counter("scribed_words_final_total", "Final words sent.", "counter", c(&self.words_final_total));
+        self.render_sessions(&mut s, slots_free, max_sessions);
+        self.render_refusals(&mut s);
+        self.render_work(&mut s);
+        self.render_lag(&mut s);
+        self.render_labelled(&mut s);
+        self.render_histograms(&mut s);
+        s
+    }
+
+    /// Connections, sessions and the slots they hold: the capacity an
+    /// operator sizes `max_sessions` by.
+    fn render_sessions(&self, s: &mut String, slots_free: usize, max_sessions: usize) {
+        for (name, help, kind, v) in [
+            ("scribed_connections_total", "HTTP connections accepted.", COUNTER, load(&self.connections_total)),
+            (
+                "scribed_sessions_started_total",
+                "Websocket sessions started.",
+                COUNTER,
+                load(&self.sessions_started_total),
+            ),
+            ("scribed_sessions_active", "Websocket sessions in progress.", GAUGE, load(&self.sessions_active)),
+            ("scribed_sessions_max", "Configured session slots.", GAUGE, max_sessions as f64),
+            (
+                "scribed_slots_free",
+                "Session slots free now (a multichannel session takes one per channel).",
+                GAUGE,
+                slots_free as f64,
+            ),
+        ] {
+            write_sample(s, name, help, kind, v);
+        }
+    }
+
+    /// Requests turned away and tasks that panicked: what an alert watches.
+    fn render_refusals(&self, s: &mut String) {
+        for (name, help, kind, v) in [
+            (
+                "scribed_rejected_busy_total",
+                "Upgrades refused with 503 (no free slot).",
+                COUNTER,
+                load(&self.rejected_busy_total),
+            ),
+            ("scribed_rejected_auth_total", "Requests refused with 401.", COUNTER, load(&self.rejected_auth_total)),
+            ("scribed_rejected_params_total", "Upgrades refused with 400.", COUNTER, load(&self.rejected_params_total)),
+            ("scribed_worker_panics_total", "Session workers that panicked.", COUNTER, load(&self.worker_panics_total)),
+            (
+                "scribed_connection_panics_total",
+                "Session network tasks that panicked (the session ended with an error).",
+                COUNTER,
+                load(&self.connection_panics_total),
+            ),
+        ] {
+            write_sample(s, name, help, kind, v);
+        }
+    }
+
+    /// Audio in, transcription work done and results out.
+    fn render_work(&self, s: &mut String) {
+        for (name, help, kind, v) in [
+            (
+                "scribed_audio_received_seconds_total",
+                "Audio received (after resampling).",
+                COUNTER,
+                load(&self.audio_received_us) / 1e6,
+            ),
+            ("scribed_transcriptions_total", "Hypotheses computed.", COUNTER, load(&self.transcriptions_total)),
+            ("scribed_inference_seconds_total", "Time spent transcribing.", COUNTER, load(&self.inference_us) / 1e6),
+            ("scribed_results_interim_total", "Interim results sent.", COUNTER, load(&self.results_interim_total)),
+            ("scribed_results_final_total", "Final results sent.", COUNTER, load(&self.results_final_total)),
+            ("scribed_words_final_total", "Final words sent.", COUNTER, load(&self.words_final_total)),
+        ] {
+            write_sample(s, name, help, kind, v);
+        }
+    }
+
+    /// How far the live sessions are behind their audio, read under the
+    /// lock once so that the maximum and the sum agree.
+    fn render_lag(&self, s: &mut String) {
         let (max, sum) = self
             .lags
             .lock()
             .map(|l| (l.values().copied().max().unwrap_or(0), l.values().sum::<u64>()))
             .unwrap_or((0, 0));
-        counter(
+        write_sample(
+            s,
             "scribed_lag_seconds_max",
             "Worst lag of a live session (audio received minus transcribed).",
-            "gauge",
+            GAUGE,
             max as f64 / 1e3,
         );
-        counter("scribed_lag_seconds_sum", "Sum of the live sessions' lag.", "gauge", sum as f64 / 1e3);
-        self.render_labelled(&mut s);
-        self.render_histograms(&mut s);
-        s
+        write_sample(s, "scribed_lag_seconds_sum", "Sum of the live sessions' lag.", GAUGE, sum as f64 / 1e3);
     }
 
     fn render_labelled(&self, s: &mut String) {

@@ -242,6 +242,8 @@ impl Backend for Cpu {
         }
     }
 
+    /// One rayon task per (sequence, head), each with its own scores in the
+    /// thread's scratch: no allocation, and no task writes where another does.
     fn attention(
         &self,
         q: View<'_, Self>,
@@ -273,49 +275,20 @@ impl Backend for Cpu {
             let (seq, h) = (task / s.heads, task % s.heads);
             let q0 = seq * s.q_len;
             let kv0 = seq * s.kv_seq_stride;
-            let qs = &q.buf.data[q0 * q.buf.cols + q.col + h * hd..];
-            let ks = &k.buf.data[kv0 * k.buf.cols + k.col + h * hd..];
-            let vs = &v.buf.data[kv0 * v.buf.cols + v.col + h * hd..];
+            let head = HeadTask {
+                qs: &q.buf.data[q0 * q.buf.cols + q.col + h * hd..],
+                q_stride: q.buf.cols,
+                ks: &k.buf.data[kv0 * k.buf.cols + k.col + h * hd..],
+                k_stride: k.buf.cols,
+                vs: &v.buf.data[kv0 * v.buf.cols + v.col + h * hd..],
+                v_stride: v.buf.cols,
+                hd,
+                scale,
+                s,
+            };
             with_scratch(s.q_len * s.kv_len, |scores| {
-                // scores = q · kᵀ
-                if s.q_len >= 16 {
-                    unsafe {
-                        gemm::gemm(
-                            s.q_len,
-                            s.kv_len,
-                            hd,
-                            scores.as_mut_ptr(),
-                            1,
-                            s.kv_len as isize,
-                            false,
-                            qs.as_ptr(),
-                            1,
-                            q.buf.cols as isize,
-                            ks.as_ptr(),
-                            k.buf.cols as isize,
-                            1,
-                            0.0,
-                            scale,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                } else {
-                    for i in 0..s.q_len {
-                        let qi = &qs[i * q.buf.cols..i * q.buf.cols + hd];
-                        for j in 0..s.kv_len {
-                            scores[i * s.kv_len + j] = dot(qi, &ks[j * k.buf.cols..j * k.buf.cols + hd]) * scale;
-                        }
-                    }
-                }
-                for i in 0..s.q_len {
-                    let row = &mut scores[i * s.kv_len..(i + 1) * s.kv_len];
-                    let visible = if s.causal { s.kv_len - s.q_len + i + 1 } else { s.kv_len };
-                    softmax(&mut row[..visible]);
-                    row[visible..].iter_mut().for_each(|x| *x = 0.0);
-                }
+                head.scores(scores);
+                head.softmax(scores);
                 if let Some(pp) = probs_ptr {
                     if let Some(slot) = probs_heads.iter().position(|&ph| ph == h) {
                         // SAFETY: each (head) task writes its own disjoint band of rows.
@@ -326,44 +299,8 @@ impl Backend for Cpu {
                     }
                 }
                 // out = p · v, written into this head's columns of this sequence's rows.
-                let o = unsafe { out_ptr.get().add(q0 * d + h * hd) };
-                if s.q_len >= 16 {
-                    unsafe {
-                        gemm::gemm(
-                            s.q_len,
-                            hd,
-                            s.kv_len,
-                            o,
-                            1,
-                            d as isize,
-                            false,
-                            scores.as_ptr(),
-                            1,
-                            s.kv_len as isize,
-                            vs.as_ptr(),
-                            1,
-                            v.buf.cols as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                } else {
-                    for i in 0..s.q_len {
-                        // SAFETY: rows of this sequence × columns of this head are disjoint across tasks.
-                        let oi = unsafe { std::slice::from_raw_parts_mut(o.add(i * d), hd) };
-                        oi.iter_mut().for_each(|x| *x = 0.0);
-                        let p = &scores[i * s.kv_len..(i + 1) * s.kv_len];
-                        for (j, &pj) in p.iter().enumerate() {
-                            if pj != 0.0 {
-                                axpy(pj, &vs[j * v.buf.cols..j * v.buf.cols + hd], oi);
-                            }
-                        }
-                    }
-                }
+                // SAFETY: rows of this sequence × columns of this head are disjoint across tasks.
+                unsafe { head.output(scores, out_ptr.get().add(q0 * d + h * hd), d) };
             });
         });
     }
@@ -378,6 +315,120 @@ impl Backend for Cpu {
         for (&s, &t) in src_rows.iter().zip(dst_rows) {
             let from = s * src.buf.cols + src.col;
             dst.data[t * w..(t + 1) * w].copy_from_slice(&src.buf.data[from..from + w]);
+        }
+    }
+}
+
+/// One (sequence, head) of [`Cpu::attention`]: its Q, K and V start at the
+/// head's first column, rows `*_stride` apart. A prompt (16 queries or
+/// more) goes through `gemm`; a decoding step's few rows through dot
+/// products, which skip gemm's packing.
+struct HeadTask<'a> {
+    qs: &'a [f32],
+    q_stride: usize,
+    ks: &'a [f32],
+    k_stride: usize,
+    vs: &'a [f32],
+    v_stride: usize,
+    hd: usize,
+    scale: f32,
+    s: AttentionShape,
+}
+
+impl HeadTask<'_> {
+    /// scores = q · kᵀ · scale, `q_len × kv_len`.
+    fn scores(&self, scores: &mut [f32]) {
+        let (s, hd) = (self.s, self.hd);
+        if s.q_len >= 16 {
+            unsafe {
+                gemm::gemm(
+                    s.q_len,
+                    s.kv_len,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    s.kv_len as isize,
+                    false,
+                    self.qs.as_ptr(),
+                    1,
+                    self.q_stride as isize,
+                    self.ks.as_ptr(),
+                    self.k_stride as isize,
+                    1,
+                    0.0,
+                    self.scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        } else {
+            for i in 0..s.q_len {
+                let qi = &self.qs[i * self.q_stride..i * self.q_stride + hd];
+                for j in 0..s.kv_len {
+                    scores[i * s.kv_len + j] =
+                        dot(qi, &self.ks[j * self.k_stride..j * self.k_stride + hd]) * self.scale;
+                }
+            }
+        }
+    }
+
+    /// Softmax of each query's row over the keys it may see; the keys a
+    /// causal query may not see get exactly 0 (weightless in `output`).
+    fn softmax(&self, scores: &mut [f32]) {
+        let s = self.s;
+        for i in 0..s.q_len {
+            let row = &mut scores[i * s.kv_len..(i + 1) * s.kv_len];
+            let visible = if s.causal { s.kv_len - s.q_len + i + 1 } else { s.kv_len };
+            softmax(&mut row[..visible]);
+            row[visible..].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+
+    /// out = p · v into `o`: `q_len` rows of `hd` values, `d` apart.
+    ///
+    /// # Safety
+    /// `o` must point at this task's first output value, with `q_len` rows
+    /// of `hd` values, `d` apart, that no other task reads or writes.
+    unsafe fn output(&self, scores: &[f32], o: *mut f32, d: usize) {
+        let (s, hd) = (self.s, self.hd);
+        if s.q_len >= 16 {
+            unsafe {
+                gemm::gemm(
+                    s.q_len,
+                    hd,
+                    s.kv_len,
+                    o,
+                    1,
+                    d as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    s.kv_len as isize,
+                    self.vs.as_ptr(),
+                    1,
+                    self.v_stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        } else {
+            for i in 0..s.q_len {
+                // SAFETY: row i of this task's output (the caller's contract).
+                let oi = unsafe { std::slice::from_raw_parts_mut(o.add(i * d), hd) };
+                oi.iter_mut().for_each(|x| *x = 0.0);
+                let p = &scores[i * s.kv_len..(i + 1) * s.kv_len];
+                for (j, &pj) in p.iter().enumerate() {
+                    if pj != 0.0 {
+                        axpy(pj, &self.vs[j * self.v_stride..j * self.v_stride + hd], oi);
+                    }
+                }
+            }
         }
     }
 }

@@ -38,65 +38,102 @@ pub fn align<B: Backend>(
     if text_tokens.is_empty() {
         return Vec::new();
     }
-    let sp = *model.tokenizer.specials();
+    let sp = *model.tokenizer().specials();
     let mut tokens = sot_sequence.to_vec();
     tokens.push(sp.no_timestamps);
     tokens.extend_from_slice(text_tokens);
     tokens.push(sp.eot);
-    let max = model.decoder.text_ctx();
+    let max = model.text_ctx();
     if tokens.len() > max {
         return Vec::new();
     }
-    let heads = &model.config.alignment_heads;
-    let weights = model.decoder.cross_attention_weights(&model.backend, &mut st.decoder, &tokens, heads);
+    let n_heads = model.config().alignment_heads.len();
+    let weights = model.alignment_weights(st, &tokens);
     // Encoder positions of the window as encoded (shorter than 1500 when
     // only the audio that is there was encoded).
     let audio = st.decoder.cross_len();
     let frames = (num_frames / 2).clamp(1, audio);
-    let rows = tokens.len();
     // Rows from the no-timestamps position (predicting the first text token)
     // to the last text token (predicting end-of-text).
     let first = sot_sequence.len();
     let n_text = text_tokens.len() + 1;
+    let matrix = head_average(&weights, n_heads, tokens.len(), audio, frames, first, n_text);
+    let neg: Vec<f64> = matrix.iter().map(|x| -x).collect();
+    let (text_idx, time_idx) = dtw(&neg, n_text, frames);
+    let jump_times = jump_times(&text_idx, &time_idx, n_text);
+    let words = split_words(model, text_tokens, language);
+    let mut out = timed_words(words, &jump_times, token_probs);
+    clamp_long_words(&mut out);
+    merge_punctuation(&mut out);
+    out
+}
+
+/// The alignment heads as one `n_text × frames` map (rows `first..` of each
+/// head): no single head is reliable, their average is (`timing.py`).
+fn head_average(
+    weights: &[f32],
+    n_heads: usize,
+    rows: usize,
+    audio: usize,
+    frames: usize,
+    first: usize,
+    n_text: usize,
+) -> Vec<f64> {
     let mut matrix = vec![0.0f64; n_text * frames];
     let mut head = vec![0.0f64; rows * frames];
-    for h in 0..heads.len() {
+    for h in 0..n_heads {
         let w = &weights[h * rows * audio..(h + 1) * rows * audio];
-        // Softmax restricted to the content frames = renormalised weights.
-        for r in 0..rows {
-            let src = &w[r * audio..r * audio + frames];
-            let sum: f64 = src.iter().map(|&x| x as f64).sum::<f64>().max(1e-20);
-            for (t, &x) in src.iter().enumerate() {
-                head[r * frames + t] = x as f64 / sum;
-            }
-        }
-        // Standardise each frame over tokens, then smooth along time.
-        for t in 0..frames {
-            let mean = (0..rows).map(|r| head[r * frames + t]).sum::<f64>() / rows as f64;
-            let var = (0..rows).map(|r| (head[r * frames + t] - mean).powi(2)).sum::<f64>() / rows as f64;
-            let std = var.sqrt().max(1e-12);
-            for r in 0..rows {
-                head[r * frames + t] = (head[r * frames + t] - mean) / std;
-            }
-        }
+        standardise_head(w, rows, audio, frames, &mut head);
+        // Then smooth along time, and average.
         for r in 0..n_text {
             let filtered = median_filter(&head[(first + r) * frames..(first + r + 1) * frames], MEDIAN_FILTER_WIDTH);
             for (t, v) in filtered.into_iter().enumerate() {
-                matrix[r * frames + t] += v / heads.len() as f64;
+                matrix[r * frames + t] += v / n_heads as f64;
             }
         }
     }
-    let neg: Vec<f64> = matrix.iter().map(|x| -x).collect();
-    let (text_idx, time_idx) = dtw(&neg, n_text, frames);
+    matrix
+}
 
-    // Time at which the path first enters each token row.
+/// One head's `rows × audio` weights as `rows × frames` in `head`: only the
+/// content frames count (the rest of the window is padding), and each frame
+/// is standardised over tokens so that heads of different sharpness weigh
+/// alike.
+fn standardise_head(w: &[f32], rows: usize, audio: usize, frames: usize, head: &mut [f64]) {
+    // Softmax restricted to the content frames = renormalised weights.
+    for r in 0..rows {
+        let src = &w[r * audio..r * audio + frames];
+        let sum: f64 = src.iter().map(|&x| x as f64).sum::<f64>().max(1e-20);
+        for (t, &x) in src.iter().enumerate() {
+            head[r * frames + t] = x as f64 / sum;
+        }
+    }
+    // Standardise each frame over tokens.
+    for t in 0..frames {
+        let mean = (0..rows).map(|r| head[r * frames + t]).sum::<f64>() / rows as f64;
+        let var = (0..rows).map(|r| (head[r * frames + t] - mean).powi(2)).sum::<f64>() / rows as f64;
+        let std = var.sqrt().max(1e-12);
+        for r in 0..rows {
+            head[r * frames + t] = (head[r * frames + t] - mean) / std;
+        }
+    }
+}
+
+/// Time at which the path first enters each token row: where each token
+/// starts (and the previous one ends).
+fn jump_times(text_idx: &[usize], time_idx: &[usize], n_text: usize) -> Vec<f64> {
     let mut jump_times = Vec::with_capacity(n_text);
     for i in 0..text_idx.len() {
         if i == 0 || text_idx[i] != text_idx[i - 1] {
             jump_times.push(time_idx[i] as f64 / FRAMES_PER_SECOND);
         }
     }
-    let words = split_words(model, text_tokens, language);
+    jump_times
+}
+
+/// Each word from its first token's start to the next word's start, with
+/// the mean decoding probability of its tokens as its confidence.
+fn timed_words(words: Vec<(String, Vec<u32>)>, jump_times: &[f64], token_probs: &[f32]) -> Vec<TimedWord> {
     let mut out = Vec::with_capacity(words.len());
     let mut at = 0;
     for (word, toks) in words {
@@ -108,15 +145,13 @@ pub fn align<B: Backend>(
         let probability = if probs.is_empty() { 0.0 } else { probs.iter().sum::<f32>() / probs.len() as f32 };
         out.push(TimedWord { word, tokens: toks, start, end, probability });
     }
-    clamp_long_words(&mut out);
-    merge_punctuation(&mut out);
     out
 }
 
 /// Splits tokens into words: at spaces and punctuation for most languages,
 /// at every complete character for those written without spaces.
 fn split_words<B: Backend>(model: &Whisper<B>, tokens: &[u32], language: &str) -> Vec<(String, Vec<u32>)> {
-    let tok = &model.tokenizer;
+    let tok = model.tokenizer();
     // Sub-words: the shortest token runs that decode to whole UTF-8 characters.
     let mut subwords: Vec<(String, Vec<u32>)> = Vec::new();
     let mut current: Vec<u32> = Vec::new();

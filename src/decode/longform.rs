@@ -11,7 +11,8 @@ use crate::decode::alignment;
 use crate::decode::rules::{repeats_at_end, Rules};
 use crate::decode::search::{decode_with_fallback, Rng, WindowResult};
 use crate::decode::{DecodeError, DecodeOptions, Segment, Task, Transcript, Word};
-use crate::model::{State, Whisper, HOP, WINDOW_FRAMES};
+use crate::model::tokenizer::SpecialTokens;
+use crate::model::{State, Tokenizer, Whisper, HOP, WINDOW_FRAMES};
 
 const SAMPLE_RATE: f64 = crate::audio::SAMPLE_RATE as f64;
 /// Mel frames per second.
@@ -20,6 +21,10 @@ const FRAMES_PER_SECOND: f64 = SAMPLE_RATE / HOP as f64;
 const MIN_SPEECH_FRAMES: usize = 20;
 /// Seconds per timestamp token.
 const TIME_PRECISION: f64 = 0.02;
+
+/// A segment cut from a window before it is kept: start, end (seconds),
+/// tokens, and the words once aligned.
+type SegmentDraft = (f64, f64, Vec<u32>, Option<Vec<Word>>);
 
 /// Runs a shared model over whole recordings; one per thread, each with its
 /// own [`State`].
@@ -32,15 +37,15 @@ pub struct Transcriber<'m, B: Backend> {
 
 impl<'m, B: Backend> Transcriber<'m, B> {
     pub fn new(model: &'m Whisper<B>, max_seqs: usize) -> Result<Self, crate::model::ModelError> {
-        let mel = MelFrontend::new(model.dims.n_mels).map_err(|e| crate::model::ModelError::Mismatch {
-            path: model.dir.join("model.bin"),
+        let mel = MelFrontend::new(model.dims().n_mels).map_err(|e| crate::model::ModelError::Mismatch {
+            path: model.dir().join("model.bin"),
             reason: e.to_string(),
         })?;
         Ok(Transcriber {
             model,
             mel,
             state: model.state(max_seqs)?,
-            window: vec![0.0; WINDOW_FRAMES * model.dims.n_mels],
+            window: vec![0.0; WINDOW_FRAMES * model.dims().n_mels],
         })
     }
 
@@ -56,10 +61,6 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         opts: &DecodeOptions,
         progress: &mut dyn FnMut(f64),
     ) -> Result<Transcript, DecodeError> {
-        let model = self.model;
-        let tok = &model.tokenizer;
-        let sp = *tok.specials();
-        let n_mels = model.dims.n_mels;
         let mel = self.mel.log_mel(audio);
         // faster-whisper treats the extractor's last frame as padding.
         let content_frames = mel.frames.saturating_sub(1);
@@ -69,164 +70,162 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         let speech = opts.vad.then(|| vad::speech_frames(audio, VadConfig::default()));
 
         let (language, language_probability) = self.language(&mel.data, content_frames, opts)?;
-        let mut sot_sequence = vec![sp.sot];
-        if tok.is_multilingual() {
-            let lang_token =
-                tok.language_token(&language).ok_or_else(|| DecodeError::UnknownLanguage(language.clone()))?;
-            sot_sequence.push(lang_token);
-            sot_sequence.push(if opts.task == Task::Translate { sp.translate } else { sp.transcribe });
+        let mut rec = self.recording(language, opts)?;
+        let mut seek = 0usize;
+        while seek < content_frames {
+            if opts.cancel.is_cancelled() {
+                return Err(DecodeError::Cancelled);
+            }
+            let segment_size = WINDOW_FRAMES.min(content_frames - seek);
+            seek = if speech.as_deref().is_some_and(|s| !has_speech(s, seek, segment_size)) {
+                seek + segment_size
+            } else {
+                self.window(&mel.data, seek, segment_size, &mut rec)?
+            };
+            progress((seek as f64 / FRAMES_PER_SECOND).min(duration));
         }
+        Ok(Transcript { language: rec.language, language_probability, duration, segments: rec.segments })
+    }
+
+    /// What every window of one recording shares, fixed once its language is
+    /// known; the errors of the options (a language or prompt the model cannot
+    /// take) surface here, before any window is decoded.
+    fn recording<'o>(&self, language: String, opts: &'o DecodeOptions) -> Result<Recording<'o>, DecodeError> {
+        let model = self.model;
+        let tok = model.tokenizer();
+        let specials = *tok.specials();
+        let sot_sequence = sot_sequence(tok, &language, opts.task)?;
         let mut rules = Rules::new(
-            &sp,
-            &model.config.suppress_ids,
-            if opts.suppress_blank { &model.config.suppress_ids_begin } else { &[] },
+            &specials,
+            &model.config().suppress_ids,
+            if opts.suppress_blank { &model.config().suppress_ids_begin } else { &[] },
             !opts.without_timestamps,
             opts.max_initial_timestamp,
         );
         rules.stop_loops(opts.audio_ctx.is_some());
 
         let mut all_tokens: Vec<u32> = Vec::new();
-        if let Some(p) = opts.initial_prompt.as_deref().filter(|p| !p.trim().is_empty()) {
-            let ids = tok.encode(&format!(" {}", p.trim())).map_err(|e| DecodeError::Prompt(e.to_string()))?;
-            all_tokens.extend(ids);
+        if let Some(p) = non_blank(&opts.initial_prompt) {
+            all_tokens.extend(encode_text(tok, p)?);
         }
-        let mut prefix_tokens = Vec::new();
-        if let Some(p) = opts.prefix.as_deref().filter(|p| !p.trim().is_empty()) {
-            prefix_tokens = tok.encode(&format!(" {}", p.trim())).map_err(|e| DecodeError::Prompt(e.to_string()))?;
+        let mut prefix = Vec::new();
+        if let Some(p) = non_blank(&opts.prefix) {
+            prefix = encode_text(tok, p)?;
             // faster-whisper's cap: under half the text context.
-            prefix_tokens.truncate(model.decoder.text_ctx() / 2 - 1);
+            prefix.truncate(model.text_ctx() / 2 - 1);
         }
-        let mut prompt_reset_since = 0;
-        let mut rng = Rng::new(opts.seed);
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut seek = 0usize;
-        let mut prompt = Vec::with_capacity(model.decoder.text_ctx());
-        while seek < content_frames {
-            if opts.cancel.is_cancelled() {
-                return Err(DecodeError::Cancelled);
-            }
-            let segment_size = WINDOW_FRAMES.min(content_frames - seek);
-            let time_offset = seek as f64 / FRAMES_PER_SECOND;
-            if let Some(speech) = &speech {
-                let end = (seek + segment_size).min(speech.len());
-                let voiced = speech.get(seek..end).map_or(0, |w| w.iter().filter(|&&s| s).count());
-                if voiced < MIN_SPEECH_FRAMES {
-                    tracing::debug!(seek, voiced, "window without speech skipped");
-                    seek += segment_size;
-                    progress((seek as f64 / FRAMES_PER_SECOND).min(duration));
-                    continue;
-                }
-            }
-            self.fill_window(&mel.data, n_mels, seek, segment_size);
-            let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
-            rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
-            let t0 = std::time::Instant::now();
-            model.encode(&self.window[..encoded_frames * n_mels], &mut self.state);
-            let encoded = t0.elapsed();
+        Ok(Recording {
+            opts,
+            specials,
+            text_ctx: model.text_ctx(),
+            language,
+            sot_sequence,
+            rules,
+            prefix,
+            rng: Rng::new(opts.seed),
+            all_tokens,
+            prompt_reset_since: 0,
+            prompt: Prompt { tokens: Vec::with_capacity(model.text_ctx()), sot_index: 0, forced: 0 },
+            segments: Vec::new(),
+        })
+    }
 
-            prompt.clear();
-            let previous = &all_tokens[prompt_reset_since..];
-            if !previous.is_empty() {
-                prompt.push(sp.sot_prev);
-                let keep = model.decoder.text_ctx() / 2 - 1;
-                prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
-            }
-            let sot_index = prompt.len();
-            prompt.extend_from_slice(&sot_sequence);
-            if opts.without_timestamps {
-                prompt.push(sp.no_timestamps);
-            }
-            // The prefix opens the first window's output (after its first
-            // timestamp, as faster-whisper writes it).
-            let mut forced = 0;
-            if seek == 0 && !prefix_tokens.is_empty() {
-                let before = prompt.len();
-                if !opts.without_timestamps {
-                    prompt.push(sp.timestamp_begin);
-                }
-                // Leave room to decode: the prompt and prefix share 448 positions.
-                let room = model.decoder.text_ctx().saturating_sub(prompt.len() + 64);
-                prompt.extend_from_slice(&prefix_tokens[..prefix_tokens.len().min(room)]);
-                forced = prompt.len() - before;
-            }
-
-            let mut result =
-                decode_with_fallback(model, &mut self.state, &prompt, sot_index, forced, &rules, opts, &mut rng);
-            if encoded_frames < WINDOW_FRAMES && repeats_at_end(&result.tokens) && !opts.cancel.is_cancelled() {
-                // Whisper loops on a short context now and then: this window
-                // again over the full 30 s, as it was trained.
-                tracing::debug!(seek, encoded_frames, "loop on the shortened window: full window");
-                rules.limit_timestamps(None);
-                model.encode(&self.window, &mut self.state);
-                result =
-                    decode_with_fallback(model, &mut self.state, &prompt, sot_index, forced, &rules, opts, &mut rng);
-            }
-            if opts.cancel.is_cancelled() {
-                return Err(DecodeError::Cancelled);
-            }
-            tracing::debug!(
-                seek,
-                encoded_frames,
-                encode_ms = encoded.as_millis() as u64,
-                decode_ms = (t0.elapsed() - encoded).as_millis() as u64,
-                tokens = result.tokens.len(),
-                forced,
-                prompt = prompt.len(),
-                temperature = result.temperature,
-                "window"
+    /// Decodes the window of `segment_size` frames at `seek` and keeps its
+    /// segments; returns where the next window starts.
+    fn window(
+        &mut self,
+        mel: &[f32],
+        seek: usize,
+        segment_size: usize,
+        rec: &mut Recording<'_>,
+    ) -> Result<usize, DecodeError> {
+        let opts = rec.opts;
+        rec.prepare_prompt(seek);
+        let result = self.encode_and_decode(mel, seek, segment_size, rec)?;
+        if is_silence(&result, opts) {
+            return Ok(seek + segment_size);
+        }
+        let time_offset = seek as f64 / FRAMES_PER_SECOND;
+        let (mut window_segments, mut next_seek, single_ending) =
+            self.split(&result, seek, segment_size, opts.without_timestamps);
+        if opts.word_timestamps {
+            let last_word_end = self.add_words(
+                &mut window_segments,
+                &result,
+                &rec.sot_sequence,
+                segment_size,
+                time_offset,
+                &rec.language,
             );
-
-            if let Some(threshold) = opts.no_speech_threshold {
-                let silent = result.no_speech_prob > threshold
-                    && !opts.log_prob_threshold.is_some_and(|t| result.avg_logprob > t);
-                if silent {
-                    seek += segment_size;
-                    progress((seek as f64 / FRAMES_PER_SECOND).min(duration));
-                    continue;
+            if !single_ending {
+                if let Some(end) = last_word_end.filter(|&e| e > time_offset) {
+                    next_seek = (end * FRAMES_PER_SECOND).round() as usize;
                 }
             }
-
-            let (mut window_segments, mut next_seek, single_ending) =
-                self.split(&result, seek, segment_size, opts.without_timestamps);
-
-            if opts.word_timestamps {
-                let last_word_end =
-                    self.add_words(&mut window_segments, &result, &sot_sequence, segment_size, time_offset, &language);
-                if !single_ending {
-                    if let Some(end) = last_word_end.filter(|&e| e > time_offset) {
-                        next_seek = (end * FRAMES_PER_SECOND).round() as usize;
-                    }
-                }
-            }
-            // Never stand still: a window that produced nothing usable moves on.
-            seek = if next_seek > seek { next_seek } else { seek + segment_size };
-
-            for (start, end, tokens, words) in window_segments {
-                let text = tok.decode(&tokens);
-                if start == end || text.trim().is_empty() {
-                    continue;
-                }
-                all_tokens.extend_from_slice(&tokens);
-                segments.push(Segment {
-                    id: segments.len(),
-                    seek: (time_offset * FRAMES_PER_SECOND).round() as usize,
-                    start,
-                    end,
-                    text,
-                    tokens,
-                    temperature: result.temperature,
-                    avg_logprob: result.avg_logprob,
-                    compression_ratio: result.compression_ratio,
-                    no_speech_prob: result.no_speech_prob,
-                    words,
-                });
-            }
-            if !opts.condition_on_previous_text || result.temperature > opts.prompt_reset_on_temperature {
-                prompt_reset_since = all_tokens.len();
-            }
-            progress((seek as f64 / FRAMES_PER_SECOND).min(duration));
         }
-        Ok(Transcript { language, language_probability, duration, segments })
+        rec.keep(window_segments, &result, time_offset, self.model.tokenizer());
+        // Never stand still: a window that produced nothing usable moves on.
+        Ok(if next_seek > seek { next_seek } else { seek + segment_size })
+    }
+
+    /// Encodes the window and decodes it with the temperature fallback. A
+    /// shortened window is encoded only as far as `opts.audio_ctx` asks,
+    /// which saves most of the encoder's time on short audio.
+    fn encode_and_decode(
+        &mut self,
+        mel: &[f32],
+        seek: usize,
+        segment_size: usize,
+        rec: &mut Recording<'_>,
+    ) -> Result<WindowResult, DecodeError> {
+        let (model, opts) = (self.model, rec.opts);
+        let n_mels = model.dims().n_mels;
+        self.fill_window(mel, n_mels, seek, segment_size);
+        let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
+        rec.rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
+        let t0 = std::time::Instant::now();
+        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state);
+        let encoded = t0.elapsed();
+
+        let mut result = self.decode(rec);
+        if encoded_frames < WINDOW_FRAMES && repeats_at_end(&result.tokens) && !opts.cancel.is_cancelled() {
+            // Whisper loops on a short context now and then: this window
+            // again over the full 30 s, as it was trained.
+            tracing::debug!(seek, encoded_frames, "loop on the shortened window: full window");
+            rec.rules.limit_timestamps(None);
+            model.encode(&self.window, &mut self.state);
+            result = self.decode(rec);
+        }
+        if opts.cancel.is_cancelled() {
+            return Err(DecodeError::Cancelled);
+        }
+        tracing::debug!(
+            seek,
+            encoded_frames,
+            encode_ms = encoded.as_millis() as u64,
+            decode_ms = (t0.elapsed() - encoded).as_millis() as u64,
+            tokens = result.tokens.len(),
+            forced = rec.prompt.forced,
+            prompt = rec.prompt.tokens.len(),
+            temperature = result.temperature,
+            "window"
+        );
+        Ok(result)
+    }
+
+    /// The encoded window through the decoder, with the recording's prompt.
+    fn decode(&mut self, rec: &mut Recording<'_>) -> WindowResult {
+        let p = &rec.prompt;
+        decode_with_fallback(
+            self.model,
+            &mut self.state,
+            &p.tokens,
+            p.sot_index,
+            p.forced,
+            &rec.rules,
+            rec.opts,
+            &mut rec.rng,
+        )
     }
 
     /// Copies `len` frames from `seek` into the window and pads the rest
@@ -246,7 +245,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         content_frames: usize,
         opts: &DecodeOptions,
     ) -> Result<(String, f32), DecodeError> {
-        let tok = &self.model.tokenizer;
+        let tok = self.model.tokenizer();
         // A requested language is resolved through the vocabulary, which
         // knows both codes and English names.
         let requested = match opts.language.as_deref() {
@@ -267,13 +266,13 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             return Ok((code.into(), 1.0));
         }
         let model = self.model;
-        let n_mels = model.dims.n_mels;
+        let n_mels = model.dims().n_mels;
         self.fill_window(mel, n_mels, 0, WINDOW_FRAMES.min(content_frames));
         model.encode(&self.window, &mut self.state);
         let sp = tok.specials();
-        model.decoder.reset(&mut self.state.decoder);
+        model.reset(&mut self.state);
         let mut logits = Vec::new();
-        model.decoder.forward(&model.backend, &mut self.state.decoder, &[sp.sot], 1, &[0], &mut logits);
+        model.decode(&mut self.state, &[sp.sot], 1, &[0], &mut logits);
         let langs = tok.language_tokens();
         let max = langs.iter().map(|&(id, _)| logits[id as usize]).fold(f32::NEG_INFINITY, f32::max);
         let sum: f32 = langs.iter().map(|&(id, _)| (logits[id as usize] - max).exp()).sum();
@@ -289,15 +288,14 @@ impl<'m, B: Backend> Transcriber<'m, B> {
     /// Cuts a window's tokens into segments at timestamp pairs. Returns the
     /// segments (start, end, tokens, words), the next seek, and whether the
     /// window ended on a single timestamp (all its content was consumed).
-    #[allow(clippy::type_complexity)]
     fn split(
         &self,
         r: &WindowResult,
         seek: usize,
         segment_size: usize,
         without_timestamps: bool,
-    ) -> (Vec<(f64, f64, Vec<u32>, Option<Vec<Word>>)>, usize, bool) {
-        let tb = self.model.tokenizer.specials().timestamp_begin;
+    ) -> (Vec<SegmentDraft>, usize, bool) {
+        let tb = self.model.tokenizer().specials().timestamp_begin;
         let time_offset = seek as f64 / FRAMES_PER_SECOND;
         let tokens = &r.tokens;
         let mut out = Vec::new();
@@ -335,17 +333,16 @@ impl<'m, B: Backend> Transcriber<'m, B> {
 
     /// Word timestamps for every segment of the window; segments take their
     /// first word's start and last word's end. Returns the last word's end.
-    #[allow(clippy::type_complexity)]
     fn add_words(
         &mut self,
-        segs: &mut [(f64, f64, Vec<u32>, Option<Vec<Word>>)],
+        segs: &mut [SegmentDraft],
         r: &WindowResult,
         sot_sequence: &[u32],
         num_frames: usize,
         time_offset: f64,
         language: &str,
     ) -> Option<f64> {
-        let eot = self.model.tokenizer.specials().eot;
+        let eot = self.model.tokenizer().specials().eot;
         let mut text = Vec::new();
         let mut probs = Vec::new();
         let mut per_segment = Vec::with_capacity(segs.len());
@@ -389,4 +386,140 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         }
         last_end
     }
+}
+
+/// One recording in progress: what its windows share (the start-of-transcript
+/// sequence, the token rules, the forced prefix) and the text so far, which
+/// conditions the next window as it does in faster-whisper.
+struct Recording<'o> {
+    opts: &'o DecodeOptions,
+    specials: SpecialTokens,
+    text_ctx: usize,
+    language: String,
+    sot_sequence: Vec<u32>,
+    rules: Rules,
+    /// faster-whisper's `prefix`: opens the first window's output.
+    prefix: Vec<u32>,
+    rng: Rng,
+    /// The initial prompt, then the tokens of every segment kept.
+    all_tokens: Vec<u32>,
+    /// Where in `all_tokens` the text that conditions the next window starts.
+    prompt_reset_since: usize,
+    prompt: Prompt,
+    segments: Vec<Segment>,
+}
+
+/// The decoder's input for one window; its buffer is reused.
+struct Prompt {
+    tokens: Vec<u32>,
+    /// Where the start-of-transcript sequence begins (after the previous text).
+    sot_index: usize,
+    /// Trailing tokens that are a forced prefix of the output.
+    forced: usize,
+}
+
+impl Recording<'_> {
+    /// Lays out the prompt of the window at `seek`: the previous text (at
+    /// most half the context), the start-of-transcript sequence and, on the
+    /// first window, the prefix.
+    fn prepare_prompt(&mut self, seek: usize) {
+        let (sp, p) = (self.specials, &mut self.prompt);
+        p.tokens.clear();
+        let previous = &self.all_tokens[self.prompt_reset_since..];
+        if !previous.is_empty() {
+            p.tokens.push(sp.sot_prev);
+            let keep = self.text_ctx / 2 - 1;
+            p.tokens.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+        }
+        p.sot_index = p.tokens.len();
+        p.tokens.extend_from_slice(&self.sot_sequence);
+        if self.opts.without_timestamps {
+            p.tokens.push(sp.no_timestamps);
+        }
+        // The prefix opens the first window's output (after its first
+        // timestamp, as faster-whisper writes it).
+        p.forced = 0;
+        if seek == 0 && !self.prefix.is_empty() {
+            let before = p.tokens.len();
+            if !self.opts.without_timestamps {
+                p.tokens.push(sp.timestamp_begin);
+            }
+            // Leave room to decode: the prompt and prefix share 448 positions.
+            let room = self.text_ctx.saturating_sub(p.tokens.len() + 64);
+            p.tokens.extend_from_slice(&self.prefix[..self.prefix.len().min(room)]);
+            p.forced = p.tokens.len() - before;
+        }
+    }
+
+    /// Keeps the window's segments that have text, and their tokens as the
+    /// next window's context — unless the window needed a high temperature,
+    /// whose text is too unsure to condition on.
+    fn keep(&mut self, window_segments: Vec<SegmentDraft>, r: &WindowResult, time_offset: f64, tok: &Tokenizer) {
+        for (start, end, tokens, words) in window_segments {
+            let text = tok.decode(&tokens);
+            if start == end || text.trim().is_empty() {
+                continue;
+            }
+            self.all_tokens.extend_from_slice(&tokens);
+            self.segments.push(Segment {
+                id: self.segments.len(),
+                seek: (time_offset * FRAMES_PER_SECOND).round() as usize,
+                start,
+                end,
+                text,
+                tokens,
+                temperature: r.temperature,
+                avg_logprob: r.avg_logprob,
+                compression_ratio: r.compression_ratio,
+                no_speech_prob: r.no_speech_prob,
+                words,
+            });
+        }
+        if !self.opts.condition_on_previous_text || r.temperature > self.opts.prompt_reset_on_temperature {
+            self.prompt_reset_since = self.all_tokens.len();
+        }
+    }
+}
+
+/// `<|startoftranscript|>`, then on multilingual models the language and the
+/// task, which English-only models do not know.
+fn sot_sequence(tok: &Tokenizer, language: &str, task: Task) -> Result<Vec<u32>, DecodeError> {
+    let sp = tok.specials();
+    let mut sot_sequence = vec![sp.sot];
+    if tok.is_multilingual() {
+        let lang_token = tok.language_token(language).ok_or_else(|| DecodeError::UnknownLanguage(language.into()))?;
+        sot_sequence.push(lang_token);
+        sot_sequence.push(if task == Task::Translate { sp.translate } else { sp.transcribe });
+    }
+    Ok(sot_sequence)
+}
+
+/// An optional text that is there only when it has more than spaces.
+fn non_blank(text: &Option<String>) -> Option<&str> {
+    text.as_deref().filter(|p| !p.trim().is_empty())
+}
+
+/// Tokens of a prompt or prefix, with the leading space Whisper's text has.
+fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, DecodeError> {
+    tok.encode(&format!(" {}", text.trim())).map_err(|e| DecodeError::Prompt(e.to_string()))
+}
+
+/// Whether the window of `len` frames at `seek` has enough voiced frames to
+/// be worth decoding.
+fn has_speech(speech: &[bool], seek: usize, len: usize) -> bool {
+    let end = (seek + len).min(speech.len());
+    let voiced = speech.get(seek..end).map_or(0, |w| w.iter().filter(|&&s| s).count());
+    if voiced < MIN_SPEECH_FRAMES {
+        tracing::debug!(seek, voiced, "window without speech skipped");
+        return false;
+    }
+    true
+}
+
+/// faster-whisper's silence test: the no-speech token is likely, and the
+/// text is not confident enough to overrule it.
+fn is_silence(r: &WindowResult, opts: &DecodeOptions) -> bool {
+    opts.no_speech_threshold.is_some_and(|threshold| {
+        r.no_speech_prob > threshold && !opts.log_prob_threshold.is_some_and(|t| r.avg_logprob > t)
+    })
 }

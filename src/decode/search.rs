@@ -45,6 +45,20 @@ impl Hypothesis {
         }
     }
 
+    /// Takes one chosen token with its log-probability: end-of-text, or any
+    /// token on the last step, finishes the hypothesis; end-of-text counts in
+    /// the score but is not kept.
+    fn take(&mut self, tok: u32, lp: f32, eot: u32, last_step: bool) {
+        self.sum_logprob += lp as f64;
+        if tok == eot || last_step {
+            self.finished = true;
+        }
+        if tok != eot {
+            self.tokens.push(tok);
+            self.logprobs.push(lp);
+        }
+    }
+
     /// Tokens chosen by the search.
     fn generated(&self) -> usize {
         self.tokens.len() - self.forced
@@ -179,19 +193,17 @@ pub fn decode_once<B: Backend>(
     temperature: f32,
     rng: &mut Rng,
 ) -> WindowResult {
-    let b = &model.backend;
-    let dec = &model.decoder;
-    let vocab = dec.vocab();
-    let max_length = dec.text_ctx();
+    let vocab = model.vocab();
+    let max_length = model.text_ctx();
     // CTranslate2's cap on generated tokens (end-of-text included).
     let max_new = (max_length / 2).min(max_length.saturating_sub(prompt.len().saturating_sub(1))).max(1);
 
-    dec.reset(&mut st.decoder);
+    model.reset(st);
     let mut logits = Vec::with_capacity(2 * vocab);
-    dec.forward(b, &mut st.decoder, prompt, 1, &[sot_index, prompt.len() - 1], &mut logits);
+    model.decode(st, prompt, 1, &[sot_index, prompt.len() - 1], &mut logits);
     let no_speech_prob = {
         let row = &logits[..vocab];
-        let id = model.tokenizer.specials().no_speech as usize;
+        let id = model.tokenizer().specials().no_speech as usize;
         log_softmax_at(row, id, 1.0).exp()
     };
     logits.drain(..vocab);
@@ -208,7 +220,7 @@ pub fn decode_once<B: Backend>(
         sample(model, st, &mut logits, rules, prefix, 1, 0.0, max_new, opts, rng)
     };
 
-    let text = model.tokenizer.decode(&best.tokens);
+    let text = model.tokenizer().decode(&best.tokens);
     let avg_logprob = (best.sum_logprob / (best.generated() + 1) as f64) as f32;
     WindowResult {
         compression_ratio: compression_ratio(text.trim()),
@@ -236,19 +248,10 @@ fn sample<B: Backend>(
     rng: &mut Rng,
 ) -> Hypothesis {
     let length_penalty = opts.length_penalty;
-    let b = &model.backend;
-    let dec = &model.decoder;
-    let vocab = dec.vocab();
+    let vocab = model.vocab();
     let eot = rules.eot();
     if n > 1 {
-        // Every sequence starts from the one prompt: replicate its cache.
-        let order = vec![0; n];
-        dec.reorder(b, &mut st.decoder, &order);
-        let first = logits[..vocab].to_vec();
-        logits.clear();
-        for _ in 0..n {
-            logits.extend_from_slice(&first);
-        }
+        replicate_prompt(model, st, logits, n);
     }
     let mut hyps = vec![Hypothesis::new(prefix); n];
     let mut feed = vec![0u32; n];
@@ -262,42 +265,51 @@ fn sample<B: Backend>(
             }
             let row = &mut logits[i * vocab..(i + 1) * vocab];
             rules.apply(&h.tokens, row);
-            let tok = if temperature > 0.0 {
-                let inv = 1.0 / temperature;
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                probs.clear();
-                probs.extend(row.iter().map(|&x| (((x - max) * inv) as f64).exp()));
-                let total: f64 = probs.iter().sum();
-                let mut u = rng.next_f64() * total;
-                let mut pick = argmax(row);
-                for (j, &p) in probs.iter().enumerate() {
-                    if u < p {
-                        pick = j;
-                        break;
-                    }
-                    u -= p;
-                }
-                pick
-            } else {
-                argmax(row)
-            };
+            let tok = if temperature > 0.0 { draw(row, temperature, rng, &mut probs) } else { argmax(row) };
             let lp = log_softmax_at(row, tok, if temperature > 0.0 { 1.0 / temperature } else { 1.0 });
-            h.sum_logprob += lp as f64;
-            if tok as u32 == eot || step + 1 == max_new {
-                h.finished = true;
-            }
-            if tok as u32 != eot {
-                h.tokens.push(tok as u32);
-                h.logprobs.push(lp);
-            }
+            h.take(tok as u32, lp, eot, step + 1 == max_new);
             feed[i] = tok as u32;
         }
         if hyps.iter().all(|h| h.finished) || opts.cancel.is_cancelled() {
             break;
         }
-        dec.forward(b, &mut st.decoder, &feed, n, &select, logits);
+        model.decode(st, &feed, n, &select, logits);
     }
     hyps.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("n ≥ 1")
+}
+
+/// Every sequence starts from the one prompt: its cache and first logits
+/// are copied to all `n`, so the prompt is run once.
+fn replicate_prompt<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, n: usize) {
+    let vocab = model.vocab();
+    let order = vec![0; n];
+    model.reorder(st, &order);
+    let first = logits[..vocab].to_vec();
+    logits.clear();
+    for _ in 0..n {
+        logits.extend_from_slice(&first);
+    }
+}
+
+/// Draws a token from softmax(`row` / `temperature`) by inverting the
+/// cumulative sum (in f64: some 51k terms are summed);
+/// falls back to the argmax if rounding leaves `u` past the end.
+fn draw(row: &[f32], temperature: f32, rng: &mut Rng, probs: &mut Vec<f64>) -> usize {
+    let inv = 1.0 / temperature;
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    probs.clear();
+    probs.extend(row.iter().map(|&x| (((x - max) * inv) as f64).exp()));
+    let total: f64 = probs.iter().sum();
+    let mut u = rng.next_f64() * total;
+    let mut pick = argmax(row);
+    for (j, &p) in probs.iter().enumerate() {
+        if u < p {
+            pick = j;
+            break;
+        }
+        u -= p;
+    }
+    pick
 }
 
 /// Beam search as CTranslate2 runs it for Whisper: the `2·beam` best
@@ -317,74 +329,105 @@ fn beam_search<B: Backend>(
     opts: &DecodeOptions,
 ) -> Hypothesis {
     let (patience, length_penalty) = (opts.patience, opts.length_penalty);
-    let b = &model.backend;
-    let dec = &model.decoder;
-    let vocab = dec.vocab();
+    let vocab = model.vocab();
     let eot = rules.eot();
     let max_finished = ((beam as f32 * patience).round() as usize).max(1);
     let n_cand = 2 * beam;
     let mut alive = vec![Hypothesis::new(prefix)];
     let mut finished: Vec<Hypothesis> = Vec::new();
     let mut logp = Vec::with_capacity(vocab);
-    // (cumulative log-prob, parent, token, token log-prob)
-    let mut cands: Vec<(f64, usize, u32, f32)> = Vec::with_capacity(beam * n_cand);
+    let mut cands: Vec<Candidate> = Vec::with_capacity(beam * n_cand);
     let mut order: Vec<usize> = Vec::with_capacity(beam);
     let mut feed: Vec<u32> = Vec::with_capacity(beam);
     for step in 0..max_new {
         let last_step = step + 1 == max_new;
-        cands.clear();
-        for (i, h) in alive.iter().enumerate() {
-            let row = &mut logits[i * vocab..(i + 1) * vocab];
-            rules.apply(&h.tokens, row);
-            log_softmax_into(row, &mut logp);
-            for (tok, lp) in top_k(&logp, n_cand) {
-                cands.push((h.sum_logprob + lp as f64, i, tok, lp));
-            }
-        }
-        cands.sort_by(|a, b| b.0.total_cmp(&a.0));
-        cands.truncate(n_cand);
-        let extend = |c: &(f64, usize, u32, f32)| {
-            let mut h = alive[c.1].clone();
-            if c.2 != eot {
-                h.tokens.push(c.2);
-                h.logprobs.push(c.3);
-            }
-            h.sum_logprob = c.0;
-            h
-        };
-        let mut next: Vec<Hypothesis> = Vec::with_capacity(beam);
-        order.clear();
-        let mut runner_up = beam.min(cands.len());
-        for k in 0..beam.min(cands.len()) {
-            let mut pick = k;
-            if cands[k].2 == eot || last_step {
-                let mut h = extend(&cands[k]);
-                h.finished = true;
-                finished.push(h);
-                // The slot goes to the next candidate that does not end.
-                match (runner_up..cands.len()).find(|&j| cands[j].2 != eot) {
-                    Some(j) => {
-                        pick = j;
-                        runner_up = j + 1;
-                    }
-                    None => continue,
-                }
-            }
-            next.push(extend(&cands[pick]));
-            order.push(cands[pick].1);
-        }
+        rank_candidates(&alive, logits, vocab, rules, n_cand, &mut logp, &mut cands);
+        let next = next_beams(&alive, &cands, beam, eot, last_step, &mut finished, &mut order);
         if last_step || finished.len() >= max_finished || next.is_empty() || opts.cancel.is_cancelled() {
             break;
         }
-        dec.reorder(b, &mut st.decoder, &order);
+        model.reorder(st, &order);
         feed.clear();
         feed.extend(next.iter().map(|h| *h.tokens.last().expect("alive hypotheses end in a token")));
         let select: Vec<usize> = (0..next.len()).collect();
-        dec.forward(b, &mut st.decoder, &feed, next.len(), &select, logits);
+        model.decode(st, &feed, next.len(), &select, logits);
         alive = next;
     }
     let pool = if finished.is_empty() { alive } else { finished };
     pool.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("beam ≥ 1")
+}
+
+/// A continuation of a beam: (cumulative log-prob, parent, token, token log-prob).
+type Candidate = (f64, usize, u32, f32);
+
+/// The `n_cand` best continuations over all live hypotheses, best first:
+/// each hypothesis offers its own `n_cand` best tokens.
+fn rank_candidates(
+    alive: &[Hypothesis],
+    logits: &mut [f32],
+    vocab: usize,
+    rules: &Rules,
+    n_cand: usize,
+    logp: &mut Vec<f32>,
+    cands: &mut Vec<Candidate>,
+) {
+    cands.clear();
+    for (i, h) in alive.iter().enumerate() {
+        let row = &mut logits[i * vocab..(i + 1) * vocab];
+        rules.apply(&h.tokens, row);
+        log_softmax_into(row, logp);
+        for (tok, lp) in top_k(logp, n_cand) {
+            cands.push((h.sum_logprob + lp as f64, i, tok, lp));
+        }
+    }
+    cands.sort_by(|a, b| b.0.total_cmp(&a.0));
+    cands.truncate(n_cand);
+}
+
+/// Fills the `beam` slots from the ranked candidates: an end-of-text (or
+/// any candidate on the last step) finishes its hypothesis into `finished`
+/// and hands its slot to the next runner-up that does not end. Returns the
+/// new live hypotheses; `order` gets the parent of each, for the cache.
+fn next_beams(
+    alive: &[Hypothesis],
+    cands: &[Candidate],
+    beam: usize,
+    eot: u32,
+    last_step: bool,
+    finished: &mut Vec<Hypothesis>,
+    order: &mut Vec<usize>,
+) -> Vec<Hypothesis> {
+    let extend = |c: &Candidate| {
+        let mut h = alive[c.1].clone();
+        if c.2 != eot {
+            h.tokens.push(c.2);
+            h.logprobs.push(c.3);
+        }
+        h.sum_logprob = c.0;
+        h
+    };
+    let mut next: Vec<Hypothesis> = Vec::with_capacity(beam);
+    order.clear();
+    let mut runner_up = beam.min(cands.len());
+    for k in 0..beam.min(cands.len()) {
+        let mut pick = k;
+        if cands[k].2 == eot || last_step {
+            let mut h = extend(&cands[k]);
+            h.finished = true;
+            finished.push(h);
+            // The slot goes to the next candidate that does not end.
+            match (runner_up..cands.len()).find(|&j| cands[j].2 != eot) {
+                Some(j) => {
+                    pick = j;
+                    runner_up = j + 1;
+                }
+                None => continue,
+            }
+        }
+        next.push(extend(&cands[pick]));
+        order.push(cands[pick].1);
+    }
+    next
 }
 
 /// The `k` largest entries of `row`, best first.

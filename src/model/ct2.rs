@@ -129,61 +129,13 @@ impl Ct2File {
         // The count comes from the file: do not let a corrupt one size an allocation.
         let mut tensors = HashMap::with_capacity((count as usize).min(4096));
         for _ in 0..count {
-            let name = r.string("a variable name")?;
-            let rank = r.u8(&name)? as usize;
-            let mut shape = Vec::with_capacity(rank);
-            for _ in 0..rank {
-                shape.push(r.u32(&name)? as usize);
-            }
-            let elems = shape
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-                .ok_or_else(|| r.format(format!("`{name}`: shape {shape:?} overflows")))?;
-            let (code, num_bytes) = if version >= 4 {
-                let code = r.u8(&name)?;
-                (code, r.u32(&name)? as u64)
-            } else {
-                // Legacy records store an item size and an element count.
-                let item = r.u8(&name)?;
-                let code = match item {
-                    4 => 0,
-                    2 => 2,
-                    1 => 1,
-                    _ => return Err(r.format(format!("`{name}`: item size {item}"))),
-                };
-                (code, r.u32(&name)? as u64 * item as u64)
-            };
-            let item = match code {
-                0 | 3 => 4,
-                2 | 4 | 5 => 2,
-                1 => 1,
-                _ => return Err(r.format(format!("`{name}`: unknown data type code {code}"))),
-            };
-            if elems.checked_mul(item) != Some(num_bytes) || num_bytes > MAX_TENSOR_BYTES {
-                return Err(
-                    r.format(format!("`{name}`: {num_bytes} payload bytes for shape {shape:?} of {item}-byte items"))
-                );
-            }
-            let bytes = r.bytes(num_bytes as usize, &name)?;
-            let data = decode_payload(code, &bytes);
-            let tensor = Tensor { shape, data };
+            let (name, tensor) = r.tensor(version)?;
             if !tensor.all_finite() {
                 return Err(Ct2Error::NotFinite { path: path.clone(), name });
             }
             tensors.insert(name, tensor);
         }
-        let mut aliases = HashMap::new();
-        if version >= 3 {
-            let count = r.u32("the alias section")?;
-            for _ in 0..count {
-                let alias = r.string("the alias section")?;
-                let target = r.string("the alias section")?;
-                if !tensors.contains_key(&target) {
-                    return Err(r.format(format!("alias `{alias}` points to unknown `{target}`")));
-                }
-                aliases.insert(alias, target);
-            }
-        }
+        let aliases = if version >= 3 { r.aliases(&tensors)? } else { HashMap::new() };
         if r.pos != file_len {
             return Err(r.format(format!("{} unexpected bytes after the last record", file_len - r.pos)));
         }
@@ -297,6 +249,70 @@ impl<R: Read> Cursor<'_, R> {
         let mut v = vec![0; n];
         self.fill(&mut v, what)?;
         Ok(v)
+    }
+
+    /// One variable record: name, shape, element type, payload. Sizes are
+    /// cross-checked before the payload is read, so that a corrupt record
+    /// is reported by name instead of misreading everything after it.
+    fn tensor(&mut self, version: u32) -> Result<(String, Tensor), Ct2Error> {
+        let name = self.string("a variable name")?;
+        let rank = self.u8(&name)? as usize;
+        let mut shape = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            shape.push(self.u32(&name)? as usize);
+        }
+        let elems = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(|| self.format(format!("`{name}`: shape {shape:?} overflows")))?;
+        let (code, num_bytes) = self.data_type(version, &name)?;
+        let item = match code {
+            0 | 3 => 4,
+            2 | 4 | 5 => 2,
+            1 => 1,
+            _ => return Err(self.format(format!("`{name}`: unknown data type code {code}"))),
+        };
+        if elems.checked_mul(item) != Some(num_bytes) || num_bytes > MAX_TENSOR_BYTES {
+            return Err(
+                self.format(format!("`{name}`: {num_bytes} payload bytes for shape {shape:?} of {item}-byte items"))
+            );
+        }
+        let bytes = self.bytes(num_bytes as usize, &name)?;
+        let data = decode_payload(code, &bytes);
+        Ok((name, Tensor { shape, data }))
+    }
+
+    /// The record's data type code and payload size in bytes; binary
+    /// versions before 4 store an item size and an element count instead.
+    fn data_type(&mut self, version: u32, name: &str) -> Result<(u8, u64), Ct2Error> {
+        if version >= 4 {
+            let code = self.u8(name)?;
+            return Ok((code, self.u32(name)? as u64));
+        }
+        let item = self.u8(name)?;
+        let code = match item {
+            4 => 0,
+            2 => 2,
+            1 => 1,
+            _ => return Err(self.format(format!("`{name}`: item size {item}"))),
+        };
+        Ok((code, self.u32(name)? as u64 * item as u64))
+    }
+
+    /// The alias section (binary version 3 on): tied weights stored once,
+    /// each alias naming a tensor that must exist.
+    fn aliases(&mut self, tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, String>, Ct2Error> {
+        let mut aliases = HashMap::new();
+        let count = self.u32("the alias section")?;
+        for _ in 0..count {
+            let alias = self.string("the alias section")?;
+            let target = self.string("the alias section")?;
+            if !tensors.contains_key(&target) {
+                return Err(self.format(format!("alias `{alias}` points to unknown `{target}`")));
+            }
+            aliases.insert(alias, target);
+        }
+        Ok(aliases)
     }
 
     /// u16 length (counting a trailing NUL), then the bytes.

@@ -202,6 +202,9 @@ impl<B: Backend> TextDecoder<B> {
         out
     }
 
+    /// One pass of `tokens` through every block: the self-attention cache
+    /// grows by their positions, and only the `select`ed rows reach the
+    /// vocabulary projection. `align` asks for the alignment heads' weights.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -213,22 +216,12 @@ impl<B: Backend> TextDecoder<B> {
         logits: &mut Vec<f32>,
         mut align: Option<AlignmentOut<'_>>,
     ) {
-        let d = self.d;
         assert_eq!(seqs, st.seqs, "decoder: {seqs} sequences fed to a state holding {}", st.seqs);
         let q_len = tokens.len() / seqs;
         let pos0 = st.len;
         assert!(pos0 + q_len <= self.text_ctx, "decoder: {} positions exceed {}", pos0 + q_len, self.text_ctx);
         b.embed(tokens, q_len, pos0, &self.embeddings, &self.positions, &mut st.x);
-
-        // Rows where this call's K/V enter each sequence's cache.
-        st.src_rows.clear();
-        st.dst_rows.clear();
-        for s in 0..seqs {
-            for i in 0..q_len {
-                st.src_rows.push(s * q_len + i);
-                st.dst_rows.push(s * self.text_ctx + pos0 + i);
-            }
-        }
+        self.cache_rows(st, seqs, q_len, pos0);
         let self_shape = AttentionShape {
             seqs,
             q_len,
@@ -239,63 +232,118 @@ impl<B: Backend> TextDecoder<B> {
         };
         let cross_shape =
             AttentionShape { seqs, q_len, kv_len: st.cross_len, kv_seq_stride: 0, heads: self.heads, causal: false };
-
         for (l, blk) in self.blocks.iter().enumerate() {
-            blk.attn_ln.forward(b, &st.x, &mut st.h);
-            blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv);
-            b.copy_rows(View::cols(&st.qkv, d, 2 * d), &st.src_rows, &mut st.kv[l], &st.dst_rows);
-            b.attention(
-                View::cols(&st.qkv, 0, d),
-                View::cols(&st.kv[l], 0, d),
-                View::cols(&st.kv[l], d, d),
-                self_shape,
-                &mut st.attn,
-                None,
-            );
-            blk.attn_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
-
-            blk.cross_ln.forward(b, &st.x, &mut st.h);
-            blk.cross_q.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.q);
-            let heads: Vec<usize> = match &align {
-                Some((pairs, _)) => pairs.iter().filter(|p| p.0 == l).map(|p| p.1).collect(),
-                None => Vec::new(),
-            };
-            let probs = if heads.is_empty() { None } else { Some((&mut st.probs, heads.as_slice())) };
-            b.attention(
-                View::cols(&st.q, 0, d),
-                View::cols(&st.cross[l], 0, d),
-                View::cols(&st.cross[l], d, d),
-                cross_shape,
-                &mut st.attn,
-                probs,
-            );
-            if let Some((pairs, out)) = align.as_mut() {
-                // Copy this layer's heads to their slots in the caller's order.
-                // The backend packs each head's `q_len × cross_len` block
-                // from the start of the buffer, whose rows are `audio_ctx`
-                // wide: whole rows are downloaded, the packed prefix read.
-                let block = q_len * st.cross_len;
-                if !heads.is_empty() {
-                    st.probs_host.resize(heads.len() * q_len * self.audio_ctx, 0.0);
-                    b.download(&st.probs, 0..heads.len() * q_len, &mut st.probs_host);
-                    for (slot, &(pl, ph)) in pairs.iter().enumerate() {
-                        if pl == l {
-                            let k = heads.iter().position(|&h| h == ph).unwrap_or(0);
-                            out[slot * block..(slot + 1) * block]
-                                .copy_from_slice(&st.probs_host[k * block..(k + 1) * block]);
-                        }
-                    }
-                }
-            }
-            blk.cross_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
+            self.self_attention(b, l, st, self_shape);
+            self.cross_attention(b, l, st, cross_shape, align.as_mut());
             blk.mlp.forward(b, &mut st.x, &mut st.h, &mut st.wide);
         }
         st.len += q_len;
         if select.is_empty() {
             return;
         }
-        // Only the selected positions need the final norm and the (large)
-        // vocabulary projection.
+        self.project(b, st, select, logits);
+    }
+
+    /// Rows where this call's K/V enter each sequence's cache: sequences are
+    /// `text_ctx` rows apart there, so a beam can be reordered in place.
+    fn cache_rows(&self, st: &mut DecoderState<B>, seqs: usize, q_len: usize, pos0: usize) {
+        st.src_rows.clear();
+        st.dst_rows.clear();
+        for s in 0..seqs {
+            for i in 0..q_len {
+                st.src_rows.push(s * q_len + i);
+                st.dst_rows.push(s * self.text_ctx + pos0 + i);
+            }
+        }
+    }
+
+    /// Block `l`'s causal self-attention, residual added to `st.x`. The new
+    /// K/V rows go to the cache first, so attention reads past and present
+    /// from one place.
+    fn self_attention(&self, b: &B, l: usize, st: &mut DecoderState<B>, shape: AttentionShape) {
+        let (d, blk) = (self.d, &self.blocks[l]);
+        blk.attn_ln.forward(b, &st.x, &mut st.h);
+        blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv);
+        b.copy_rows(View::cols(&st.qkv, d, 2 * d), &st.src_rows, &mut st.kv[l], &st.dst_rows);
+        b.attention(
+            View::cols(&st.qkv, 0, d),
+            View::cols(&st.kv[l], 0, d),
+            View::cols(&st.kv[l], d, d),
+            shape,
+            &mut st.attn,
+            None,
+        );
+        blk.attn_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
+    }
+
+    /// Block `l`'s attention over the window's audio, residual added to
+    /// `st.x`; the attention weights of this layer's alignment heads are
+    /// kept when `align` asks for them.
+    fn cross_attention(
+        &self,
+        b: &B,
+        l: usize,
+        st: &mut DecoderState<B>,
+        shape: AttentionShape,
+        align: Option<&mut AlignmentOut<'_>>,
+    ) {
+        let (d, blk) = (self.d, &self.blocks[l]);
+        blk.cross_ln.forward(b, &st.x, &mut st.h);
+        blk.cross_q.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.q);
+        // Empty (no allocation) on decoding steps, which never align.
+        let heads: Vec<usize> = match &align {
+            Some((pairs, _)) => pairs.iter().filter(|p| p.0 == l).map(|p| p.1).collect(),
+            None => Vec::new(),
+        };
+        let probs = if heads.is_empty() { None } else { Some((&mut st.probs, heads.as_slice())) };
+        b.attention(
+            View::cols(&st.q, 0, d),
+            View::cols(&st.cross[l], 0, d),
+            View::cols(&st.cross[l], d, d),
+            shape,
+            &mut st.attn,
+            probs,
+        );
+        if let Some((pairs, out)) = align {
+            self.copy_alignment(b, l, st, shape.q_len, &heads, pairs, out);
+        }
+        blk.cross_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
+    }
+
+    /// Copies layer `l`'s heads to their slots in the caller's order.
+    /// The backend packs each head's `q_len × cross_len` block from the
+    /// start of the buffer, whose rows are `audio_ctx` wide: whole rows are
+    /// downloaded, the packed prefix read.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_alignment(
+        &self,
+        b: &B,
+        l: usize,
+        st: &mut DecoderState<B>,
+        q_len: usize,
+        heads: &[usize],
+        pairs: &[(usize, usize)],
+        out: &mut [f32],
+    ) {
+        let block = q_len * st.cross_len;
+        if heads.is_empty() {
+            return;
+        }
+        st.probs_host.resize(heads.len() * q_len * self.audio_ctx, 0.0);
+        b.download(&st.probs, 0..heads.len() * q_len, &mut st.probs_host);
+        for (slot, &(pl, ph)) in pairs.iter().enumerate() {
+            if pl == l {
+                let k = heads.iter().position(|&h| h == ph).unwrap_or(0);
+                out[slot * block..(slot + 1) * block].copy_from_slice(&st.probs_host[k * block..(k + 1) * block]);
+            }
+        }
+    }
+
+    /// The final norm and the vocabulary projection, for the `select`ed rows
+    /// only: the projection is the largest matrix, and a step needs one row
+    /// per sequence.
+    fn project(&self, b: &B, st: &mut DecoderState<B>, select: &[usize], logits: &mut Vec<f32>) {
+        let d = self.d;
         st.src_rows.clear();
         st.src_rows.extend_from_slice(select);
         st.dst_rows.clear();

@@ -83,14 +83,17 @@ impl Dims {
 }
 
 /// A loaded Whisper model: weights on the backend, vocabulary and metadata.
+///
+/// Decoding goes through its methods, never through the encoder and decoder
+/// themselves: the backend and a stream's [`State`] are paired here once.
 pub struct Whisper<B: Backend> {
-    pub backend: B,
-    pub dims: Dims,
-    pub encoder: AudioEncoder<B>,
-    pub decoder: TextDecoder<B>,
-    pub tokenizer: Tokenizer,
-    pub config: ModelConfig,
-    pub dir: PathBuf,
+    backend: B,
+    pub(crate) dims: Dims,
+    encoder: AudioEncoder<B>,
+    decoder: TextDecoder<B>,
+    pub(crate) tokenizer: Tokenizer,
+    config: ModelConfig,
+    pub(crate) dir: PathBuf,
 }
 
 /// One stream's working memory: sized once, reused for every window.
@@ -152,6 +155,57 @@ impl<B: Backend> Whisper<B> {
 
     pub fn is_multilingual(&self) -> bool {
         self.tokenizer.is_multilingual()
+    }
+
+    /// The directory the model was loaded from (its name names the model).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn dims(&self) -> &Dims {
+        &self.dims
+    }
+
+    /// `config.json`, completed: suppressed tokens and alignment heads.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Positions the decoder holds: the prompt and the output share them.
+    pub fn text_ctx(&self) -> usize {
+        self.decoder.text_ctx()
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.decoder.vocab()
+    }
+
+    /// Forgets the tokens decoded in `st`, keeping its encoded window.
+    pub fn reset(&self, st: &mut State<B>) {
+        self.decoder.reset(&mut st.decoder);
+    }
+
+    /// Feeds `tokens` (`seqs` sequences of equal length, one after the other)
+    /// to the decoder and writes the logits of rows `select` to `logits`
+    /// (see [`TextDecoder::forward`]).
+    pub fn decode(&self, st: &mut State<B>, tokens: &[u32], seqs: usize, select: &[usize], logits: &mut Vec<f32>) {
+        self.decoder.forward(&self.backend, &mut st.decoder, tokens, seqs, select, logits);
+    }
+
+    /// Keeps sequence `order[j]` of `st` as its new sequence `j` (beam search).
+    pub fn reorder(&self, st: &mut State<B>, order: &[usize]) {
+        self.decoder.reorder(&self.backend, &mut st.decoder, order);
+    }
+
+    /// The cross-attention weights of the alignment heads over `tokens`, run
+    /// from position 0: `heads × tokens` rows of `st`'s encoded frames (see
+    /// [`TextDecoder::cross_attention_weights`]).
+    pub fn alignment_weights(&self, st: &mut State<B>, tokens: &[u32]) -> Vec<f32> {
+        self.decoder.cross_attention_weights(&self.backend, &mut st.decoder, tokens, &self.config.alignment_heads)
     }
 
     /// Encodes one window of time-major mel frames and makes it the

@@ -236,46 +236,8 @@ impl Tokenizer {
     /// `dir` is used for messages.
     fn from_vocabulary(dir: &Path, raw: &[u8]) -> Result<Self, ModelFileError> {
         let path = dir.join(VOCABULARY_TXT);
-        let text = std::str::from_utf8(raw)
-            .map_err(|e| ModelFileError::invalid(&path, format!("not UTF-8 (at byte {})", e.valid_up_to())))?;
-        if let Some(at) = text.find('\r') {
-            // A CR would silently become part of every token and break all
-            // lookups; such files come from Windows checkouts/editors.
-            let line = text[..at].matches('\n').count() + 1;
-            return Err(ModelFileError::invalid(
-                &path,
-                format!("carriage return on line {line}: CRLF line endings? (expected \\n only)"),
-            ));
-        }
-        // Only the final newline terminates; empty lines in between are real
-        // tokens (base has "" at 50256).
-        let body = text.strip_suffix('\n').unwrap_or(text);
-        let count = if body.is_empty() && !text.ends_with('\n') { 0 } else { body.matches('\n').count() + 1 };
-        if !(MIN_VOCAB..=MAX_VOCAB).contains(&count) {
-            return Err(ModelFileError::invalid(
-                &path,
-                format!(
-                    "{count} tokens, not a Whisper vocabulary (expected {MIN_VOCAB} to {MAX_VOCAB} lines, \
-                     e.g. 51864 for .en models)"
-                ),
-            ));
-        }
-
-        let mut text_at = Vec::with_capacity(count + 1);
-        let mut bytes_at = Vec::with_capacity(count + 1);
-        let mut bytes = Vec::with_capacity(body.len());
-        // Offsets fit in u32: the body is at most a few MB for MAX_VOCAB
-        // tokens of sane length; a larger file is rejected here.
-        let offset = |n: usize| u32::try_from(n).map_err(|_| ModelFileError::invalid(&path, "larger than 4 GiB"));
-        let mut at = 0;
-        for token in body.split('\n') {
-            text_at.push(offset(at)?);
-            bytes_at.push(offset(bytes.len())?);
-            byte_level_decode(token, &mut bytes);
-            at += token.len() + 1;
-        }
-        text_at.push(offset(body.len() + 1)?);
-        bytes_at.push(offset(bytes.len())?);
+        let (body, count) = vocabulary_lines(&path, raw)?;
+        let TokenIndex { text_at, bytes, bytes_at } = index_tokens(&path, body, count)?;
         // Keep a separator after the last token so every token is followed by
         // one byte, which `token_str` skips.
         let mut text = body.to_string();
@@ -292,6 +254,7 @@ impl Tokenizer {
             bytes,
             bytes_at,
             by_text,
+            // Found below, by text, once the lookup table exists.
             specials: SpecialTokens {
                 eot: 0,
                 sot: 0,
@@ -309,16 +272,24 @@ impl Tokenizer {
             encoder: None,
         };
         tok.specials = tok.find_specials(&path)?;
-        tok.languages = LANGUAGES
+        tok.languages = tok.find_languages();
+        Ok(tok)
+    }
+
+    /// The language tokens this vocabulary has, in id order.
+    fn find_languages(&self) -> Vec<(u32, &'static str)> {
+        let mut languages: Vec<(u32, &'static str)> = LANGUAGES
             .iter()
             .filter_map(|(code, _)| {
                 // English-only vocabularies (tiny.en) spell Hebrew `<|iw|>`.
                 let alt = if *code == "he" { Some("<|iw|>") } else { None };
-                tok.token_id(&format!("<|{code}|>")).or_else(|| alt.and_then(|t| tok.token_id(t))).map(|id| (id, *code))
+                self.token_id(&format!("<|{code}|>"))
+                    .or_else(|| alt.and_then(|t| self.token_id(t)))
+                    .map(|id| (id, *code))
             })
             .collect();
-        tok.languages.sort_unstable();
-        Ok(tok)
+        languages.sort_unstable();
+        languages
     }
 
     fn find_specials(&self, path: &Path) -> Result<SpecialTokens, ModelFileError> {
@@ -514,6 +485,67 @@ fn byte_of_char(c: char) -> Option<u8> {
         }
         _ => None,
     }
+}
+
+/// `vocabulary.txt` as text: its body (the final newline cut) and its
+/// token count, one per line. The file is checked here because a wrong one
+/// (CRLF, not UTF-8, another kind of vocabulary) would otherwise shift or
+/// garble every token without an error.
+fn vocabulary_lines<'a>(path: &Path, raw: &'a [u8]) -> Result<(&'a str, usize), ModelFileError> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|e| ModelFileError::invalid(path, format!("not UTF-8 (at byte {})", e.valid_up_to())))?;
+    if let Some(at) = text.find('\r') {
+        // A CR would silently become part of every token and break all
+        // lookups; such files come from Windows checkouts/editors.
+        let line = text[..at].matches('\n').count() + 1;
+        return Err(ModelFileError::invalid(
+            path,
+            format!("carriage return on line {line}: CRLF line endings? (expected \\n only)"),
+        ));
+    }
+    // Only the final newline terminates; empty lines in between are real
+    // tokens (base has "" at 50256).
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let count = if body.is_empty() && !text.ends_with('\n') { 0 } else { body.matches('\n').count() + 1 };
+    if !(MIN_VOCAB..=MAX_VOCAB).contains(&count) {
+        return Err(ModelFileError::invalid(
+            path,
+            format!(
+                "{count} tokens, not a Whisper vocabulary (expected {MIN_VOCAB} to {MAX_VOCAB} lines, \
+                 e.g. 51864 for .en models)"
+            ),
+        ));
+    }
+    Ok((body, count))
+}
+
+/// Where each token's text starts in `body` (and one past the last), and
+/// every token's decoded bytes back to back with their starts: decoding is
+/// then a copy per token.
+fn index_tokens(path: &Path, body: &str, count: usize) -> Result<TokenIndex, ModelFileError> {
+    let mut text_at = Vec::with_capacity(count + 1);
+    let mut bytes_at = Vec::with_capacity(count + 1);
+    let mut bytes = Vec::with_capacity(body.len());
+    // Offsets fit in u32: the body is at most a few MB for MAX_VOCAB
+    // tokens of sane length; a larger file is rejected here.
+    let offset = |n: usize| u32::try_from(n).map_err(|_| ModelFileError::invalid(path, "larger than 4 GiB"));
+    let mut at = 0;
+    for token in body.split('\n') {
+        text_at.push(offset(at)?);
+        bytes_at.push(offset(bytes.len())?);
+        byte_level_decode(token, &mut bytes);
+        at += token.len() + 1;
+    }
+    text_at.push(offset(body.len() + 1)?);
+    bytes_at.push(offset(bytes.len())?);
+    Ok(TokenIndex { text_at, bytes, bytes_at })
+}
+
+/// What [`index_tokens`] builds: the [`Tokenizer`] fields of the same names.
+struct TokenIndex {
+    text_at: Vec<u32>,
+    bytes: Vec<u8>,
+    bytes_at: Vec<u32>,
 }
 
 /// Appends the raw bytes of one byte-level token. A token with a character

@@ -79,6 +79,94 @@ struct Slot {
     error: Mutex<Option<String>>,
 }
 
+/// One attention call's operands as device addresses (the views' first
+/// columns) and row strides in floats.
+struct Attention {
+    qp: u64,
+    qld: usize,
+    kp: u64,
+    kld: usize,
+    vp: u64,
+    vld: usize,
+    op: u64,
+    d: usize,
+    hd: usize,
+    scale: f32,
+    sh: AttentionShape,
+    /// Where the alignment heads' weights go (0: nowhere).
+    probs_ptr: u64,
+    slots: HeadSlots,
+}
+
+/// Addresses of one sequence's Q, K, V and output at its first head `h0`.
+struct HeadPtrs {
+    q: u64,
+    k: u64,
+    v: u64,
+    out: u64,
+}
+
+impl Attention {
+    fn heads(&self, seq: usize, h0: usize) -> HeadPtrs {
+        let sh = self.sh;
+        let ho = (h0 * self.hd * 4) as u64;
+        HeadPtrs {
+            q: self.qp + (seq * sh.q_len * self.qld * 4) as u64 + ho,
+            k: self.kp + (seq * sh.kv_seq_stride * self.kld * 4) as u64 + ho,
+            v: self.vp + (seq * sh.kv_seq_stride * self.vld * 4) as u64 + ho,
+            out: self.op + (seq * sh.q_len * self.d * 4) as u64 + ho,
+        }
+    }
+}
+
+impl Slot {
+    /// Slot `base`'s stream and cuBLAS handle, its workspace in the slot,
+    /// and where its scratch parts lie: all fixed by the arena's layout.
+    fn new(ctx: &Arc<CudaContext>, layout: &Layout, base: u64) -> Result<Slot, CudaError> {
+        let part = |name: &str| -> Result<(u64, u64), CudaError> {
+            let p = layout.slot_part(name).ok_or(CudaError::NotReady(format!("arena layout has no {name}")))?;
+            Ok((base + p.offset, p.bytes))
+        };
+        let state_bytes = layout.slot_part("scratch/gemm_in_f16").map_or(0, |p| p.offset);
+        let stream = ctx.new_stream()?;
+        let blas = CudaBlas::new(stream.clone())?;
+        let (ws, ws_bytes) = part("cublas_workspace")?;
+        // SAFETY: the workspace lies in this slot, used only by this handle's stream.
+        unsafe { blas_sys::cublasSetWorkspace_v2(*blas.handle(), ws as *mut c_void, ws_bytes as usize) }.result()?;
+        Ok(Slot {
+            stream,
+            blas,
+            base,
+            cursor: Mutex::new(Cursor::new(state_bytes)),
+            gemm_in: part("scratch/gemm_in_f16")?,
+            gemm_out: part("scratch/gemm_out")?,
+            scores: part("scratch/scores")?,
+            tokens: part("scratch/tokens")?,
+            src_rows: part("scratch/src_rows")?,
+            dst_rows: part("scratch/dst_rows")?,
+            error: Mutex::new(None),
+        })
+    }
+}
+
+/// Compiles the kernels for this device's compute capability (NVRTC, at
+/// start-up: no toolkit needed where the daemon runs) and loads them in
+/// `Kernel::ALL` order, which `CudaBackend::f` relies on.
+fn load_kernels(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Vec<CudaFunction>, CudaError> {
+    let (major, minor) = info.compute_capability;
+    let mut functions = Vec::with_capacity(Kernel::ALL.len());
+    let cubins = kernels::compile_all(major, minor)?;
+    let modules = cubins
+        .into_iter()
+        .map(|c| ctx.load_module(cudarc::nvrtc::Ptx::from_binary(c.image)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for k in Kernel::ALL {
+        let module = modules.get(k.source_index()).ok_or(CudaError::NotReady(format!("kernel table: {k:?}")))?;
+        functions.push(module.load_function(k.function())?);
+    }
+    Ok(functions)
+}
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     pub info: DeviceInfo,
@@ -127,48 +215,12 @@ impl CudaBackend {
         // SAFETY: a plain allocation, freed in Drop after synchronising.
         let base = unsafe { drv::malloc_sync(total as usize) }?;
 
-        let (major, minor) = info.compute_capability;
-        let mut functions = Vec::with_capacity(Kernel::ALL.len());
-        let cubins = kernels::compile_all(major, minor)?;
-        let modules = cubins
-            .into_iter()
-            .map(|c| ctx.load_module(cudarc::nvrtc::Ptx::from_binary(c.image)))
-            .collect::<Result<Vec<_>, _>>()?;
-        for k in Kernel::ALL {
-            let module = modules.get(k.source_index()).ok_or(CudaError::NotReady(format!("kernel table: {k:?}")))?;
-            functions.push(module.load_function(k.function())?);
-        }
-
+        let functions = load_kernels(&ctx, &info)?;
         // The weights' stream exists before any session stream.
         let load_stream = ctx.new_stream()?;
-        let part = |slot_base: u64, name: &str| -> Result<(u64, u64), CudaError> {
-            let p = layout.slot_part(name).ok_or(CudaError::NotReady(format!("arena layout has no {name}")))?;
-            Ok((slot_base + p.offset, p.bytes))
-        };
-        let state_bytes = layout.slot_part("scratch/gemm_in_f16").map_or(0, |p| p.offset);
-        let mut slots = Vec::with_capacity(layout.config.max_sessions);
-        for i in 0..layout.config.max_sessions {
-            let slot_base = base + layout.slot_offset(i);
-            let stream = ctx.new_stream()?;
-            let blas = CudaBlas::new(stream.clone())?;
-            let (ws, ws_bytes) = part(slot_base, "cublas_workspace")?;
-            // SAFETY: the workspace lies in this slot, used only by this handle's stream.
-            unsafe { blas_sys::cublasSetWorkspace_v2(*blas.handle(), ws as *mut c_void, ws_bytes as usize) }
-                .result()?;
-            slots.push(Slot {
-                stream,
-                blas,
-                base: slot_base,
-                cursor: Mutex::new(Cursor::new(state_bytes)),
-                gemm_in: part(slot_base, "scratch/gemm_in_f16")?,
-                gemm_out: part(slot_base, "scratch/gemm_out")?,
-                scores: part(slot_base, "scratch/scores")?,
-                tokens: part(slot_base, "scratch/tokens")?,
-                src_rows: part(slot_base, "scratch/src_rows")?,
-                dst_rows: part(slot_base, "scratch/dst_rows")?,
-                error: Mutex::new(None),
-            });
-        }
+        let slots = (0..layout.config.max_sessions)
+            .map(|i| Slot::new(&ctx, &layout, base + layout.slot_offset(i)))
+            .collect::<Result<Vec<_>, _>>()?;
         let pool = SlotPool::new(slots.len());
         Ok(CudaBackend {
             ctx,
@@ -216,6 +268,118 @@ impl CudaBackend {
             tracing::error!("GPU slot {slot}: {e}");
             *lock(&s.error) = Some(e.to_string());
         }
+    }
+
+    /// Attention on slot `s`'s stream, sequence by sequence and, within
+    /// one, as many heads at a time as the scores scratch holds: the
+    /// arena is planned once, so a long prompt takes more launches rather
+    /// than more memory.
+    fn attention_on(&self, s: &Slot, a: &Attention) -> Result<(), CudaError> {
+        let sh = a.sh;
+        let per_head = (sh.q_len * sh.kv_len * 4) as u64;
+        let chunk = ((s.scores.1 / per_head.max(1)) as usize).min(sh.heads);
+        if chunk == 0 {
+            return Err(CudaError::NotReady(format!(
+                "attention {}×{} exceeds the scores scratch",
+                sh.q_len, sh.kv_len
+            )));
+        }
+        for seq in 0..sh.seqs {
+            for h0 in (0..sh.heads).step_by(chunk) {
+                let hn = chunk.min(sh.heads - h0);
+                let heads = a.heads(seq, h0);
+                self.attention_scores(s, a, &heads, hn)?;
+                self.attention_softmax(s, a, h0, hn)?;
+                self.attention_output(s, a, &heads, hn)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores of `hn` heads, per head b: column-major Sᵀ (kv × q) = Kᵀ · Q.
+    fn attention_scores(&self, s: &Slot, a: &Attention, at: &HeadPtrs, hn: usize) -> Result<(), CudaError> {
+        let (sh, one, zero) = (a.sh, 1.0f32, 0.0f32);
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        // SAFETY: every operand lies in the arena as planned.
+        unsafe {
+            blas::sgemm_strided_batched(
+                *s.blas.handle(),
+                CUBLAS_OP_T,
+                CUBLAS_OP_N,
+                sh.kv_len as i32,
+                sh.q_len as i32,
+                a.hd as i32,
+                &one,
+                at.k as *const f32,
+                a.kld as i32,
+                a.hd as i64,
+                at.q as *const f32,
+                a.qld as i32,
+                a.hd as i64,
+                &zero,
+                s.scores.0 as *mut f32,
+                sh.kv_len as i32,
+                (sh.q_len * sh.kv_len) as i64,
+                hn as i32,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Scale, causal mask and softmax of heads `h0..h0 + hn` in the scores
+    /// scratch; the kernel also copies the alignment heads' rows out.
+    fn attention_softmax(&self, s: &Slot, a: &Attention, h0: usize, hn: usize) -> Result<(), CudaError> {
+        let sh = a.sh;
+        let rows = hn * sh.q_len;
+        let (rows_i, ql, kl, heads, h0_i, causal) =
+            (rows as i32, sh.q_len as i32, sh.kv_len as i32, sh.heads as i32, h0 as i32, sh.causal as i32);
+        // SAFETY: argument types match attn_softmax_f32's signature.
+        unsafe {
+            s.stream
+                .launch_builder(self.f(Kernel::AttnSoftmax))
+                .arg(&s.scores.0)
+                .arg(&rows_i)
+                .arg(&ql)
+                .arg(&kl)
+                .arg(&heads)
+                .arg(&h0_i)
+                .arg(&a.scale)
+                .arg(&causal)
+                .arg(&a.probs_ptr)
+                .arg(&a.slots)
+                .launch(Launch::per_row(rows).config())?;
+        }
+        Ok(())
+    }
+
+    /// out_h, column-major (hd × q, ld d) = V_h (hd × kv, ld v) · Pᵀ (kv × q).
+    fn attention_output(&self, s: &Slot, a: &Attention, at: &HeadPtrs, hn: usize) -> Result<(), CudaError> {
+        let (sh, one, zero) = (a.sh, 1.0f32, 0.0f32);
+        use blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        // SAFETY: every operand lies in the arena as planned.
+        unsafe {
+            blas::sgemm_strided_batched(
+                *s.blas.handle(),
+                CUBLAS_OP_N,
+                CUBLAS_OP_N,
+                a.hd as i32,
+                sh.q_len as i32,
+                sh.kv_len as i32,
+                &one,
+                at.v as *const f32,
+                a.vld as i32,
+                a.hd as i64,
+                s.scores.0 as *const f32,
+                sh.kv_len as i32,
+                (sh.q_len * sh.kv_len) as i64,
+                &zero,
+                at.out as *mut f32,
+                a.d as i32,
+                a.hd as i64,
+                hn as i32,
+            )?;
+        }
+        Ok(())
     }
 
     fn f(&self, k: Kernel) -> &CudaFunction {
@@ -588,6 +752,8 @@ impl Backend for CudaBackend {
         });
     }
 
+    /// The heads go through cuBLAS in chunks that fit the slot's scores
+    /// scratch (see [`CudaBackend::attention_on`]).
     fn attention(
         &self,
         q: View<'_, Self>,
@@ -611,106 +777,22 @@ impl Backend for CudaBackend {
             }
             None => (0u64, HeadSlots::none()),
         };
-        let (qp, qld, kp, kld, vp, vld) = (
-            q.buf.ptr + (q.col * 4) as u64,
-            q.buf.cols,
-            k.buf.ptr + (k.col * 4) as u64,
-            k.buf.cols,
-            v.buf.ptr + (v.col * 4) as u64,
-            v.buf.cols,
-        );
-        let op = out.ptr;
-        self.on(out.slot, |s| {
-            let per_head = (sh.q_len * sh.kv_len * 4) as u64;
-            let chunk = ((s.scores.1 / per_head.max(1)) as usize).min(sh.heads);
-            if chunk == 0 {
-                return Err(CudaError::NotReady(format!(
-                    "attention {}×{} exceeds the scores scratch",
-                    sh.q_len, sh.kv_len
-                )));
-            }
-            let (one, zero) = (1.0f32, 0.0f32);
-            let handle = *s.blas.handle();
-            use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-            for seq in 0..sh.seqs {
-                let qs = qp + (seq * sh.q_len * qld * 4) as u64;
-                let ks = kp + (seq * sh.kv_seq_stride * kld * 4) as u64;
-                let vs = vp + (seq * sh.kv_seq_stride * vld * 4) as u64;
-                let os = op + (seq * sh.q_len * d * 4) as u64;
-                for h0 in (0..sh.heads).step_by(chunk) {
-                    let hn = chunk.min(sh.heads - h0);
-                    let ho = (h0 * hd * 4) as u64;
-                    // Scores, per head b: column-major Sᵀ (kv × q) = Kᵀ · Q.
-                    // SAFETY: every operand lies in the arena as planned.
-                    unsafe {
-                        blas::sgemm_strided_batched(
-                            handle,
-                            CUBLAS_OP_T,
-                            CUBLAS_OP_N,
-                            sh.kv_len as i32,
-                            sh.q_len as i32,
-                            hd as i32,
-                            &one,
-                            (ks + ho) as *const f32,
-                            kld as i32,
-                            hd as i64,
-                            (qs + ho) as *const f32,
-                            qld as i32,
-                            hd as i64,
-                            &zero,
-                            s.scores.0 as *mut f32,
-                            sh.kv_len as i32,
-                            (sh.q_len * sh.kv_len) as i64,
-                            hn as i32,
-                        )?;
-                    }
-                    let rows = hn * sh.q_len;
-                    let (rows_i, ql, kl, heads, h0_i, causal) =
-                        (rows as i32, sh.q_len as i32, sh.kv_len as i32, sh.heads as i32, h0 as i32, sh.causal as i32);
-                    // SAFETY: argument types match attn_softmax_f32's signature.
-                    unsafe {
-                        s.stream
-                            .launch_builder(self.f(Kernel::AttnSoftmax))
-                            .arg(&s.scores.0)
-                            .arg(&rows_i)
-                            .arg(&ql)
-                            .arg(&kl)
-                            .arg(&heads)
-                            .arg(&h0_i)
-                            .arg(&scale)
-                            .arg(&causal)
-                            .arg(&probs_ptr)
-                            .arg(&slots)
-                            .launch(Launch::per_row(rows).config())?;
-                    }
-                    // out_h, column-major (hd × q, ld d) = V_h (hd × kv, ld v) · Pᵀ (kv × q).
-                    // SAFETY: as above.
-                    unsafe {
-                        blas::sgemm_strided_batched(
-                            handle,
-                            CUBLAS_OP_N,
-                            CUBLAS_OP_N,
-                            hd as i32,
-                            sh.q_len as i32,
-                            sh.kv_len as i32,
-                            &one,
-                            (vs + ho) as *const f32,
-                            vld as i32,
-                            hd as i64,
-                            s.scores.0 as *const f32,
-                            sh.kv_len as i32,
-                            (sh.q_len * sh.kv_len) as i64,
-                            &zero,
-                            (os + ho) as *mut f32,
-                            d as i32,
-                            hd as i64,
-                            hn as i32,
-                        )?;
-                    }
-                }
-            }
-            Ok(())
-        });
+        let a = Attention {
+            qp: q.buf.ptr + (q.col * 4) as u64,
+            qld: q.buf.cols,
+            kp: k.buf.ptr + (k.col * 4) as u64,
+            kld: k.buf.cols,
+            vp: v.buf.ptr + (v.col * 4) as u64,
+            vld: v.buf.cols,
+            op: out.ptr,
+            d,
+            hd,
+            scale,
+            sh,
+            probs_ptr,
+            slots,
+        };
+        self.on(out.slot, |s| self.attention_on(s, &a));
     }
 
     fn copy_rows(&self, src: View<'_, Self>, src_rows: &[usize], dst: &mut CudaBuf, dst_rows: &[usize]) {
