@@ -67,13 +67,8 @@ fn upgrade_head(addr: &str) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-fn metric(d: &Daemon, name: &str) -> f64 {
-    let (_, _, body) = http(&d.addr, "/metrics", &[]);
-    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
-}
-
 fn active(d: &Daemon) -> u32 {
-    metric(d, "scribed_sessions_active") as u32
+    metric(&d.addr, "scribed_sessions_active") as u32
 }
 
 /// Waits until the two daemons hold `want` sessions between them; returns
@@ -144,7 +139,7 @@ fn sessions_spread_skip_full_daemons_and_drain_without_losing_words() {
     // word of it, then 1001.
     let sent = 3.0 * load("jfk.wav").len() as f64 / 16_000.0;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&b, "scribed_audio_received_seconds_total") < sent - 0.01 && Instant::now() < deadline {
+    while metric(&b.addr, "scribed_audio_received_seconds_total") < sent - 0.01 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     sigterm(&b);

@@ -62,13 +62,6 @@ fn proc_status(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn metric(addr: &str, name: &str) -> f64 {
-    let (_, _, body) = http(addr, "/metrics", &[]);
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-}
-
 /// One storm connection: upgrade, send a second of speech in one frame,
 /// vanish without a Close. Returns whether it was admitted.
 fn hit_and_run(url: &str, second: &[u8]) -> bool {

@@ -3,9 +3,11 @@
 //! The Whisper graph (`model::encoder`, `model::decoder`) is written once
 //! against [`Backend`]; a backend owns where tensors live and how the dozen
 //! primitive operations run. All activation buffers are created by the model's
-//! `State` once, at their worst-case size, so that steady-state decoding never
-//! allocates — on the CPU that keeps latency flat, and on a GPU it is what
-//! lets every session's memory come from one arena.
+//! `State` once, at their worst-case size, so that steady-state decoding
+//! allocates no device memory — on a GPU that is what lets every session's
+//! memory come from one arena. (Host-side bookkeeping still allocates small
+//! vectors: the CUDA backend's row gather copies its index lists, and beam
+//! search builds its candidate lists at every step.)
 //!
 //! Conventions shared by every operation:
 //! - activations are f32, row-major `[rows, cols]`, one row per time step or

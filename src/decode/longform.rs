@@ -246,24 +246,11 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         opts: &DecodeOptions,
     ) -> Result<(String, f32), DecodeError> {
         let tok = self.model.tokenizer();
-        // A requested language is resolved through the vocabulary, which
-        // knows both codes and English names.
-        let requested = match opts.language.as_deref() {
-            None => None,
-            Some(l) => Some(
-                tok.language_token(l)
-                    .and_then(|id| tok.language_code(id))
-                    .ok_or_else(|| DecodeError::UnknownLanguage(l.into()))?,
-            ),
-        };
-        if !tok.is_multilingual() {
-            return match requested {
-                None | Some("en") => Ok(("en".into(), 1.0)),
-                Some(_) => Err(DecodeError::EnglishOnly(opts.language.clone().unwrap_or_default())),
-            };
+        if let Some(requested) = opts.language.as_deref() {
+            return Ok((super::resolve_language(tok, requested)?.into(), 1.0));
         }
-        if let Some(code) = requested {
-            return Ok((code.into(), 1.0));
+        if !tok.is_multilingual() {
+            return Ok(("en".into(), 1.0));
         }
         let model = self.model;
         let n_mels = model.dims().n_mels;

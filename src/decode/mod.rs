@@ -207,7 +207,7 @@ impl Transcript {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("unknown language `{0}` (use a Whisper language code such as en, de, fr)")]
+    #[error("unknown language `{0}`: not a language Whisper knows (use a code such as en, de, fr)")]
     UnknownLanguage(String),
     #[error("this model is English-only; language `{0}` needs a multilingual model")]
     EnglishOnly(String),
@@ -215,4 +215,22 @@ pub enum DecodeError {
     Prompt(String),
     #[error("cancelled")]
     Cancelled,
+}
+
+/// The language code of a requested code or English name (`de`, `german`),
+/// checked against the model's vocabulary: the one place that decides
+/// whether a model can serve a language (offline decoding, and the daemon
+/// before it accepts a session).
+pub fn resolve_language(
+    tok: &crate::model::tokenizer::Tokenizer,
+    requested: &str,
+) -> Result<&'static str, DecodeError> {
+    let code = tok
+        .language_token(requested)
+        .and_then(|id| tok.language_code(id))
+        .ok_or_else(|| DecodeError::UnknownLanguage(requested.into()))?;
+    if !tok.is_multilingual() && code != "en" {
+        return Err(DecodeError::EnglishOnly(requested.into()));
+    }
+    Ok(code)
 }

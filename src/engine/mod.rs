@@ -23,9 +23,9 @@ pub trait Engine: Send + Sync + 'static {
     fn uuid(&self) -> &str;
     /// Whether the model knows languages other than English.
     fn is_multilingual(&self) -> bool;
-    /// The language code of a code or English name (`de`, `german`), if the
-    /// model's vocabulary has it.
-    fn language_code(&self, code_or_name: &str) -> Option<&'static str>;
+    /// The language code of a code or English name (`de`, `german`), if
+    /// the model can transcribe it.
+    fn resolve_language(&self, code_or_name: &str) -> Result<&'static str, DecodeError>;
     /// Per-stream decoder state, sized once: one per session worker.
     fn stream(&self) -> Result<Box<dyn EngineStream + '_>, ModelError>;
 }
@@ -45,8 +45,9 @@ pub struct WhisperEngine<B: Backend> {
 
 impl<B: Backend + Send + Sync + 'static> WhisperEngine<B> {
     pub fn new(model: Whisper<B>) -> Self {
-        let name = model.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "whisper".into());
-        let uuid = file_uuid(&model.dir.join("model.bin"));
+        let name =
+            model.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "whisper".into());
+        let uuid = file_uuid(&model.dir().join("model.bin"));
         WhisperEngine { model, name, uuid }
     }
 }
@@ -64,9 +65,8 @@ impl<B: Backend + Send + Sync + 'static> Engine for WhisperEngine<B> {
         self.model.is_multilingual()
     }
 
-    fn language_code(&self, code_or_name: &str) -> Option<&'static str> {
-        let tok = &self.model.tokenizer;
-        tok.language_token(code_or_name).and_then(|id| tok.language_code(id))
+    fn resolve_language(&self, code_or_name: &str) -> Result<&'static str, DecodeError> {
+        crate::decode::resolve_language(self.model.tokenizer(), code_or_name)
     }
 
     fn stream(&self) -> Result<Box<dyn EngineStream + '_>, ModelError> {

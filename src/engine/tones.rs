@@ -24,8 +24,11 @@ impl Engine for ToneEngine {
     fn is_multilingual(&self) -> bool {
         false
     }
-    fn language_code(&self, code_or_name: &str) -> Option<&'static str> {
-        (code_or_name == "en").then_some("en")
+    fn resolve_language(&self, code_or_name: &str) -> Result<&'static str, DecodeError> {
+        match code_or_name {
+            "en" | "english" => Ok("en"),
+            other => Err(DecodeError::EnglishOnly(other.into())),
+        }
     }
     fn stream(&self) -> Result<Box<dyn EngineStream + '_>, ModelError> {
         Ok(Box::new(ToneStream))

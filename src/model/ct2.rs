@@ -1,10 +1,13 @@
 //! Reader for CTranslate2's `model.bin` (binary versions 1–6).
 //!
 //! The file is a flat sequence of named tensors with no alignment and no
-//! padding (see `shared/docs/ct2-whisper-format.md` §2). We stream it through
-//! one reusable buffer instead of memory-mapping it, so the loader's peak
-//! memory is the converted weights alone, and every unaligned payload is
-//! decoded with `from_le_bytes` rather than reinterpreted in place.
+//! padding (see `shared/docs/ct2-whisper-format.md` §2). We read it with a
+//! buffered reader instead of memory-mapping it, each tensor's payload into
+//! its own vector (checked against the file's length before allocating), and
+//! decode every unaligned value with `from_le_bytes` rather than
+//! reinterpreting it in place. The whole file is held until the model has
+//! converted its tensors: peak memory while loading is the file plus the
+//! converted weights.
 
 use std::collections::HashMap;
 use std::fs::File;

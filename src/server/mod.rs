@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::protocol::ListenParams;
+use crate::protocol::{ListenParams, ParamError};
 use crate::session::PANIC_KEYTERM;
 
 /// `GET /`: live captions from the browser's microphone (no build step).
@@ -233,8 +233,7 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
             "multichannel audio with {slots_needed} channels needs {slots_needed} session slots; this server has {}",
             shared.config.max_sessions
         );
-        return http::respond_json(&mut stream, 400, &[], &crate::protocol::ParamError::new("channels", why).to_json())
-            .await;
+        return http::respond_json(&mut stream, 400, &[], &ParamError::new("channels", why).to_json()).await;
     }
     let Ok(permit) = shared.slots.clone().try_acquire_many_owned(slots_needed) else {
         m.rejected_busy_total.fetch_add(1, Ordering::Relaxed);
@@ -266,23 +265,12 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
 /// serve is refused with 400 before the upgrade rather than failing later.
 /// Codes and English names both work (`de`, `german`); `multi` asks for
 /// detection, which is what an unset language does.
-fn resolve_language(mut p: ListenParams, engine: &dyn Engine) -> Result<ListenParams, crate::protocol::ParamError> {
+fn resolve_language(mut p: ListenParams, engine: &dyn Engine) -> Result<ListenParams, ParamError> {
     let Some(requested) = p.language.take() else { return Ok(p) };
     if requested == "multi" {
         return Ok(p);
     }
-    let Some(code) = engine.language_code(&requested) else {
-        return Err(crate::protocol::ParamError::new(
-            "language",
-            format!("`{requested}` is not a language Whisper knows"),
-        ));
-    };
-    if !engine.is_multilingual() && code != "en" {
-        return Err(crate::protocol::ParamError::new(
-            "language",
-            format!("the model on this server is English-only; `{requested}` needs a multilingual model"),
-        ));
-    }
+    let code = engine.resolve_language(&requested).map_err(|e| ParamError::new("language", e.to_string()))?;
     p.language = Some(code.to_string());
     Ok(p)
 }

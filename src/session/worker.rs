@@ -304,6 +304,11 @@ impl Worker {
             condition_on_previous_text: false,
             initial_prompt: (!prompt.is_empty()).then_some(prompt),
             language: if multilingual { self.s.language.clone() } else { None },
+            // The decoder's own VAD pass over the utterance is not the
+            // worker's frame VAD run twice: it starts its noise floor at the
+            // utterance, as offline decoding does, and keeps a window with
+            // too little voiced audio (a click after a pause) from being
+            // decoded into made-up words. It costs well under a millisecond.
             vad: true,
             cancel: self.s.cancel.clone(),
             audio_ctx: STREAMING_AUDIO_CTX.then(AudioCtx::default),
@@ -338,8 +343,7 @@ impl Worker {
     /// such a gap is speech that was skipped.
     fn skipped_speech(&self, words: &[Word]) -> bool {
         let Some(last) = self.policy.committed().last() else { return false };
-        let audio_end =
-            (self.buf_start as usize * FRAME + self.buf.len()) as f64 / f64::from(crate::audio::SAMPLE_RATE);
+        let audio_end = seconds(self.buf_start * FRAME as u64 + self.buf.len() as u64);
         let next = self.policy.after_committed(words).first().map_or(audio_end, |w| w.start);
         next - last.end > MAX_GAP_S
     }

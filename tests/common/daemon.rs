@@ -100,6 +100,14 @@ pub fn request(addr: &str, path: &str, headers: &[&str], until_upgrade: bool) ->
     (status, head.to_string(), body.to_string())
 }
 
+/// The value of an unlabelled metric in the daemon's `/metrics`.
+pub fn metric(addr: &str, name: &str) -> f64 {
+    let (_, _, body) = http(addr, "/metrics", &[]);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
 pub const UPGRADE: [&str; 4] = [
     "Connection: Upgrade",
     "Upgrade: websocket",

@@ -77,8 +77,8 @@ pub enum ArenaError {
     NoSequences,
     #[error("the arena for this model and configuration would exceed 2^64 bytes")]
     Overflow,
-    #[error("weights region full: {asked} more bytes asked for at offset {used} of {capacity}")]
-    WeightsFull { used: u64, asked: u64, capacity: u64 },
+    #[error("{region} region full: {asked} more bytes asked for at offset {used} of {capacity}")]
+    RegionFull { region: &'static str, used: u64, asked: u64, capacity: u64 },
 }
 
 fn gib(b: u64) -> f64 {
@@ -354,22 +354,26 @@ fn plan_slot(d: &Dims, c: &ArenaConfig) -> Result<(Vec<Part>, u64), ArenaError> 
     p.finish()
 }
 
-/// Hands out the weights region front to back as the model loads its
-/// tensors (`Backend::matrix` / `Backend::vector`), each aligned.
+/// Hands out a region front to back, each part aligned: the weights region
+/// as the model loads its tensors (`Backend::matrix` / `Backend::vector`),
+/// a session slot as its state's buffers are made (`Backend::buffer`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
+    /// The region's name, for the error when it is full.
+    region: &'static str,
     used: u64,
     capacity: u64,
 }
 
 impl Cursor {
-    pub fn new(capacity: u64) -> Cursor {
-        Cursor { used: 0, capacity }
+    pub fn new(region: &'static str, capacity: u64) -> Cursor {
+        Cursor { region, used: 0, capacity }
     }
 
     /// Offset (within the region) of the next `bytes`.
     pub fn take(&mut self, bytes: u64) -> Result<u64, ArenaError> {
-        let full = ArenaError::WeightsFull { used: self.used, asked: bytes, capacity: self.capacity };
+        let full =
+            ArenaError::RegionFull { region: self.region, used: self.used, asked: bytes, capacity: self.capacity };
         let offset = align_up(self.used).ok_or(full.clone())?;
         let end = offset.checked_add(bytes).ok_or(full.clone())?;
         if end > self.capacity {
@@ -605,12 +609,12 @@ mod tests {
     #[test]
     fn weights_cursor_fills_the_planned_region_exactly() {
         let l = Layout::plan(&tiny(), ArenaConfig::default()).unwrap();
-        let mut c = Cursor::new(l.weights_bytes);
+        let mut c = Cursor::new("weights", l.weights_bytes);
         for p in &l.weights {
             assert_eq!(c.take(p.bytes).unwrap(), p.offset, "{}", p.name);
         }
-        assert!(matches!(c.take(1), Err(ArenaError::WeightsFull { .. })));
-        let mut c = Cursor::new(1000);
+        assert!(matches!(c.take(1), Err(ArenaError::RegionFull { .. })));
+        let mut c = Cursor::new("weights", 1000);
         assert_eq!(c.take(10).unwrap(), 0);
         assert_eq!(c.take(10).unwrap(), 256);
         assert!(c.take(u64::MAX).is_err());

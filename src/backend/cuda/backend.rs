@@ -124,7 +124,7 @@ impl Slot {
     /// and where its scratch parts lie: all fixed by the arena's layout.
     fn new(ctx: &Arc<CudaContext>, layout: &Layout, base: u64) -> Result<Slot, CudaError> {
         let part = |name: &str| -> Result<(u64, u64), CudaError> {
-            let p = layout.slot_part(name).ok_or(CudaError::NotReady(format!("arena layout has no {name}")))?;
+            let p = layout.slot_part(name).ok_or(CudaError::Missing(format!("arena part {name}")))?;
             Ok((base + p.offset, p.bytes))
         };
         let state_bytes = layout.slot_part("scratch/gemm_in_f16").map_or(0, |p| p.offset);
@@ -137,7 +137,7 @@ impl Slot {
             stream,
             blas,
             base,
-            cursor: Mutex::new(Cursor::new(state_bytes)),
+            cursor: Mutex::new(Cursor::new("session slot", state_bytes)),
             gemm_in: part("scratch/gemm_in_f16")?,
             gemm_out: part("scratch/gemm_out")?,
             scores: part("scratch/scores")?,
@@ -161,7 +161,7 @@ fn load_kernels(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Vec<CudaFun
         .map(|c| ctx.load_module(cudarc::nvrtc::Ptx::from_binary(c.image)))
         .collect::<Result<Vec<_>, _>>()?;
     for k in Kernel::ALL {
-        let module = modules.get(k.source_index()).ok_or(CudaError::NotReady(format!("kernel table: {k:?}")))?;
+        let module = modules.get(k.source_index()).ok_or(CudaError::Missing(format!("kernel module for {k:?}")))?;
         functions.push(module.load_function(k.function())?);
     }
     Ok(functions)
@@ -225,7 +225,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             ctx,
             info,
-            weights: Mutex::new(Cursor::new(layout.weights_bytes)),
+            weights: Mutex::new(Cursor::new("weights", layout.weights_bytes)),
             layout,
             base,
             load_stream,
@@ -279,10 +279,7 @@ impl CudaBackend {
         let per_head = (sh.q_len * sh.kv_len * 4) as u64;
         let chunk = ((s.scores.1 / per_head.max(1)) as usize).min(sh.heads);
         if chunk == 0 {
-            return Err(CudaError::NotReady(format!(
-                "attention {}×{} exceeds the scores scratch",
-                sh.q_len, sh.kv_len
-            )));
+            return Err(CudaError::SlotTooSmall(format!("attention scores {}×{}", sh.q_len, sh.kv_len)));
         }
         for seq in 0..sh.seqs {
             for h0 in (0..sh.heads).step_by(chunk) {
@@ -468,7 +465,7 @@ impl CudaBackend {
         // Yᵀ (n × rows) = Wᵀ-op(W as k × n) · X (k × rows).
         let (c, ldc, beta) = if accumulate_after {
             if (rows * n * 4) as u64 > s.gemm_out.1 {
-                return Err(CudaError::NotReady(format!("GEMM output {rows}×{n} exceeds the slot's scratch")));
+                return Err(CudaError::SlotTooSmall(format!("GEMM output {rows}×{n}")));
             }
             (s.gemm_out.0, n, 0.0)
         } else {
@@ -558,7 +555,7 @@ impl Backend for CudaBackend {
         let off = lock(&s.cursor).take(bytes).map_err(|e| BackendError::OutOfMemory {
             needed: bytes,
             available: match e {
-                super::arena::ArenaError::WeightsFull { used, capacity, .. } => capacity.saturating_sub(used),
+                super::arena::ArenaError::RegionFull { used, capacity, .. } => capacity.saturating_sub(used),
                 _ => 0,
             },
         })?;
@@ -621,7 +618,7 @@ impl Backend for CudaBackend {
         let (op, oc) = (out.ptr, out.cols);
         self.on(out.slot, |s| {
             if (m * k * 2) as u64 > s.gemm_in.1 {
-                return Err(CudaError::NotReady(format!("GEMM input {m}×{k} exceeds the slot's scratch")));
+                return Err(CudaError::SlotTooSmall(format!("GEMM input {m}×{k}")));
             }
             let l = Launch::elementwise(m * k);
             let (m_i, k_i) = (m as i32, k as i32);
@@ -673,7 +670,7 @@ impl Backend for CudaBackend {
         self.on(out.slot, |s| {
             let k3 = 3 * c_in;
             if (t_out * k3 * 2) as u64 > s.gemm_in.1 {
-                return Err(CudaError::NotReady(format!("im2col {t_out}×{k3} exceeds the slot's scratch")));
+                return Err(CudaError::SlotTooSmall(format!("im2col {t_out}×{k3}")));
             }
             let (ti, ci, st, to) = (t_in as i32, c_in as i32, stride as i32, t_out as i32);
             // SAFETY: argument types match im2col_k3_f16's signature.
@@ -726,7 +723,7 @@ impl Backend for CudaBackend {
         let n = tokens.len();
         self.on(out.slot, |s| {
             if (n * 4) as u64 > s.tokens.1 {
-                return Err(CudaError::NotReady(format!("{n} tokens exceed the slot's token buffer")));
+                return Err(CudaError::SlotTooSmall(format!("{n} tokens")));
             }
             // SAFETY: fits (checked); pageable copy, `tokens` may be reused after.
             unsafe { drv::memcpy_htod_async(s.tokens.0, tokens, s.stream.cu_stream()) }?;
@@ -811,7 +808,7 @@ impl Backend for CudaBackend {
         let (sp, ss, sc, dp, w) = (src.buf.ptr, src.buf.cols as i32, src.col as i32, dst.ptr, src.width as i32);
         self.on(dst.slot, |s| {
             if (n * 4) as u64 > s.src_rows.1.min(s.dst_rows.1) {
-                return Err(CudaError::NotReady(format!("{n} row indices exceed the slot's index buffers")));
+                return Err(CudaError::SlotTooSmall(format!("{n} row indices")));
             }
             // SAFETY: fits (checked); pageable copies, the vectors may drop after.
             unsafe {

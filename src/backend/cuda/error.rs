@@ -26,6 +26,14 @@ pub enum CudaError {
     UnsupportedArch { index: usize, major: i32, minor: i32 },
     #[error("{0} is usable, but the CUDA backend is not complete yet: use --device cpu (or auto)")]
     NotReady(String),
+    /// An operation larger than the session slot was sized for: the arena
+    /// layout and the model disagree (a bug, never a client's doing).
+    #[error("{0}: larger than the session slot was sized for")]
+    SlotTooSmall(String),
+    /// The arena layout or the kernel table lacks a part the backend uses
+    /// (a bug).
+    #[error("the CUDA backend's {0} is missing")]
+    Missing(String),
     #[error("{file}: NVRTC failed to compile it ({status}):\n{log}")]
     Compile { file: &'static str, status: String, log: String },
     #[error("{file}: NVRTC reported warnings, which scribed treats as errors:\n{log}")]
