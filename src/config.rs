@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub no_audio_timeout_s: Option<f64>,
     /// Largest websocket frame/message accepted, bytes.
     pub max_frame_bytes: Option<usize>,
+    /// Largest `POST /v1/listen` body, bytes (413 above).
+    pub max_upload_bytes: Option<usize>,
     /// Audio buffered per session channel before backpressure, seconds.
     pub ring_seconds: Option<f64>,
     /// New audio between two hypotheses, milliseconds.
@@ -57,6 +59,7 @@ pub struct Config {
     pub threads: Option<usize>,
     pub no_audio_timeout: Duration,
     pub max_frame_bytes: usize,
+    pub max_upload_bytes: usize,
     pub ring_seconds: f64,
     pub step_ms: u64,
     pub write_timeout: Duration,
@@ -133,6 +136,11 @@ impl Config {
         if !(100..=5000).contains(&step_ms) {
             return Err(invalid("step_ms", format!("{step_ms} is outside 100–5000")));
         }
+        // 256 MiB: 2.3 hours of 16 kHz 16-bit mono WAV, days of MP3.
+        let max_upload_bytes = f.max_upload_bytes.unwrap_or(256 << 20);
+        if !(1024..=4 << 30).contains(&max_upload_bytes) {
+            return Err(invalid("max_upload_bytes", format!("{max_upload_bytes} is outside 1 KiB–4 GiB")));
+        }
         let max_frame_bytes = f.max_frame_bytes.unwrap_or(4 << 20);
         if !(1024..=256 << 20).contains(&max_frame_bytes) {
             return Err(invalid("max_frame_bytes", format!("{max_frame_bytes} is outside 1 KiB–256 MiB")));
@@ -146,6 +154,7 @@ impl Config {
             threads: flags.threads.or(f.threads),
             no_audio_timeout: secs("no_audio_timeout_s", f.no_audio_timeout_s, 10.0)?,
             max_frame_bytes,
+            max_upload_bytes,
             ring_seconds,
             step_ms,
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,

@@ -21,6 +21,7 @@
 //! ends, so interims and finals agree on one clock.
 
 use crate::audio::round3;
+use crate::protocol::normalize;
 
 /// Seconds per VAD frame.
 pub const FRAME_SECONDS: f64 = 0.01;
@@ -75,10 +76,6 @@ impl Word {
     pub fn norm(&self) -> String {
         normalize(&self.text)
     }
-}
-
-pub fn normalize(text: &str) -> String {
-    text.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect()
 }
 
 /// Why the worker should transcribe now.

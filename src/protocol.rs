@@ -108,12 +108,19 @@ pub struct ListenParams {
     pub smart_format: bool,
     /// Accepted for compatibility; the daemon serves the model it loaded.
     pub model: Option<String>,
+    /// Pre-recorded only: group the words into utterances, split at pauses
+    /// of at least `utt_split` seconds.
+    pub utterances: bool,
+    pub utt_split: f64,
 }
 
 /// Default silence that ends an utterance. Deepgram's default is 10 ms of
 /// its own VAD; ours has a 200 ms hangover, and splitting a sentence at every
 /// breath costs Whisper its context, so the default is longer.
 pub const DEFAULT_ENDPOINTING_MS: u32 = 500;
+
+/// Deepgram's default pause between utterances (`utt_split`), seconds.
+pub const DEFAULT_UTT_SPLIT: f64 = 0.8;
 
 /// A query parameter that was rejected: HTTP 400 with this as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +163,8 @@ impl Default for ListenParams {
             punctuate: true,
             smart_format: false,
             model: None,
+            utterances: false,
+            utt_split: DEFAULT_UTT_SPLIT,
         }
     }
 }
@@ -210,6 +219,8 @@ impl ListenParams {
             "language" => self.language = Some(parse_language(k, value)?),
             "keyterm" | "keywords" => self.add_keyterm(k, value)?,
             "model" => self.model = Some(value.to_string()),
+            "utterances" => self.utterances = parse_bool(k, value)?,
+            "utt_split" => self.utt_split = parse_seconds(k, value, 0.01..=60.0)?,
             _ => {}
         }
         Ok(())
@@ -275,6 +286,15 @@ fn parse_language(k: &str, value: &str) -> Result<String, ParamError> {
         return Err(ParamError::new(k, format!("`{value}` is not a language code")));
     }
     Ok(value.split(['-', '_']).next().unwrap_or(value).to_ascii_lowercase())
+}
+
+/// Seconds (a decimal number) within `range`.
+fn parse_seconds(k: &str, value: &str, range: std::ops::RangeInclusive<f64>) -> Result<f64, ParamError> {
+    let s: f64 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not a number of seconds")))?;
+    if !range.contains(&s) {
+        return Err(ParamError::new(k, format!("{s} is outside {}–{} s", range.start(), range.end())));
+    }
+    Ok(s)
 }
 
 fn parse_bool(param: &str, v: &str) -> Result<bool, ParamError> {
@@ -399,11 +419,42 @@ pub struct WireWord {
     pub punctuated_word: String,
 }
 
+impl WireWord {
+    /// A word as Whisper wrote it (with its punctuation and case).
+    pub fn new(punctuated: &str, start: f64, end: f64, probability: f32) -> WireWord {
+        WireWord {
+            word: normalize(punctuated),
+            start,
+            end,
+            confidence: crate::audio::round3(f64::from(probability)),
+            punctuated_word: punctuated.to_string(),
+        }
+    }
+}
+
+/// Lower case, letters, digits and apostrophes only: Deepgram's `word`, and
+/// what the streaming policy compares.
+pub fn normalize(text: &str) -> String {
+    text.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alternative {
     pub transcript: String,
     pub confidence: f64,
     pub words: Vec<WireWord>,
+}
+
+impl Alternative {
+    /// The words and their transcript: punctuated and cased as Whisper
+    /// wrote them when `punctuate`, else Deepgram's bare lower-case words.
+    pub fn of(words: Vec<WireWord>, punctuate: bool) -> Alternative {
+        let text = |w: &WireWord| if punctuate { w.punctuated_word.clone() } else { w.word.clone() };
+        let transcript = words.iter().map(text).collect::<Vec<_>>().join(" ");
+        let confidence =
+            if words.is_empty() { 0.0 } else { words.iter().map(|w| w.confidence).sum::<f64>() / words.len() as f64 };
+        Alternative { transcript, confidence: crate::audio::round3(confidence), words }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -423,6 +474,47 @@ pub struct ResultMetadata {
     pub request_id: String,
     pub model_info: ModelInfo,
     pub model_uuid: String,
+}
+
+/// `POST /v1/listen`'s answer: Deepgram's pre-recorded response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prerecorded {
+    pub metadata: PrerecordedMetadata,
+    pub results: PrerecordedResults,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrerecordedMetadata {
+    pub transaction_key: String,
+    pub request_id: String,
+    /// Of the request body, as sent.
+    pub sha256: String,
+    pub created: String,
+    /// Seconds of audio.
+    pub duration: f64,
+    pub channels: u32,
+    pub models: Vec<String>,
+    pub model_info: std::collections::BTreeMap<String, ModelInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrerecordedResults {
+    /// One per channel with `multichannel=true`, else one for the mix.
+    pub channels: Vec<Channel>,
+    /// With `utterances=true`: the words of every channel, grouped at pauses.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub utterances: Option<Vec<Utterance>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Utterance {
+    pub start: f64,
+    pub end: f64,
+    pub confidence: f64,
+    pub channel: u32,
+    pub transcript: String,
+    pub words: Vec<WireWord>,
+    pub id: String,
 }
 
 /// Messages the server sends. `type` tags them as Deepgram does.

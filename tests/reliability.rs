@@ -32,17 +32,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 const LIN16: &str = "encoding=linear16&sample_rate=16000";
 
-/// A daemon started with `toml` as its config file (kept in the returned
-/// folder for as long as the daemon runs) and `extra` flags.
-fn daemon_with_config(model: &std::path::Path, toml: &str, extra: &[&str]) -> (tempfile::TempDir, Daemon) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("scribed.toml");
-    std::fs::write(&cfg, toml).unwrap();
-    let args: Vec<&str> = ["--config", cfg.to_str().unwrap()].into_iter().chain(extra.iter().copied()).collect();
-    let d = Daemon::start(model, &args);
-    (dir, d)
-}
-
 /// Session worker threads alive in the daemon (they are named).
 fn workers_alive(pid: u32) -> usize {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
@@ -180,7 +169,7 @@ fn vanishing_clients_leave_no_work_behind() {
 fn backpressure_never_times_out_the_client() {
     let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
-    let (_dir, d) = daemon_with_config(&model, "no_audio_timeout_s = 1.0\nring_seconds = 1.0\n", &[]);
+    let (_dir, d) = Daemon::with_config(&model, "no_audio_timeout_s = 1.0\nring_seconds = 1.0\n", &[]);
     let files = ["jfk.wav", "1272-128104-0000.wav", "1089-134686-0000.wav"];
     let audio: Vec<f32> = files.iter().flat_map(|f| load(f)).collect();
     let steps = vec![Step::Audio(pcm16(&audio)), Step::Text(r#"{"type":"CloseStream"}"#.into())];
@@ -416,7 +405,7 @@ fn overload_loses_no_words() {
     // what used to be its time-out, come within this test's 17 s of audio.
     let max = sessions.to_string();
     let (_dir, d) =
-        daemon_with_config(&model, "ring_seconds = 2.0\nno_audio_timeout_s = 2.0\n", &["--max-sessions", &max]);
+        Daemon::with_config(&model, "ring_seconds = 2.0\nno_audio_timeout_s = 2.0\n", &["--max-sessions", &max]);
     let files = ["jfk.wav", "1272-128104-0000.wav"];
     let audio: Vec<f32> = files.iter().flat_map(|f| load(f)).collect();
     let offline_words: usize = files.iter().map(|f| normalize(&offline(&model, f)).len()).sum();
@@ -478,7 +467,7 @@ fn sighup_reloads_the_key_file_and_keeps_serving() {
 fn foreign_browser_origins_are_refused() {
     let _serial = one_at_a_time();
     let Some(model) = model_dir("tiny.en") else { return };
-    let (_dir, d) = daemon_with_config(&model, "allowed_origins = [\"https://captions.example\"]\n", &[]);
+    let (_dir, d) = Daemon::with_config(&model, "allowed_origins = [\"https://captions.example\"]\n", &[]);
     let path = format!("/v1/listen?{LIN16}");
     let with = |extra: &[&str]| request(&d.addr, &path, &[UPGRADE.as_slice(), extra].concat(), true);
     let (status, _, body) = with(&["Origin: https://evil.example"]);

@@ -26,8 +26,10 @@ pub trait Engine: Send + Sync + 'static {
     /// The language code of a code or English name (`de`, `german`), if
     /// the model can transcribe it.
     fn resolve_language(&self, code_or_name: &str) -> Result<&'static str, DecodeError>;
-    /// Per-stream decoder state, sized once: one per session worker.
-    fn stream(&self) -> Result<Box<dyn EngineStream + '_>, ModelError>;
+    /// Per-stream decoder state for up to `max_seqs` sequences at once (1
+    /// for greedy streaming; the beam for offline decoding), sized once: one
+    /// per session worker or upload.
+    fn stream(&self, max_seqs: usize) -> Result<Box<dyn EngineStream + '_>, ModelError>;
 }
 
 /// One stream's decoder over the shared model.
@@ -69,9 +71,8 @@ impl<B: Backend + Send + Sync + 'static> Engine for WhisperEngine<B> {
         crate::decode::resolve_language(self.model.tokenizer(), code_or_name)
     }
 
-    fn stream(&self) -> Result<Box<dyn EngineStream + '_>, ModelError> {
-        // Streaming decodes greedily: one sequence.
-        Ok(Box::new(Transcriber::new(&self.model, 1)?))
+    fn stream(&self, max_seqs: usize) -> Result<Box<dyn EngineStream + '_>, ModelError> {
+        Ok(Box::new(Transcriber::new(&self.model, max_seqs)?))
     }
 }
 

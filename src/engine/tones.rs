@@ -30,7 +30,7 @@ impl Engine for ToneEngine {
             other => Err(DecodeError::EnglishOnly(other.into())),
         }
     }
-    fn stream(&self) -> Result<Box<dyn EngineStream + '_>, ModelError> {
+    fn stream(&self, _max_seqs: usize) -> Result<Box<dyn EngineStream + '_>, ModelError> {
         Ok(Box::new(ToneStream))
     }
 }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::Shared;
-use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat, SampleFormat};
+use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat};
 use crate::audio::resample::Resampler;
 use crate::decode::Cancel;
 use crate::metrics::GaugeGuard;
@@ -185,19 +185,7 @@ impl<S: WsSink> Session<S> {
         id: u64,
         slot: OwnedSemaphorePermit,
     ) -> Self {
-        let decoder = match (params.encoding, params.sample_rate) {
-            (Some(e), Some(rate)) => PcmDecoder::raw(PcmFormat {
-                sample: match e {
-                    Encoding::Linear16 => SampleFormat::Linear16,
-                    Encoding::Linear32 => SampleFormat::Linear32,
-                    Encoding::Mulaw => SampleFormat::Mulaw,
-                    Encoding::Alaw => SampleFormat::Alaw,
-                },
-                sample_rate: rate,
-                channels: params.channels,
-            }),
-            _ => PcmDecoder::wav(),
-        };
+        let decoder = super::raw_format(&params).map_or_else(PcmDecoder::wav, PcmDecoder::raw);
         let (out_tx, out_rx) = mpsc::channel(64);
         let keyterms = Keyterms::new(params.keyterms.clone());
         Session {
@@ -526,7 +514,7 @@ impl<S: WsSink> Session<S> {
         let meta = ServerMessage::Metadata {
             transaction_key: "deprecated".into(),
             request_id: self.request_id.clone(),
-            created: created_now(),
+            created: super::created_now(),
             duration: (self.summary.audio_seconds * 1000.0).round() / 1000.0,
             channels: self.params.channels as u32,
             sha256: self.audio_sha.clone().finalize().iter().map(|b| format!("{b:02x}")).collect(),
@@ -563,21 +551,4 @@ impl<S: WsSink> Session<S> {
         let limit: Duration = self.shared.config.write_timeout;
         matches!(tokio::time::timeout(limit, self.sink.send(msg)).await, Ok(Ok(())))
     }
-}
-
-/// RFC 3339 UTC time, as Deepgram's `created`.
-fn created_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }

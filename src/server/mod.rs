@@ -11,6 +11,7 @@
 pub mod connection;
 pub mod http;
 mod notify;
+mod prerecorded;
 #[cfg(test)]
 mod session_tests;
 
@@ -23,10 +24,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::audio::pcm::{PcmFormat, SampleFormat};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::protocol::{ListenParams, ParamError};
+use crate::protocol::{Encoding, ListenParams, ParamError};
 use crate::session::PANIC_KEYTERM;
 
 /// `GET /`: live captions from the browser's microphone (no build step).
@@ -162,14 +164,11 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
         }
         _ => return,
     };
-    if req.method != "GET" {
-        return http::respond_json(
-            &mut stream,
-            405,
-            &[("Allow", "GET".into())],
-            &http::error_body("METHOD_NOT_ALLOWED", "only GET"),
-        )
-        .await;
+    let listen_path = matches!(req.path.as_str(), "/v1/listen" | "/v1/listen/");
+    if req.method != "GET" && !(listen_path && req.method == "POST") {
+        let (allow, only) = if listen_path { ("GET, POST", "only GET or POST") } else { ("GET", "only GET") };
+        let body = http::error_body("METHOD_NOT_ALLOWED", only);
+        return http::respond_json(&mut stream, 405, &[("Allow", allow.into())], &body).await;
     }
     match req.path.as_str() {
         "/" | "/index.html" => http::respond(&mut stream, 200, "text/html; charset=utf-8", &[], CAPTIONS_PAGE).await,
@@ -217,16 +216,18 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
             return http::respond_json(&mut stream, 400, &[], &e.to_json()).await;
         }
     };
-    if !req.is_upgrade() {
-        let body = http::error_body("UPGRADE_REQUIRED", "/v1/listen is a websocket endpoint");
+    let upload = req.method == "POST";
+    if !upload && !req.is_upgrade() {
+        let body = http::error_body("UPGRADE_REQUIRED", "/v1/listen is a websocket endpoint (or POST a recording)");
         return http::respond_json(&mut stream, 426, &[("Upgrade", "websocket".into())], &body).await;
     }
     if shared.shutting_down() {
         let body = http::error_body("SHUTTING_DOWN", "the daemon is shutting down");
         return http::respond_json(&mut stream, 503, &[("Retry-After", "5".into())], &body).await;
     }
-    // A multichannel session runs a worker per channel and costs a slot each.
-    let slots_needed = if params.multichannel { params.channels as u32 } else { 1 };
+    // A multichannel stream runs a worker per channel and costs a slot each;
+    // an upload's channels are transcribed one after another in one slot.
+    let slots_needed = if params.multichannel && !upload { params.channels as u32 } else { 1 };
     if slots_needed as usize > shared.config.max_sessions {
         m.rejected_params_total.fetch_add(1, Ordering::Relaxed);
         let why = format!(
@@ -240,6 +241,9 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
         let body = http::error_body("TOO_MANY_SESSIONS", "every session slot is in use; retry later");
         return http::respond_json(&mut stream, 503, &[("Retry-After", "1".into())], &body).await;
     };
+    if upload {
+        return prerecorded::serve(stream, req, params, shared.clone(), permit).await;
+    }
     let id = shared.next_id();
     let request_id = request_id(id);
     let Some(answer) = http::handshake_response(&req, protocol.as_deref(), &request_id) else { return };
@@ -287,4 +291,34 @@ fn request_id(seq: u64) -> String {
         (seq & 0xfff) as u16,
         (t as u64 ^ seq) & 0xffff_ffff_ffff
     )
+}
+
+/// RFC 3339 UTC time, as Deepgram's `created`.
+pub(crate) fn created_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// The wire format of raw audio (`encoding` and `sample_rate` given); `None`
+/// when the audio comes in a container (a WAV header, or any file uploaded).
+fn raw_format(params: &ListenParams) -> Option<PcmFormat> {
+    let (e, rate) = (params.encoding?, params.sample_rate?);
+    let sample = match e {
+        Encoding::Linear16 => SampleFormat::Linear16,
+        Encoding::Linear32 => SampleFormat::Linear32,
+        Encoding::Mulaw => SampleFormat::Mulaw,
+        Encoding::Alaw => SampleFormat::Alaw,
+    };
+    Some(PcmFormat { sample, sample_rate: rate, channels: params.channels })
 }

@@ -23,7 +23,7 @@ use crate::audio::{round3, seconds};
 use crate::decode::{AudioCtx, DecodeError, DecodeOptions};
 use crate::engine::{Engine, EngineStream};
 use crate::metrics::Metrics;
-use crate::policy::{normalize, Emit, Policy, Reason, Update, Word};
+use crate::policy::{Emit, Policy, Reason, Update, Word};
 use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMessage, WireWord};
 
 /// Characters of earlier final text put into the prompt.
@@ -143,7 +143,8 @@ impl Worker {
 
     fn run(&mut self) -> Result<(), WorkerError> {
         let engine = self.engine.clone();
-        let mut stream = engine.stream().map_err(|e| WorkerError::Engine(e.to_string()))?;
+        // Streaming decodes greedily: one sequence.
+        let mut stream = engine.stream(1).map_err(|e| WorkerError::Engine(e.to_string()))?;
         let tr = stream.as_mut();
         loop {
             // A closed control channel: the connection is gone, stop quietly.
@@ -386,24 +387,7 @@ impl Worker {
     }
 
     fn results(&self, u: Update, channel_index: Vec<u32>) -> ServerMessage {
-        let words: Vec<WireWord> = u
-            .words
-            .iter()
-            .map(|w| WireWord {
-                word: normalize(&w.text),
-                start: w.start,
-                end: w.end,
-                confidence: round3(w.probability as f64),
-                punctuated_word: w.text.clone(),
-            })
-            .collect();
-        let transcript = if self.s.punctuate {
-            words.iter().map(|w| w.punctuated_word.as_str()).collect::<Vec<_>>().join(" ")
-        } else {
-            words.iter().map(|w| w.word.as_str()).collect::<Vec<_>>().join(" ")
-        };
-        let confidence =
-            if words.is_empty() { 0.0 } else { words.iter().map(|w| w.confidence).sum::<f64>() / words.len() as f64 };
+        let words = u.words.iter().map(|w| WireWord::new(&w.text, w.start, w.end, w.probability)).collect();
         ServerMessage::Results {
             channel_index,
             duration: round3(u.end - u.start),
@@ -411,7 +395,7 @@ impl Worker {
             is_final: u.is_final,
             speech_final: u.speech_final,
             from_finalize: u.from_finalize,
-            channel: Channel { alternatives: vec![Alternative { transcript, confidence: round3(confidence), words }] },
+            channel: Channel { alternatives: vec![Alternative::of(words, self.s.punctuate)] },
             metadata: ResultMetadata {
                 request_id: self.s.request_id.clone(),
                 model_info: ModelInfo {

@@ -48,6 +48,17 @@ impl Daemon {
         Daemon { child, addr }
     }
 
+    /// A daemon started with `toml` as its config file (kept in the
+    /// returned folder for as long as the daemon runs) and `extra` flags.
+    pub fn with_config(model: &Path, toml: &str, extra: &[&str]) -> (tempfile::TempDir, Daemon) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("scribed.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let args: Vec<&str> = ["--config", cfg.to_str().unwrap()].into_iter().chain(extra.iter().copied()).collect();
+        let d = Daemon::start(model, &args);
+        (dir, d)
+    }
+
     pub fn ws(&self, query: &str) -> String {
         format!("ws://{}/v1/listen?{query}", self.addr)
     }
@@ -74,15 +85,39 @@ pub fn try_upgrade(addr: &str, path: &str) -> (u16, String, String) {
 /// Sends a GET and reads the answer to its end, or only to the end of a 101
 /// head when `until_upgrade`.
 pub fn request(addr: &str, path: &str, headers: &[&str], until_upgrade: bool) -> (u16, String, String) {
+    exchange(addr, "GET", path, headers, &[], until_upgrade)
+}
+
+/// A POST with `body` (and its Content-Length), read to its end.
+pub fn post(addr: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, String, String) {
+    let length = format!("Content-Length: {}", body.len());
+    let headers: Vec<&str> = headers.iter().copied().chain([length.as_str()]).collect();
+    exchange(addr, "POST", path, &headers, body, false)
+}
+
+/// One raw HTTP/1.1 exchange: `body` is sent as is (the caller's headers
+/// say how long it is).
+pub fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+    until_upgrade: bool,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer (413, 411) without reading the body.
+    let _ = s.write_all(body);
+    // A POST waits for its transcription.
+    let wait = if method == "POST" { 120 } else { 10 };
+    s.set_read_timeout(Some(Duration::from_secs(wait))).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
