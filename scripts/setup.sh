@@ -2,7 +2,7 @@
 # scripts/setup.sh — make a fresh Debian machine ready to build and run scribed.
 #
 #   bash scripts/setup.sh [--with-base] [--with-browser] [--with-systemd] [--with-haproxy]
-#                         [--user-service] [--no-run] [--no-build]
+#                         [--with-sdks] [--user-service] [--no-run] [--no-build]
 #
 # Idempotent: every step checks first and does nothing when already done.
 #   1. Installs what is missing with apt-get (build-essential, pkg-config,
@@ -25,6 +25,10 @@
 #        .cache/libcuda1 <- Debian's libcuda1 (non-free), unpacked with dpkg -x,
 #                           to test the "driver but no GPU" path; Debian only
 #      scripts/test.sh puts their lib folders on LD_LIBRARY_PATH.
+#      With --with-sdks, Deepgram's official Python SDKs, each in its own
+#      virtual environment, for the tests that point them at the daemon:
+#        .cache/sdk3 <- deepgram-sdk==3.11.0 (the 3.x API frameworks still use)
+#        .cache/sdk7 <- deepgram-sdk==7.17.0 (the current one)
 #   4. cargo build --release  (skipped with --no-build: uses the binary as it is)
 #   5. With --user-service (local dictation, no root needed for this step):
 #      installs the binary as ~/.local/bin/scribed, tiny.en under
@@ -52,6 +56,7 @@ WITH_BASE=0
 WITH_BROWSER=0
 WITH_SYSTEMD=0
 WITH_HAPROXY=0
+WITH_SDKS=0
 USER_SERVICE=0
 RUN=1
 BUILD=1
@@ -61,6 +66,7 @@ for arg in "$@"; do
         --with-browser) WITH_BROWSER=1 ;;
         --with-systemd) WITH_SYSTEMD=1 ;;
         --with-haproxy) WITH_HAPROXY=1 ;;
+        --with-sdks) WITH_SDKS=1 ;;
         --user-service) USER_SERVICE=1 ;;
         --no-run) RUN=0 ;;
         --no-build) BUILD=0 ;;
@@ -264,6 +270,27 @@ else
     rm -rf "$LIBCUDA_DIR"
     mv -T "$STAGE/root" "$LIBCUDA_DIR"
     rm -rf "$STAGE"; STAGE=""
+fi
+
+# ------------------------------------------------------- Deepgram's SDKs --
+sdk_env() { # dir package
+    if [ -x "$1/bin/python" ] && "$1/bin/python" -c 'import deepgram' 2>/dev/null; then
+        say "$2 present ($1)"
+        return
+    fi
+    say "installing $2 from PyPI into $1"
+    rm -rf "$1.new"
+    python3 -m venv "$1.new" || die "python3 -m venv failed"
+    "$1.new/bin/python" -m pip install --disable-pip-version-check -q "$2" || die "pip install of $2 failed"
+    rm -rf "$1"
+    mv -T "$1.new" "$1"
+    # A venv's scripts name their folder: point them at the final one.
+    sed -i "s|$1.new|$1|g" "$1"/bin/* 2>/dev/null || true
+}
+if [ "$WITH_SDKS" -eq 1 ]; then
+    mkdir -p "$CACHE"
+    sdk_env "$CACHE/sdk3" "deepgram-sdk==3.11.0"
+    sdk_env "$CACHE/sdk7" "deepgram-sdk==7.17.0"
 fi
 
 # ------------------------------------------------------------------- build --

@@ -3,7 +3,7 @@
 #
 #   bash scripts/test.sh [extra cargo test args...]
 #
-# 1. scripts/setup.sh --with-base --with-browser --with-systemd --with-haproxy
+# 1. scripts/setup.sh --with-base --with-browser --with-systemd --with-haproxy --with-sdks
 #    --no-run: installs what is missing (Chromium for the captions-page test,
 #    systemd-analyze and HAProxy for the operations tests), fetches
 #    models/tiny.en and models/base (checked by sha256), cargo build --release.
@@ -19,7 +19,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
-bash scripts/setup.sh --with-base --with-browser --with-systemd --with-haproxy --no-run
+bash scripts/setup.sh --with-base --with-browser --with-systemd --with-haproxy --with-sdks --no-run
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
