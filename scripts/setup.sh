@@ -29,6 +29,7 @@
 #      virtual environment, for the tests that point them at the daemon:
 #        .cache/sdk3 <- deepgram-sdk==3.11.0 (the 3.x API frameworks still use)
 #        .cache/sdk7 <- deepgram-sdk==7.17.0 (the current one)
+#        .cache/sdkjs <- @deepgram/sdk@5.13.0 from npm (Node), when npm is there
 #   4. cargo build --release  (skipped with --no-build: uses the binary as it is)
 #   5. With --user-service (local dictation, no root needed for this step):
 #      installs the binary as ~/.local/bin/scribed, tiny.en under
@@ -291,6 +292,18 @@ if [ "$WITH_SDKS" -eq 1 ]; then
     mkdir -p "$CACHE"
     sdk_env "$CACHE/sdk3" "deepgram-sdk==3.11.0"
     sdk_env "$CACHE/sdk7" "deepgram-sdk==7.17.0"
+    JS_SDK="@deepgram/sdk@5.13.0"
+    if [ -f "$CACHE/sdkjs/node_modules/@deepgram/sdk/package.json" ]; then
+        say "$JS_SDK present ($CACHE/sdkjs)"
+    elif command -v npm >/dev/null 2>&1; then
+        say "installing $JS_SDK from npm into $CACHE/sdkjs"
+        rm -rf "$CACHE/sdkjs.new"
+        npm install --silent --no-audit --no-fund --prefix "$CACHE/sdkjs.new" "$JS_SDK" || die "npm install of $JS_SDK failed"
+        rm -rf "$CACHE/sdkjs"
+        mv -T "$CACHE/sdkjs.new" "$CACHE/sdkjs"
+    else
+        say "no npm: skipping $JS_SDK (its tests will be skipped)"
+    fi
 fi
 
 # ------------------------------------------------------------------- build --
