@@ -112,6 +112,57 @@ pub struct ListenParams {
     /// of at least `utt_split` seconds.
     pub utterances: bool,
     pub utt_split: f64,
+    /// `/v2/listen` (Deepgram Flux): turn events instead of results.
+    pub turns: bool,
+    /// `/v2/listen`'s end-of-turn settings (ignored on `/v1/listen`).
+    pub thresholds: Thresholds,
+}
+
+/// When `/v2/listen` ends a turn (Deepgram Flux's parameters and ranges).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// End-of-turn confidence that ends a turn, 0.5–1.0.
+    pub eot_threshold: f64,
+    /// End-of-turn confidence that announces `EagerEndOfTurn`, 0.3–0.9;
+    /// `None`: no eager events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eager_eot_threshold: Option<f64>,
+    /// Silence that ends a turn whatever the confidence, 500–60000 ms.
+    pub eot_timeout_ms: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { eot_threshold: 0.7, eager_eot_threshold: None, eot_timeout_ms: 5000 }
+    }
+}
+
+impl Thresholds {
+    /// The thresholds after a `Configure`'s changes, or why they cannot be.
+    pub fn apply(&self, changes: &[(String, String)]) -> Result<Thresholds, ParamError> {
+        let mut t = *self;
+        for (k, v) in changes {
+            if !t.set(k, v)? {
+                return Err(ParamError::new(k, "not a threshold (eot_threshold, eager_eot_threshold, eot_timeout_ms)"));
+            }
+        }
+        Ok(t)
+    }
+
+    /// Applies one parameter (query or `Configure`); `false` when `k` is
+    /// not a threshold.
+    fn set(&mut self, k: &str, value: &str) -> Result<bool, ParamError> {
+        match k {
+            "eot_threshold" => self.eot_threshold = parse_fraction(k, value, 0.5..=1.0)?,
+            "eager_eot_threshold" => self.eager_eot_threshold = Some(parse_fraction(k, value, 0.3..=0.9)?),
+            "eot_timeout_ms" => self.eot_timeout_ms = parse_in_range(k, value, 500..=60_000, "ms")?,
+            _ => return Ok(false),
+        }
+        if self.eager_eot_threshold.is_some_and(|e| e > self.eot_threshold) {
+            return Err(ParamError::new(k, "eager_eot_threshold must not exceed eot_threshold"));
+        }
+        Ok(true)
+    }
 }
 
 /// Default silence that ends an utterance. Deepgram's default is 10 ms of
@@ -165,6 +216,8 @@ impl Default for ListenParams {
             model: None,
             utterances: false,
             utt_split: DEFAULT_UTT_SPLIT,
+            turns: false,
+            thresholds: Thresholds::default(),
         }
     }
 }
@@ -221,7 +274,9 @@ impl ListenParams {
             "model" => self.model = Some(value.to_string()),
             "utterances" => self.utterances = parse_bool(k, value)?,
             "utt_split" => self.utt_split = parse_seconds(k, value, 0.01..=60.0)?,
-            _ => {}
+            _ => {
+                self.thresholds.set(k, value)?;
+            }
         }
         Ok(())
     }
@@ -288,6 +343,15 @@ fn parse_language(k: &str, value: &str) -> Result<String, ParamError> {
     Ok(value.split(['-', '_']).next().unwrap_or(value).to_ascii_lowercase())
 }
 
+/// A number within `range`.
+fn parse_fraction(k: &str, value: &str, range: std::ops::RangeInclusive<f64>) -> Result<f64, ParamError> {
+    let x: f64 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not a number")))?;
+    if !range.contains(&x) {
+        return Err(ParamError::new(k, format!("{x} is outside {}–{}", range.start(), range.end())));
+    }
+    Ok(x)
+}
+
 /// Seconds (a decimal number) within `range`.
 fn parse_seconds(k: &str, value: &str, range: std::ops::RangeInclusive<f64>) -> Result<f64, ParamError> {
     let s: f64 = value.parse().map_err(|_| ParamError::new(k, format!("`{value}` is not a number of seconds")))?;
@@ -344,6 +408,9 @@ pub enum ClientMessage {
 pub struct Configure {
     /// `None` keeps the current key terms; `Some([])` clears them.
     pub keyterms: Option<Vec<String>>,
+    /// `/v2/listen`'s `thresholds` object, as (name, value) pairs; checked
+    /// by [`Thresholds::apply`] against the ones in force.
+    pub thresholds: Vec<(String, String)>,
     /// Why it cannot be applied (a bad value, or a setting this server
     /// cannot change mid-stream); the session goes on unchanged.
     pub problem: Option<String>,
@@ -357,11 +424,22 @@ impl Configure {
             .into_iter()
             .flatten()
             .map(|(k, _)| k.as_str())
-            .filter(|k| !["type", "keyterms"].contains(k))
+            .filter(|k| !["type", "keyterms", "thresholds"].contains(k))
             .collect();
         if !unsupported.is_empty() {
-            c.problem = Some(format!("cannot change {} during a stream (only keyterms)", unsupported.join(", ")));
+            c.problem =
+                Some(format!("cannot change {} during a stream (only keyterms, thresholds)", unsupported.join(", ")));
             return c;
+        }
+        match v.get("thresholds") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(t)) => {
+                c.thresholds = t.iter().map(|(k, v)| (k.clone(), v.to_string().trim_matches('"').to_string())).collect()
+            }
+            Some(_) => {
+                c.problem = Some("`thresholds` must be an object".into());
+                return c;
+            }
         }
         match v.get("keyterms") {
             None | Some(serde_json::Value::Null) => {}
@@ -561,6 +639,9 @@ pub enum ServerMessage {
         request_id: String,
         /// The key terms now in effect.
         keyterms: Vec<String>,
+        /// `/v2/listen`: the end-of-turn thresholds now in effect.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        thresholds: Option<Thresholds>,
     },
     ConfigureFailure {
         request_id: String,

@@ -126,3 +126,49 @@ fn a_clients_close_is_answered() {
         assert!(got_close);
     });
 }
+
+/// `/v2/listen` (Deepgram Flux) on real speech: two recordings with two
+/// seconds of silence between them are two turns, each ended once with its
+/// own words, and the events follow Flux's rules: `StartOfTurn` first,
+/// `EagerEndOfTurn` with text, `TurnResumed` only after it, `EndOfTurn`
+/// repeating the eager text unless the turn resumed, every message numbered.
+#[test]
+fn flux_turns_on_real_speech() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &[]);
+    let gap = vec![0.0f32; 32_000];
+    let second = "2412-153948-0000.wav";
+    let audio: Vec<f32> = [load("jfk.wav"), gap.clone(), load(second), gap].concat();
+    let url = format!("ws://{}/v2/listen?{LIN16}&eot_threshold=0.8&eager_eot_threshold=0.5", d.addr);
+    let run = rt().block_on(session(&url, &[], frames16(&audio, 100), FAST));
+    assert_eq!(run.close, Some(1000));
+    assert_eq!(run.msgs[0]["type"], "Connected");
+    let seq: Vec<u64> = run.msgs.iter().filter_map(|m| m["sequence_id"].as_u64()).collect();
+    assert_eq!(seq, (0..run.msgs.len() as u64).collect::<Vec<_>>(), "every message numbered from 0");
+
+    let events: Vec<&serde_json::Value> =
+        run.of_type("TurnInfo").into_iter().filter(|m| m["event"] != "Update").collect();
+    let mut ended = Vec::new();
+    let mut last: Option<&serde_json::Value> = None;
+    for e in &events {
+        let (event, text) = (e["event"].as_str().unwrap(), e["transcript"].as_str().unwrap());
+        let prev = last.map(|p| p["event"].as_str().unwrap());
+        match event {
+            "StartOfTurn" => assert!(matches!(prev, None | Some("EndOfTurn")), "{events:#?}"),
+            "EagerEndOfTurn" => assert!(!text.is_empty(), "eager with text"),
+            "TurnResumed" => assert_eq!(prev, Some("EagerEndOfTurn"), "{events:#?}"),
+            "EndOfTurn" => {
+                if prev == Some("EagerEndOfTurn") {
+                    assert_eq!(text, last.unwrap()["transcript"], "EndOfTurn repeats the eager text");
+                }
+                assert_eq!(e["turn_index"], ended.len(), "{events:#?}");
+                ended.push(text.to_string());
+            }
+            other => panic!("unknown event {other}"),
+        }
+        last = Some(e);
+    }
+    assert_eq!(ended.len(), 2, "two turns: {ended:?}");
+    assert!(wer(&reference("jfk.wav"), &ended[0]) <= 0.15, "{}", ended[0]);
+    assert!(wer(&reference(second), &ended[1]) <= 0.15, "{}", ended[1]);
+}

@@ -1,6 +1,6 @@
 //! Deepgram's official SDKs pointed at the real daemon: Python's 3.x API
 //! that frameworks still use, the current Python 7.x, and JavaScript 5.x on
-//! Node. A live session (frames,
+//! Node (also on `/v2/listen`, Flux). A live session (frames,
 //! `Finalize` at the end of the turn, `CloseStream`) and a pre-recorded
 //! upload must parse into the SDK's own types, with no error, no unhandled
 //! message and no warning (`tests/sdk/*.py`; `scripts/setup.sh --with-sdks`
@@ -93,5 +93,17 @@ fn the_official_sdks_parse_every_message() {
         let text = pre["transcript"].as_str().unwrap_or_default();
         assert!(wer(&reference, text) <= 0.05, "{name} pre-recorded: {text}");
         assert_eq!(pre["words"].as_u64(), Some(text.split_whitespace().count() as u64), "{name}: {pre}");
+
+        if sdk.ext == "js" {
+            // Flux (`/v2/listen`) through the SDK's own `listen.v2` socket.
+            let flux = run(sdk, "flux", &d, "jfk.wav");
+            assert_eq!((&flux["errors"], &flux["code"]), (&serde_json::json!([]), &serde_json::json!(1000)), "{flux}");
+            assert_eq!(flux["others"], serde_json::json!(["Connected"]), "{flux}");
+            let turns = flux["turns"].as_array().expect("turn events");
+            let last = turns.last().expect("an EndOfTurn");
+            assert_eq!((&last[0], &last[1]), (&serde_json::json!("EndOfTurn"), &serde_json::json!(0)), "{flux}");
+            let text = last[2].as_str().unwrap_or_default();
+            assert!(wer(&reference, text) <= 0.1, "{name} flux: {text}");
+        }
     }
 }

@@ -28,6 +28,7 @@ use crate::policy::PolicyConfig;
 use crate::protocol::{
     close, ClientMessage, Configure, Encoding, ListenParams, ModelInfo, ServerMessage, SessionError,
 };
+use crate::session::turns::SharedThresholds;
 use crate::session::{panic_message, ChannelSummary, Keyterms, Output, Pipe, SlotLease, WorkerSettings, PANIC_KEYTERM};
 
 /// The sending half of a websocket (or, in tests, of a channel).
@@ -158,6 +159,11 @@ struct Session<S: WsSink> {
     cancel: Cancel,
     /// The key terms in force (query, then `Configure`).
     keyterms: Keyterms,
+    /// `/v2/listen`: the end-of-turn thresholds in force (query, then
+    /// `Configure`); `None` on `/v1/listen`.
+    turns: Option<SharedThresholds>,
+    /// `/v2/listen`: the `sequence_id` of the next message.
+    sequence: u64,
     /// Of every audio byte received, for `Metadata.sha256`.
     audio_sha: Sha256,
     /// Close code to use once the workers have flushed.
@@ -188,8 +194,11 @@ impl<S: WsSink> Session<S> {
         let decoder = super::raw_format(&params).map_or_else(PcmDecoder::wav, PcmDecoder::raw);
         let (out_tx, out_rx) = mpsc::channel(64);
         let keyterms = Keyterms::new(params.keyterms.clone());
+        let turns = params.turns.then(|| SharedThresholds::new(params.thresholds));
         Session {
             keyterms,
+            turns,
+            sequence: 0,
             sink,
             params,
             shared,
@@ -222,6 +231,12 @@ impl<S: WsSink> Session<S> {
         let mut was_reading = true;
         if *shutdown.borrow() {
             self.begin_close(close::GOING_AWAY);
+        }
+        if self.turns.is_some() {
+            let connected = serde_json::json!({ "type": "Connected", "request_id": self.request_id });
+            if !self.send_json(connected.to_string()).await {
+                return End::Vanished;
+            }
         }
         loop {
             self.maybe_send_close();
@@ -270,7 +285,7 @@ impl<S: WsSink> Session<S> {
     /// A worker's result, completion or failure.
     async fn on_output(&mut self, out: Option<Output>) -> Turn {
         match out {
-            Some(Output::Message(json)) => (!self.send(Message::text(json)).await).then_some(End::Vanished),
+            Some(Output::Message(json)) => (!self.send_json(json).await).then_some(End::Vanished),
             Some(Output::Done(sum)) => {
                 self.done += 1;
                 self.summary.words += sum.words;
@@ -331,24 +346,26 @@ impl<S: WsSink> Session<S> {
             ClientMessage::KeepAlive => {}
             // After CloseStream the flush is under way: later requests have nothing to act on.
             ClientMessage::Finalize | ClientMessage::CloseStream if self.closing.is_some() => {}
-            ClientMessage::Finalize => {
-                for p in &self.pipes {
-                    p.finalize();
-                }
-            }
+            ClientMessage::Finalize => self.finalize(),
             ClientMessage::CloseStream => self.begin_close(close::NORMAL),
             ClientMessage::Configure(c) => {
                 let reply = self.configure(c);
-                if !self.send(Message::text(reply.to_json())).await {
+                if !self.send_json(reply.to_json()).await {
                     return Some(End::Vanished);
                 }
+            }
+            // Flux's way to end a turn now: the worker's `Finalize`.
+            ClientMessage::Unknown(kind) if self.turns.is_some() && kind == "ForceEndTurn" => self.finalize(),
+            ClientMessage::Unknown(kind) if self.turns.is_some() => {
+                // Flux's errors are fatal to its clients: an unknown message is only logged.
+                tracing::debug!(request_id = self.request_id, kind, "unknown /v2/listen message ignored");
             }
             ClientMessage::Unknown(kind) => {
                 let shown: String = kind.chars().take(64).collect();
                 let more = if shown.len() < kind.len() { "…" } else { "" };
                 let msg =
                     ServerMessage::error("UNKNOWN_MESSAGE", format!("unknown message type `{shown}{more}` ignored"));
-                if !self.send(Message::text(msg.to_json())).await {
+                if !self.send_json(msg.to_json()).await {
                     return Some(End::Vanished);
                 }
             }
@@ -356,16 +373,39 @@ impl<S: WsSink> Session<S> {
         None
     }
 
-    /// Applies a `Configure` message: the reply says what is now in force.
+    fn finalize(&self) {
+        for p in &self.pipes {
+            p.finalize();
+        }
+    }
+
+    /// Applies a `Configure` message whole or not at all: the reply says
+    /// what is now in force.
     fn configure(&mut self, c: Configure) -> ServerMessage {
         let request_id = self.request_id.clone();
-        if let Some(description) = c.problem {
-            return ServerMessage::ConfigureFailure { request_id, description };
-        }
-        if let Some(terms) = c.keyterms {
-            self.keyterms.set(terms);
-        }
-        ServerMessage::ConfigureSuccess { request_id, keyterms: self.keyterms.get().to_vec() }
+        let thresholds = match (&self.turns, c.thresholds.is_empty()) {
+            (_, true) => Ok(None),
+            (None, false) => Err("thresholds apply to /v2/listen only".to_string()),
+            (Some(t), false) => t.get().apply(&c.thresholds).map(Some).map_err(|e| e.to_string()),
+        };
+        let description = match (c.problem, thresholds) {
+            (Some(p), _) | (None, Err(p)) => p,
+            (None, Ok(thresholds)) => {
+                if let (Some(shared), Some(t)) = (&self.turns, thresholds) {
+                    shared.set(t);
+                }
+                if let Some(terms) = c.keyterms {
+                    self.keyterms.set(terms);
+                }
+                let thresholds = self.turns.as_ref().map(SharedThresholds::get);
+                return ServerMessage::ConfigureSuccess {
+                    request_id,
+                    keyterms: self.keyterms.get().to_vec(),
+                    thresholds,
+                };
+            }
+        };
+        ServerMessage::ConfigureFailure { request_id, description }
     }
 
     fn model_info(&self) -> ModelInfo {
@@ -424,13 +464,19 @@ impl<S: WsSink> Session<S> {
         let lease = self.lease(n)?;
         let cfg = &self.shared.config;
         let step_frames = cfg.step_ms / 10;
-        let policy = PolicyConfig {
-            step_frames,
-            endpoint_frames: self.params.endpointing_ms.map(|ms| (ms as u64 / 10).max(1)),
-            utterance_end: self.params.utterance_end_ms.map(|ms| ms as f64 / 1000.0),
-            vad_events: self.params.vad_events,
-            interim_results: self.params.interim_results,
-            ..PolicyConfig::default()
+        let policy = if self.params.turns {
+            // The turn state ends utterances (`session::turns`); it needs
+            // every hypothesis, and no endpoint of the policy's own.
+            PolicyConfig { step_frames, endpoint_frames: None, interim_results: true, ..PolicyConfig::default() }
+        } else {
+            PolicyConfig {
+                step_frames,
+                endpoint_frames: self.params.endpointing_ms.map(|ms| (ms as u64 / 10).max(1)),
+                utterance_end: self.params.utterance_end_ms.map(|ms| ms as f64 / 1000.0),
+                vad_events: self.params.vad_events,
+                interim_results: self.params.interim_results,
+                ..PolicyConfig::default()
+            }
         };
         for ch in 0..n {
             let settings = WorkerSettings {
@@ -444,6 +490,7 @@ impl<S: WsSink> Session<S> {
                 metrics_key: self.id * 64 + ch as u64,
                 panic_on_hypothesis: cfg.fault_injection && self.params.keyterms.iter().any(|k| k == PANIC_KEYTERM),
                 cancel: self.cancel.clone(),
+                turns: self.turns.clone(),
             };
             let resampler =
                 Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;
@@ -506,9 +553,12 @@ impl<S: WsSink> Session<S> {
         }
     }
 
-    /// Every worker flushed: `Metadata`, then the close frame.
+    /// Every worker flushed: `Metadata` (on `/v1/listen`), then the close frame.
     async fn finish(&mut self) -> End {
         let code = self.closing.unwrap_or(close::NORMAL);
+        if self.turns.is_some() {
+            return self.close_with(code).await;
+        }
         let audio = crate::audio::seconds(self.pipes.iter().map(|p| p.pushed()).max().unwrap_or(0));
         self.summary.audio_seconds = self.summary.audio_seconds.max(audio);
         let meta = ServerMessage::Metadata {
@@ -523,9 +573,13 @@ impl<S: WsSink> Session<S> {
             lag_seconds: (self.summary.max_lag_seconds * 1000.0).round() / 1000.0,
             words: self.summary.words,
         };
-        if !self.send(Message::text(meta.to_json())).await {
+        if !self.send_json(meta.to_json()).await {
             return End::Vanished;
         }
+        self.close_with(code).await
+    }
+
+    async fn close_with(&mut self, code: u16) -> End {
         let reason = if code == close::GOING_AWAY { "server shutting down" } else { "stream closed" };
         self.close(code, reason).await;
         End::Closed(code)
@@ -533,7 +587,13 @@ impl<S: WsSink> Session<S> {
 
     /// Sends the error message and closes with its code.
     async fn fail(&mut self, e: SessionError) -> End {
-        if self.send(Message::text(e.message().to_json())).await {
+        let json = if self.turns.is_some() {
+            // Flux's shape: `code` and `description`.
+            serde_json::json!({ "type": "Error", "code": e.variant(), "description": e.to_string() }).to_string()
+        } else {
+            e.message().to_json()
+        };
+        if self.send_json(json).await {
             let reason: String = e.to_string().chars().take(100).collect();
             self.close(e.close_code(), &reason).await;
         }
@@ -543,6 +603,16 @@ impl<S: WsSink> Session<S> {
     async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
         let _ = self.send(Message::Close(Some(frame))).await;
+    }
+
+    /// Sends one JSON message; on `/v2/listen` with its `sequence_id`
+    /// (every message the server sends is numbered, from 0).
+    async fn send_json(&mut self, mut json: String) -> bool {
+        if self.turns.is_some() && json.starts_with('{') {
+            json.insert_str(1, &format!("\"sequence_id\":{},", self.sequence));
+            self.sequence += 1;
+        }
+        self.send(Message::text(json)).await
     }
 
     /// Sends one message; false when the client is gone or stopped reading

@@ -184,7 +184,7 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
             let body = shared.metrics.render(shared.slots.available_permits(), shared.config.max_sessions);
             http::respond(&mut stream, 200, "text/plain; version=0.0.4", &[], &body).await
         }
-        "/v1/listen" | "/v1/listen/" => listen(stream, req, shared).await,
+        "/v1/listen" | "/v1/listen/" | "/v2/listen" | "/v2/listen/" => listen(stream, req, shared).await,
         _ => http::respond_json(&mut stream, 404, &[], &http::error_body("NOT_FOUND", "no such route")).await,
     }
 }
@@ -210,6 +210,8 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
         }
     };
     let params = match ListenParams::parse(&req.query).and_then(|p| resolve_language(p, shared.engine.as_ref())) {
+        // `/v2/listen` is Deepgram Flux: turns, one channel.
+        Ok(p) if req.path.starts_with("/v2/") => ListenParams { turns: true, multichannel: false, ..p },
         Ok(p) => p,
         Err(e) => {
             m.rejected_params_total.fetch_add(1, Ordering::Relaxed);

@@ -35,8 +35,17 @@ fn config(file: FileConfig) -> Config {
 }
 
 fn start(query: &str, config: Config) -> Client {
+    start_with(ListenParams::parse(query).expect("valid query"), config)
+}
+
+/// A `/v2/listen` (turns) session.
+fn start_turns(query: &str) -> Client {
+    let params = ListenParams { turns: true, ..ListenParams::parse(query).expect("valid query") };
+    start_with(params, config(FileConfig::default()))
+}
+
+fn start_with(params: ListenParams, config: Config) -> Client {
     let (shared, stop) = Shared::new(Arc::new(ToneEngine), config);
-    let params = ListenParams::parse(query).expect("valid query");
     let permit = shared.slots.clone().try_acquire_owned().expect("a free slot");
     let (tx, from_client) = mpsc::unbounded_channel();
     let (to_client, rx) = mpsc::unbounded_channel();
@@ -266,5 +275,88 @@ async fn no_audio_for_the_timeout_ends_the_session() {
     let (msgs, code) = c.until_close().await;
     assert_eq!(msgs[0]["variant"], "NET-0001");
     assert_eq!(code, 1011);
+    c.ended().await;
+}
+
+/// `secs` of silence as linear16 bytes.
+fn silence(secs: f64) -> Vec<u8> {
+    vec![0; (secs * 32_000.0) as usize]
+}
+
+/// `(event, transcript)` of the `TurnInfo`s other than `Update`.
+fn turn_events(msgs: &[Value]) -> Vec<(String, String)> {
+    msgs.iter()
+        .filter(|m| m["type"] == "TurnInfo" && m["event"] != "Update")
+        .map(|m| (m["event"].as_str().unwrap().to_string(), m["transcript"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+#[tokio::test]
+async fn turns_start_end_eagerly_resume_and_number_every_message() {
+    let mut c = start_turns(&format!("{RAW}&eot_threshold=0.7&eager_eot_threshold=0.4"));
+    // "two four", a pause long enough for an eager end (0.2 s of VAD
+    // hangover, then 0.5 s: confidence 0.46) but not for the end (0.7),
+    // "six", then silence.
+    let mut audio = tones::linear16(0.3, &[2, 4]);
+    audio.extend(silence(0.6));
+    audio.extend(tones::linear16(0.0, &[6]));
+    audio.extend(silence(1.5));
+    audio.extend(tones::linear16(0.0, &[8]));
+    c.send_audio(&audio);
+    c.send_text(r#"{"type":"CloseStream"}"#);
+    let (msgs, code) = c.until_close().await;
+    assert_eq!(code, 1000);
+    assert_eq!(msgs[0]["type"], "Connected");
+    let seq: Vec<u64> = msgs.iter().map(|m| m["sequence_id"].as_u64().expect("sequence_id")).collect();
+    assert_eq!(seq, (0..msgs.len() as u64).collect::<Vec<_>>(), "numbered from 0");
+    assert_eq!(
+        turn_events(&msgs),
+        pairs(&[
+            ("StartOfTurn", "two four"),
+            ("EagerEndOfTurn", "two four"),
+            ("TurnResumed", "two four"),
+            ("EagerEndOfTurn", "two four six"),
+            ("EndOfTurn", "two four six"),
+            ("StartOfTurn", "eight"),
+            ("EndOfTurn", "eight"),
+        ])
+    );
+    let ends: Vec<(u64, &str)> = msgs
+        .iter()
+        .filter(|m| m["event"] == "EndOfTurn")
+        .map(|m| (m["turn_index"].as_u64().unwrap(), m["trigger"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ends, [(0, "model"), (1, "manual")], "CloseStream ends the last turn");
+    let updates = msgs.iter().filter(|m| m["event"] == "Update").count();
+    assert!(updates >= 4, "an Update about every 0.25 s of a turn: {updates}");
+    c.ended().await;
+}
+
+#[tokio::test]
+async fn force_end_turn_and_configure_on_v2() {
+    let mut c = start_turns(RAW);
+    c.send_text(r#"{"type":"Configure","thresholds":{"eot_threshold":0.9,"eot_timeout_ms":2000}}"#);
+    let ok = c.until(|m| m["type"] != "Connected").await;
+    let reply = ok.last().unwrap();
+    assert_eq!(reply["type"], "ConfigureSuccess", "{reply}");
+    assert_eq!(reply["thresholds"]["eot_threshold"], 0.9);
+    assert_eq!(reply["thresholds"]["eot_timeout_ms"], 2000);
+    c.send_text(r#"{"type":"Configure","thresholds":{"eot_threshold":0.2}}"#);
+    let bad = c.until(|_| true).await;
+    assert_eq!(bad[0]["type"], "ConfigureFailure", "0.2 is below Flux's range");
+
+    c.send_audio(&tones::linear16(0.2, &[3, 5]));
+    c.send_text(r#"{"type":"ForceEndTurn"}"#);
+    let msgs = c.until(|m| m["event"] == "EndOfTurn").await;
+    let end = msgs.last().unwrap();
+    assert_eq!((end["transcript"].as_str(), end["trigger"].as_str()), (Some("three five"), Some("manual")));
+    c.send_text(r#"{"type":"CloseStream"}"#);
+    let (rest, code) = c.until_close().await;
+    assert!(rest.iter().all(|m| m["type"] != "Metadata"), "no v1 Metadata on /v2/listen: {rest:?}");
+    assert_eq!(code, 1000);
     c.ended().await;
 }

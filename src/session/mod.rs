@@ -14,6 +14,7 @@
 //! `max_sessions` until its [`Cancel`] has stopped it.
 
 mod reaper;
+pub mod turns;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,6 +115,9 @@ pub struct WorkerSettings {
     pub panic_on_hypothesis: bool,
     /// Set by the connection when it ends: the worker stops what it is doing.
     pub cancel: Cancel,
+    /// `/v2/listen`: turn events under these thresholds (which `Configure`
+    /// may change) instead of results.
+    pub turns: Option<turns::SharedThresholds>,
 }
 
 /// The network side of one channel.

@@ -17,6 +17,7 @@ use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
 use tokio::sync::{mpsc, Notify};
 
+use super::turns::{Due, Trigger, TurnInfo, Turns};
 use super::{ChannelSummary, Control, Output, WorkerSettings};
 use crate::audio::vad::{Vad, VadConfig, FRAME};
 use crate::audio::{round3, seconds};
@@ -105,6 +106,9 @@ struct Worker {
     summary: ChannelSummary,
     /// Time spent in hypotheses.
     busy: Duration,
+    /// `/v2/listen`'s turn state, and the events waiting to be sent.
+    turns: Option<Turns>,
+    turn_out: Vec<TurnInfo>,
 }
 
 impl Drop for Worker {
@@ -119,6 +123,7 @@ impl Drop for Worker {
 impl Worker {
     fn new(ctx: Context) -> Result<Self, WorkerError> {
         let policy = Policy::new(ctx.settings.policy.clone());
+        let turns = ctx.settings.turns.as_ref().map(|_| Turns::default());
         Ok(Worker {
             engine: ctx.engine,
             s: ctx.settings,
@@ -138,6 +143,8 @@ impl Worker {
             emits: Vec::new(),
             summary: ChannelSummary::default(),
             busy: Duration::ZERO,
+            turns,
+            turn_out: Vec::new(),
         })
     }
 
@@ -159,7 +166,8 @@ impl Worker {
                     Control::Audio { upto } => self.consume(upto, tr)?,
                     Control::Finalize { upto, at } => {
                         self.consume(upto, tr)?;
-                        self.flush(Reason::Finalize, tr)?;
+                        // On /v2/listen this is `ForceEndTurn`.
+                        self.end_turn(Due::End(Trigger::Manual), tr)?;
                         self.metrics.finalize_reply.observe_duration(at.elapsed());
                     }
                     Control::Close { upto } => {
@@ -170,6 +178,7 @@ impl Worker {
                             self.buf.extend_from_slice(&f);
                         }
                         self.flush(Reason::Close, tr)?;
+                        self.close_turn()?;
                         self.summary.words = self.policy.words_final();
                         self.summary.audio_seconds = seconds(self.consumed);
                         let _ = self.out.blocking_send(Output::Done(self.summary));
@@ -210,6 +219,9 @@ impl Worker {
                 if let Some(r @ (Reason::Endpoint | Reason::Cut)) = due {
                     self.transcribe(r, tr)?;
                 }
+                if let Some(due) = self.turn_frame(speech)? {
+                    self.end_turn(due, tr)?;
+                }
             }
         }
         Ok(())
@@ -223,6 +235,53 @@ impl Worker {
             self.buf.drain(..n);
             self.buf_start = start;
         }
+    }
+
+    /// `/v2/listen`: one frame of the turn state; whether a turn end is due.
+    fn turn_frame(&mut self, speech: bool) -> Result<Option<Due>, WorkerError> {
+        let (Some(turns), Some(th)) = (&mut self.turns, &self.s.turns) else { return Ok(None) };
+        let due = turns.on_frame(speech, &th.get(), &mut self.turn_out);
+        self.send_turns()?;
+        Ok(due)
+    }
+
+    /// Finalizes the pending audio, then (on `/v2/listen`) announces the
+    /// eager or final end of the turn with the whole turn's text. On
+    /// `/v1/listen` this is `Finalize`.
+    fn end_turn(&mut self, due: Due, tr: &mut dyn EngineStream) -> Result<(), WorkerError> {
+        self.flush(Reason::Finalize, tr)?;
+        if let Some(turns) = &mut self.turns {
+            match due {
+                Due::Eager => turns.eager(&mut self.turn_out),
+                Due::End(trigger) => turns.end(trigger, &mut self.turn_out),
+            }
+        }
+        self.send_turns()
+    }
+
+    /// `CloseStream` on `/v2/listen` ends the turn that is on.
+    fn close_turn(&mut self) -> Result<(), WorkerError> {
+        if let Some(turns) = &mut self.turns {
+            turns.end(Trigger::Manual, &mut self.turn_out);
+        }
+        self.send_turns()
+    }
+
+    fn send_turns(&mut self) -> Result<(), WorkerError> {
+        #[derive(serde::Serialize)]
+        struct Message<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            request_id: &'a str,
+            #[serde(flatten)]
+            info: TurnInfo,
+        }
+        for info in std::mem::take(&mut self.turn_out) {
+            let msg = Message { kind: "TurnInfo", request_id: &self.s.request_id, info };
+            let json = serde_json::to_string(&msg).map_err(|e| WorkerError::Engine(e.to_string()))?;
+            self.out.blocking_send(Output::Message(json)).map_err(|_| WorkerError::Gone)?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self, reason: Reason, tr: &mut dyn EngineStream) -> Result<(), WorkerError> {
@@ -372,6 +431,16 @@ impl Worker {
     fn send_emits(&mut self) -> Result<(), WorkerError> {
         for e in std::mem::take(&mut self.emits) {
             let ch = vec![self.s.channel_index, self.s.channel_count];
+            if self.turns.is_some() {
+                // /v2/listen: results feed the turn; the rest has no message.
+                if let Emit::Results(u) = &e {
+                    self.count_result(u);
+                    if let Some(turns) = &mut self.turns {
+                        turns.on_results(u, &mut self.turn_out);
+                    }
+                }
+                continue;
+            }
             let msg = match e {
                 Emit::SpeechStarted { timestamp } => ServerMessage::SpeechStarted { channel: ch, timestamp },
                 Emit::UtteranceEnd { last_word_end } => ServerMessage::UtteranceEnd { channel: ch, last_word_end },
@@ -383,7 +452,7 @@ impl Worker {
             let json = msg.to_json();
             self.out.blocking_send(Output::Message(json)).map_err(|_| WorkerError::Gone)?;
         }
-        Ok(())
+        self.send_turns()
     }
 
     fn results(&self, u: Update, channel_index: Vec<u32>) -> ServerMessage {
