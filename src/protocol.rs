@@ -84,9 +84,9 @@ impl Encoding {
     }
 }
 
-pub const MIN_SAMPLE_RATE: u32 = 8_000;
-pub const MAX_SAMPLE_RATE: u32 = 96_000;
-pub const MAX_CHANNELS: u16 = 8;
+// The wire audio's limits belong to the PCM decoder, which enforces them
+// for WAV headers too; the query parameters are checked against the same.
+pub use crate::audio::pcm::{MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
 
 /// The query parameters of `/v1/listen`, validated.
 #[derive(Debug, Clone, PartialEq)]

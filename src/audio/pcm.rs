@@ -50,6 +50,12 @@ pub enum PcmError {
 /// Largest WAV header we wait for before giving up on it.
 const MAX_HEADER: usize = 64 * 1024;
 
+/// Sample rates and channel counts accepted on the wire (query parameters
+/// and WAV headers alike).
+pub const MIN_SAMPLE_RATE: u32 = 8_000;
+pub const MAX_SAMPLE_RATE: u32 = 96_000;
+pub const MAX_CHANNELS: u16 = 8;
+
 /// Incremental decoder of one stream's binary frames.
 #[derive(Debug)]
 pub struct PcmDecoder {
@@ -253,10 +259,10 @@ fn parse_wav_header(b: &[u8]) -> Result<Option<(PcmFormat, usize)>, PcmError> {
                 (7, 8) => SampleFormat::Mulaw,
                 _ => return Err(PcmError::UnsupportedWav(format!("format tag {tag} with {bits} bits per sample"))),
             };
-            if !(crate::protocol::MIN_SAMPLE_RATE..=crate::protocol::MAX_SAMPLE_RATE).contains(&rate) {
+            if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
                 return Err(PcmError::UnsupportedWav(format!("sample rate {rate} Hz")));
             }
-            if !(1..=crate::protocol::MAX_CHANNELS).contains(&channels) {
+            if !(1..=MAX_CHANNELS).contains(&channels) {
                 return Err(PcmError::UnsupportedWav(format!("{channels} channels")));
             }
             format = Some(PcmFormat { sample, sample_rate: rate, channels });

@@ -51,7 +51,7 @@ pub fn align<B: Backend>(
     let weights = model.alignment_weights(st, &tokens);
     // Encoder positions of the window as encoded (shorter than 1500 when
     // only the audio that is there was encoded).
-    let audio = st.decoder.cross_len();
+    let audio = st.cross_len();
     let frames = (num_frames / 2).clamp(1, audio);
     // Rows from the no-timestamps position (predicting the first text token)
     // to the last text token (predicting end-of-text).

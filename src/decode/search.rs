@@ -209,7 +209,7 @@ pub fn decode_once<B: Backend>(
     logits.drain(..vocab);
 
     let n = if temperature > 0.0 { opts.best_of.max(1) } else { opts.beam_size.max(1) };
-    let n = n.min(st.decoder.max_seqs());
+    let n = n.min(st.max_seqs());
     assert!(forced < prompt.len() - sot_index, "the forced prefix overlaps the start-of-transcript sequence");
     let prefix = &prompt[prompt.len() - forced..];
     let best = if temperature > 0.0 {

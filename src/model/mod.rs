@@ -98,8 +98,20 @@ pub struct Whisper<B: Backend> {
 
 /// One stream's working memory: sized once, reused for every window.
 pub struct State<B: Backend> {
-    pub encoder: EncoderState<B>,
-    pub decoder: DecoderState<B>,
+    encoder: EncoderState<B>,
+    decoder: DecoderState<B>,
+}
+
+impl<B: Backend> State<B> {
+    /// Sequences decoded at once (the beam, or best-of when sampling).
+    pub fn max_seqs(&self) -> usize {
+        self.decoder.max_seqs()
+    }
+
+    /// Encoder positions of the current window (1500 unless shortened).
+    pub fn cross_len(&self) -> usize {
+        self.decoder.cross_len()
+    }
 }
 
 impl<B: Backend> Whisper<B> {
