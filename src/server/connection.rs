@@ -26,7 +26,7 @@ use crate::decode::Cancel;
 use crate::metrics::GaugeGuard;
 use crate::policy::PolicyConfig;
 use crate::protocol::{
-    close, ClientMessage, Configure, Encoding, ListenParams, ModelInfo, ServerMessage, SessionError,
+    close, ClientMessage, Configure, Encoding, ListenParams, ModelInfo, ServerMessage, SessionError, Thresholds,
 };
 use crate::session::turns::SharedThresholds;
 use crate::session::{panic_message, ChannelSummary, Keyterms, Output, Pipe, SlotLease, WorkerSettings, PANIC_KEYTERM};
@@ -383,29 +383,33 @@ impl<S: WsSink> Session<S> {
     /// what is now in force.
     fn configure(&mut self, c: Configure) -> ServerMessage {
         let request_id = self.request_id.clone();
-        let thresholds = match (&self.turns, c.thresholds.is_empty()) {
-            (_, true) => Ok(None),
-            (None, false) => Err("thresholds apply to /v2/listen only".to_string()),
-            (Some(t), false) => t.get().apply(&c.thresholds).map(Some).map_err(|e| e.to_string()),
-        };
-        let description = match (c.problem, thresholds) {
-            (Some(p), _) | (None, Err(p)) => p,
-            (None, Ok(thresholds)) => {
+        match self.requested_thresholds(&c) {
+            Err(description) => ServerMessage::ConfigureFailure { request_id, description },
+            Ok(thresholds) => {
                 if let (Some(shared), Some(t)) = (&self.turns, thresholds) {
                     shared.set(t);
                 }
                 if let Some(terms) = c.keyterms {
                     self.keyterms.set(terms);
                 }
+                let keyterms = self.keyterms.get().to_vec();
                 let thresholds = self.turns.as_ref().map(SharedThresholds::get);
-                return ServerMessage::ConfigureSuccess {
-                    request_id,
-                    keyterms: self.keyterms.get().to_vec(),
-                    thresholds,
-                };
+                ServerMessage::ConfigureSuccess { request_id, keyterms, thresholds }
             }
-        };
-        ServerMessage::ConfigureFailure { request_id, description }
+        }
+    }
+
+    /// The thresholds a `Configure` asks for (`None`: unchanged), or why it
+    /// cannot be applied.
+    fn requested_thresholds(&self, c: &Configure) -> Result<Option<Thresholds>, String> {
+        if let Some(problem) = &c.problem {
+            return Err(problem.clone());
+        }
+        if c.thresholds.is_empty() {
+            return Ok(None);
+        }
+        let Some(current) = &self.turns else { return Err("thresholds apply to /v2/listen only".into()) };
+        current.get().apply(&c.thresholds).map(Some).map_err(|e| e.to_string())
     }
 
     fn model_info(&self) -> ModelInfo {
