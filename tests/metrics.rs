@@ -93,7 +93,11 @@ fn metrics_parse_as_prometheus_and_count_what_happened() {
         rt().block_on(session(&d.ws("encoding=linear16&sample_rate=16000"), &[], vec![Step::Text("{".into())], FAST));
     assert_eq!(bad.close, Some(1007));
 
-    let m = scrape_until(&d.addr, |m| histogram(m, "scribed_real_time_factor").0 >= 1);
+    // The channel's real-time factor is observed when its worker ends; its
+    // slot is free a moment later, once the reaper has joined the thread.
+    let m = scrape_until(&d.addr, |m| {
+        histogram(m, "scribed_real_time_factor").0 >= 1 && value(m, "scribed_slots_free") == 3.0
+    });
     let words: usize = run
         .of_type("Results")
         .iter()
