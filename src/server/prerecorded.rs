@@ -51,9 +51,14 @@ pub(super) async fn serve(
 ) {
     let request_id = super::request_id(shared.next_id());
     let started = Instant::now();
+    // The slot is free again before the response goes out (the work drops
+    // it as it ends): a client that has its answer can upload again at once.
     let answer = match read_body(&mut stream, req, &shared).await {
         Ok(body) => transcribe_blocking(body, params, shared.clone(), request_id.clone(), slot).await,
-        Err(refusal) => Err(refusal),
+        Err(refusal) => {
+            drop(slot);
+            Err(refusal)
+        }
     };
     match answer {
         Ok(response) => {
@@ -132,8 +137,9 @@ async fn transcribe_blocking(
     slot: OwnedSemaphorePermit,
 ) -> Result<Prerecorded, Refusal> {
     let work = move || {
-        let _slot = slot;
-        transcribe(&body, &params, &shared, request_id)
+        let answer = transcribe(&body, &params, &shared, request_id);
+        drop(slot);
+        answer
     };
     tokio::task::spawn_blocking(work)
         .await
