@@ -189,7 +189,8 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
-/// `/v1/listen`: auth, parameters, admission, upgrade — in that order.
+/// `/v1/listen` and `/v2/listen`: auth, parameters, admission, then the
+/// upgrade (or, for `POST`, the upload) — in that order.
 async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) {
     let m = &shared.metrics;
     let access = shared.access();
@@ -244,8 +245,22 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
         return http::respond_json(&mut stream, 503, &[("Retry-After", "1".into())], &body).await;
     };
     if upload {
-        return prerecorded::serve(stream, req, params, shared.clone(), permit).await;
+        prerecorded::serve(stream, req, params, shared.clone(), permit).await
+    } else {
+        upgrade(stream, req, protocol, params, shared.clone(), permit).await
     }
+}
+
+/// Answers the websocket handshake (echoing the offered subprotocol
+/// scheme) and serves the session on the upgraded connection.
+async fn upgrade(
+    mut stream: TcpStream,
+    req: http::Request,
+    protocol: Option<String>,
+    params: ListenParams,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let id = shared.next_id();
     let request_id = request_id(id);
     let Some(answer) = http::handshake_response(&req, protocol.as_deref(), &request_id) else { return };
@@ -264,7 +279,7 @@ async fn listen(mut stream: TcpStream, req: http::Request, shared: Arc<Shared>) 
     )
     .await;
     let (sink, stream) = futures_util::StreamExt::split(ws);
-    connection::serve(sink, stream, params, shared.clone(), request_id, id, permit).await;
+    connection::serve(sink, stream, params, shared, request_id, id, permit).await;
 }
 
 /// Checks `language` against the model, so that a session the model cannot
