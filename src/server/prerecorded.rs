@@ -137,7 +137,7 @@ async fn transcribe_blocking(
     slot: OwnedSemaphorePermit,
 ) -> Result<Prerecorded, Refusal> {
     let work = move || {
-        let answer = transcribe(&body, &params, &shared, request_id);
+        let answer = transcribe(body, &params, &shared, request_id);
         drop(slot);
         answer
     };
@@ -148,7 +148,14 @@ async fn transcribe_blocking(
 
 /// Decodes the body, transcribes each channel (or the mix) and shapes the
 /// response.
-fn transcribe(body: &[u8], params: &ListenParams, shared: &Shared, request_id: String) -> Result<Prerecorded, Refusal> {
+fn transcribe(
+    body: Vec<u8>,
+    params: &ListenParams,
+    shared: &Shared,
+    request_id: String,
+) -> Result<Prerecorded, Refusal> {
+    // Hashed before the body moves into the decoder (an upload is not copied).
+    let sha256 = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
     let audio = decode(body, params)?;
     let tracks = tracks(&audio, params.multichannel)?;
     let opts = options(params, shared);
@@ -172,7 +179,7 @@ fn transcribe(body: &[u8], params: &ListenParams, shared: &Shared, request_id: S
     let metadata = PrerecordedMetadata {
         transaction_key: "deprecated".into(),
         request_id,
-        sha256: Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect(),
+        sha256,
         created: super::created_now(),
         duration: crate::audio::round3(audio.duration_secs()),
         channels: channels.len() as u32,
@@ -185,14 +192,14 @@ fn transcribe(body: &[u8], params: &ListenParams, shared: &Shared, request_id: S
 
 /// Raw samples when `encoding` is given, else any container the offline
 /// transcriber reads (WAV, FLAC, MP3, Ogg/Vorbis).
-fn decode(body: &[u8], params: &ListenParams) -> Result<DecodedAudio, Refusal> {
+fn decode(body: Vec<u8>, params: &ListenParams) -> Result<DecodedAudio, Refusal> {
     let unsupported = |e: String| Refusal::new(400, "UNSUPPORTED_AUDIO", e);
     let Some(format) = super::raw_format(params) else {
-        return decode_bytes(body.to_vec(), None, Path::new("request body")).map_err(|e| unsupported(e.to_string()));
+        return decode_bytes(body, None, Path::new("request body")).map_err(|e| unsupported(e.to_string()));
     };
     let mut decoder = crate::audio::pcm::PcmDecoder::raw(format);
     let mut samples = Vec::new();
-    decoder.decode(body, &mut samples).map_err(|e| Refusal::new(400, "BAD_AUDIO", e.to_string()))?;
+    decoder.decode(&body, &mut samples).map_err(|e| Refusal::new(400, "BAD_AUDIO", e.to_string()))?;
     let channels = usize::from(format.channels);
     samples.truncate(samples.len() / channels * channels);
     Ok(DecodedAudio { samples, sample_rate: format.sample_rate, channels })
