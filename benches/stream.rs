@@ -75,6 +75,15 @@ struct Args {
     /// context alone costs.
     #[arg(long, value_delimiter = ',', default_value = "100")]
     ctx_padding: Vec<usize>,
+    /// A TOML file for the daemon the benchmark starts (`scribed serve
+    /// --config`), e.g. `commit = "alignment"` or `compute_slots = 2`.
+    #[arg(long)]
+    daemon_config: Option<PathBuf>,
+    /// A Python with faster-whisper, to time it offline on the same files in
+    /// the same run (default: `.venv-bench/bin/python` when it exists, as
+    /// `benches/compare.py` sets it up; none: the line is left out).
+    #[arg(long)]
+    fw_python: Option<PathBuf>,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -86,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     let max = a.sessions.iter().copied().max().unwrap_or(1).max(1);
     let daemon = match &a.url {
         Some(_) => None,
-        None => Some(Daemon::start(a.scribed.as_deref(), &a.model, max + 1)?),
+        None => Some(Daemon::start(&a, max + 1)?),
     };
     let url = a.url.clone().unwrap_or_else(|| format!("ws://{}", daemon.as_ref().map_or("", |d| d.addr.as_str())));
     let pid = daemon.as_ref().map(|d| d.child.id());
@@ -97,6 +106,45 @@ fn main() -> anyhow::Result<()> {
     }
     drop(daemon);
     Ok(())
+}
+
+/// faster-whisper's offline greedy time (float32, 2 threads, in its own
+/// process, `benches/fw_run.py`) and WER on the files of the run, beside
+/// scribed's: the yardstick that makes figures from other machines
+/// comparable.
+fn faster_whisper_line(a: &Args, clips: &[Clip], scribed_secs: f64) {
+    let default = PathBuf::from(".venv-bench/bin/python");
+    let Some(python) = a.fw_python.clone().or_else(|| default.exists().then_some(default)) else {
+        println!("faster-whisper: not timed (no --fw-python and no .venv-bench; `python3 benches/compare.py --skip-scribed` sets it up)");
+        return;
+    };
+    let files: Vec<PathBuf> = clips.iter().map(|c| a.audio_dir.join(&c.name)).collect();
+    let out = Command::new(&python)
+        .arg("benches/fw_run.py")
+        .args(["--beam", "1", "--threads", "2", "--model"])
+        .arg(&a.model)
+        .args(&files)
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .stderr(Stdio::inherit())
+        .output();
+    let Ok(out) = out.map_err(|e| println!("faster-whisper: {python:?} did not run: {e}")) else { return };
+    let (mut secs, mut errors, mut words) = (0.0, 0, 0);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let Some(t) = v["transcribe_s"].as_f64() else { continue };
+        secs += t;
+        let name = v["file"].as_str().and_then(|f| f.rsplit('/').next()).unwrap_or_default();
+        if let Some(r) = clips.iter().find(|c| c.name == name).and_then(|c| c.reference.as_ref()) {
+            let (e, n) = word_errors(r, v["text"].as_str().unwrap_or_default());
+            (errors, words) = (errors + e, words + n);
+        }
+    }
+    println!(
+        "faster-whisper offline greedy (float32, 2 threads): {secs:.1} s for the same files, WER {:.2} %; scribed offline / faster-whisper = {:.2}; load {}",
+        100.0 * errors as f64 / words.max(1) as f64,
+        scribed_secs / secs.max(1e-9),
+        loadavg()
+    );
 }
 
 /// `(file, reference transcript)` of every file with a reference, shortest
@@ -121,15 +169,15 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: Option<&std::path::Path>, model: &std::path::Path, max_sessions: usize) -> anyhow::Result<Daemon> {
-        let bin = bin.map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scribed")), |b| b.to_path_buf());
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--max-sessions", &max_sessions.to_string(), "--model"])
-            .arg(model)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+    fn start(a: &Args, max_sessions: usize) -> anyhow::Result<Daemon> {
+        let bin = a.scribed.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scribed")));
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--max-sessions", &max_sessions.to_string(), "--model"])
+            .arg(&a.model);
+        if let Some(config) = &a.daemon_config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).read_line(&mut line)?;
         let addr = line.trim().strip_prefix("listening on ").map(str::to_string);
@@ -368,6 +416,10 @@ fn score(s: &Streamed, speed: f64, clip: &Clip, t: &mut Tally) {
     }
     if let Some(reference) = &clip.reference {
         let (e, n) = word_errors(reference, &finals);
+        if e > 0 {
+            // What the WER is made of, to compare builds word by word.
+            eprintln!("{}: {e} word errors: {}", clip.name, finals.trim());
+        }
         t.errors += e;
         t.words += n;
     }
@@ -488,6 +540,7 @@ fn latency(
         trimmed.join(", "),
         loadavg()
     );
+    faster_whisper_line(a, &clips, offline_secs);
     let audio = Arc::new(clips);
     let has_long = audio.iter().any(|c| c.reference.is_none());
     let long_name = audio.iter().find(|c| c.reference.is_none()).map_or(String::new(), |c| c.name.clone());
