@@ -32,10 +32,35 @@ pub struct FileConfig {
     pub ring_seconds: Option<f64>,
     /// New audio between two hypotheses, milliseconds.
     pub step_ms: Option<u64>,
+    /// Hypotheses computed at once across all sessions (each uses every
+    /// compute thread); the others queue, flushes first.
+    pub compute_slots: Option<usize>,
+    /// When a streaming step's words become final: `"alignment"` (the
+    /// default: also words the alignment heads place 0.5 s or more before
+    /// the end of the audio, AlignAtt-style, one step sooner) or
+    /// `"agreement"` (only when two hypotheses in a row agree:
+    /// LocalAgreement-2). See `policy`.
+    pub commit: Option<CommitRule>,
     /// Seconds a stalled socket write may take before the session ends.
     pub write_timeout_s: Option<f64>,
     /// Seconds given to sessions to flush on shutdown.
     pub shutdown_grace_s: Option<f64>,
+}
+
+/// When a streaming step's words become final (see `policy`).
+///
+/// Measured side by side (`benches/results/streaming.md`, issue 9's files,
+/// one session): the alignment rule gave final p95 1.31–1.33 s against
+/// 1.66 s for agreement alone, at a streaming WER of 5.31–6.76 % (agreement:
+/// 7.25 %, offline greedy 7.25 %).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitRule {
+    /// LocalAgreement-2 alone: two hypotheses in a row agree.
+    Agreement,
+    /// Also words that end 0.5 s or more before the audio, at once.
+    #[default]
+    Alignment,
 }
 
 /// What the flags set (`None`: not given).
@@ -62,6 +87,8 @@ pub struct Config {
     pub max_upload_bytes: usize,
     pub ring_seconds: f64,
     pub step_ms: u64,
+    pub compute_slots: usize,
+    pub commit: CommitRule,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     /// A session whose keyterms include `session::PANIC_KEYTERM` panics in
@@ -84,6 +111,9 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// One hypothesis at a time: on the CPU each already uses every core.
+pub const DEFAULT_COMPUTE_SLOTS: usize = 1;
 
 impl Config {
     /// Reads `file` (when given) and applies the flags over it.
@@ -136,6 +166,10 @@ impl Config {
         if !(100..=5000).contains(&step_ms) {
             return Err(invalid("step_ms", format!("{step_ms} is outside 100–5000")));
         }
+        let compute_slots = f.compute_slots.unwrap_or(DEFAULT_COMPUTE_SLOTS);
+        if !(1..=256).contains(&compute_slots) {
+            return Err(invalid("compute_slots", format!("{compute_slots} is outside 1–256")));
+        }
         // 256 MiB: 2.3 hours of 16 kHz 16-bit mono WAV, days of MP3.
         let max_upload_bytes = f.max_upload_bytes.unwrap_or(256 << 20);
         if !(1024..=4 << 30).contains(&max_upload_bytes) {
@@ -157,6 +191,8 @@ impl Config {
             max_upload_bytes,
             ring_seconds,
             step_ms,
+            compute_slots,
+            commit: f.commit.unwrap_or_default(),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
             fault_injection: false,

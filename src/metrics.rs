@@ -108,6 +108,10 @@ pub struct Metrics {
     pub hypothesis_time: Histogram,
     /// Compute time over audio time, per session channel, at its end.
     pub real_time_factor: Histogram,
+    /// Hypotheses waiting for a compute turn (`session::scheduler`).
+    pub compute_waiting: AtomicU64,
+    /// How long a hypothesis waited for its turn.
+    pub compute_wait: Histogram,
     /// Current lag of each live session channel, ms (received − processed).
     lags: Mutex<HashMap<u64, u64>>,
     /// Sessions ended by an error, by its kind (the `Error` message's
@@ -140,6 +144,8 @@ impl Default for Metrics {
             finalize_reply: Histogram::new(LATENCY_BUCKETS),
             hypothesis_time: Histogram::new(COMPUTE_BUCKETS),
             real_time_factor: Histogram::new(RTF_BUCKETS),
+            compute_waiting: zero(),
+            compute_wait: Histogram::new(LATENCY_BUCKETS),
             lags: Mutex::default(),
             errors: Mutex::default(),
             closes: Mutex::default(),
@@ -269,6 +275,7 @@ impl Metrics {
             ("scribed_results_interim_total", "Interim results sent.", COUNTER, load(&self.results_interim_total)),
             ("scribed_results_final_total", "Final results sent.", COUNTER, load(&self.results_final_total)),
             ("scribed_words_final_total", "Final words sent.", COUNTER, load(&self.words_final_total)),
+            ("scribed_compute_waiting", "Hypotheses waiting for a compute turn.", GAUGE, load(&self.compute_waiting)),
         ] {
             write_sample(s, name, help, kind, v);
         }
@@ -324,6 +331,11 @@ impl Metrics {
             "From a Finalize message's arrival to its from_finalize result.",
         );
         self.hypothesis_time.render(s, "scribed_hypothesis_seconds", "Wall time of one hypothesis.");
+        self.compute_wait.render(
+            s,
+            "scribed_compute_wait_seconds",
+            "How long a hypothesis waited for a compute turn (flushes go before steps).",
+        );
         self.real_time_factor.render(
             s,
             "scribed_real_time_factor",

@@ -11,8 +11,16 @@
 //! - every `step` of new audio the worker re-transcribes the utterance so far
 //!   (≤ 30 s); words that two consecutive hypotheses agree on, as a prefix of
 //!   what is not yet final, become final; the rest is the interim tail;
+//! - with `alignment_commit` (the daemon's default, AlignAtt-style), leading
+//!   new words that end well before the audio does, as the alignment heads
+//!   place them, become final at once, one step sooner;
 //! - at the endpoint (or `Finalize`, or the end of the stream) one more
 //!   hypothesis finalises everything and the utterance is closed;
+//! - on continuous speech, once the utterance is longer than `trim_frames`
+//!   its audio is trimmed after the last final word that ends a sentence
+//!   (or, a third longer, after the last final word): those words move to
+//!   the prompt, so a step's cost stops growing with the utterance
+//!   (whisper_streaming's buffer trimming);
 //! - an utterance that nears Whisper's 30 s window is cut after its last final
 //!   word, and the rest carries over into the next one.
 //!
@@ -25,6 +33,15 @@ use crate::protocol::normalize;
 
 /// Seconds per VAD frame.
 pub const FRAME_SECONDS: f64 = 0.01;
+
+/// A first word this close after a trim or cut that repeats the last word
+/// moved out is that word heard again, seconds.
+const SEAM_S: f64 = 0.5;
+
+/// Whether Whisper's text for a word ends a sentence.
+fn ends_sentence(text: &str) -> bool {
+    text.ends_with(['.', '?', '!'])
+}
 
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
@@ -43,6 +60,14 @@ pub struct PolicyConfig {
     /// Interim words this close to the end of the audio are held back from
     /// a forced cut, seconds.
     pub cut_margin: f64,
+    /// Utterance length past which its audio is trimmed after a final
+    /// sentence end, frames; `None`: never (only the cut at the window).
+    pub trim_frames: Option<u64>,
+    /// The AlignAtt-style rule (SimulStreaming): a step's leading new words
+    /// that end at least this long before the audio does, as the alignment
+    /// heads place them, are final at once, without waiting for the next
+    /// hypothesis to agree. Seconds; `None`: LocalAgreement-2 alone.
+    pub alignment_commit: Option<f64>,
 }
 
 impl Default for PolicyConfig {
@@ -56,6 +81,13 @@ impl Default for PolicyConfig {
             preroll_frames: 30,
             max_utterance_frames: 2500,
             cut_margin: 1.0,
+            // The encoder input is at least 15 s (`decode::AudioCtx`), so an
+            // utterance up to about that long costs the least per step. At
+            // 10 s, jfk.wav (11 s, one utterance) was trimmed after
+            // "Americans," and came out "asked not … Thank you." (3 word
+            // errors, in each of 3 runs); no reference file reaches 15 s.
+            trim_frames: Some(1500),
+            alignment_commit: None,
         }
     }
 }
@@ -137,6 +169,9 @@ pub struct Policy {
     last_interim: Vec<String>,
     /// Final text of the stream so far, for the prompt.
     context: String,
+    /// The last word moved out of the utterance by a trim or a cut (as
+    /// compared) and where its audio was cut, seconds.
+    seam: Option<(String, f64)>,
     words_final: u64,
 }
 
@@ -156,6 +191,7 @@ impl Policy {
             words_since_utterance_end: false,
             last_interim: Vec::new(),
             context: String::new(),
+            seam: None,
             words_final: 0,
         }
     }
@@ -256,7 +292,10 @@ impl Policy {
         match reason {
             Reason::Step | Reason::Cut => {
                 let prev_tail = self.after_committed(&self.prev);
-                let agreed = tail.iter().zip(&prev_tail).take_while(|(a, b)| a.norm() == b.norm()).count();
+                let mut agreed = tail.iter().zip(&prev_tail).take_while(|(a, b)| a.norm() == b.norm()).count();
+                if let Some(margin) = self.cfg.alignment_commit {
+                    agreed = agreed.max(tail.iter().take_while(|w| w.end <= now - margin).count());
+                }
                 let mut fin: Vec<Word> = tail[..agreed].to_vec();
                 let mut rest: Vec<Word> = tail[agreed..].to_vec();
                 if reason == Reason::Cut {
@@ -269,13 +308,11 @@ impl Policy {
                 self.commit(fin, end.unwrap_or(self.final_cursor), false, false, out);
                 if reason == Reason::Cut {
                     let cut_at = self.committed.last().map_or(now - self.cfg.cut_margin, |w| w.end);
-                    let cut_frame = ((cut_at / FRAME_SECONDS).floor() as u64).clamp(self.utt_start, self.frames);
-                    self.context_push_committed();
-                    self.utt_start = cut_frame;
-                    self.committed.clear();
                     self.prev = rest.clone();
+                    self.move_out(self.committed.len(), cut_at);
                 } else {
                     self.prev = words;
+                    self.trim();
                 }
                 self.interim(rest, now, out);
             }
@@ -287,7 +324,8 @@ impl Policy {
                         if reason == Reason::Endpoint { now - self.silence_run as f64 * FRAME_SECONDS } else { now };
                     self.commit(tail, end, true, from_finalize, out);
                 }
-                self.context_push_committed();
+                let committed = std::mem::take(&mut self.committed);
+                self.push_context(&committed);
                 self.end_utterance();
             }
         }
@@ -303,6 +341,7 @@ impl Policy {
     }
 
     fn end_utterance(&mut self) {
+        self.seam = None;
         self.committed.clear();
         self.prev.clear();
         self.last_interim.clear();
@@ -311,8 +350,43 @@ impl Policy {
         self.last_hyp = self.frames;
     }
 
-    fn context_push_committed(&mut self) {
-        for w in &self.committed {
+    /// On a long utterance, moves the final words up to the last sentence end
+    /// (a third past the limit: all of them) out of the utterance and into the
+    /// prompt, and starts its audio after them.
+    fn trim(&mut self) {
+        let Some(limit) = self.cfg.trim_frames else { return };
+        let len = self.frames - self.utt_start;
+        if len < limit {
+            return;
+        }
+        let k = match self.committed.iter().rposition(|w| ends_sentence(&w.text)) {
+            Some(i) => i + 1,
+            None if len >= limit + limit / 3 => self.committed.len(),
+            None => return,
+        };
+        let Some(last) = k.checked_sub(1).map(|i| &self.committed[i]) else { return };
+        // Cut halfway to the next word heard, so that neither word loses
+        // sound to the other when the word times are a little off.
+        let next = self.prev.iter().map(|w| w.start).find(|&s| s >= last.end);
+        let cut_at = next.map_or(last.end, |s| (last.end + s) / 2.0);
+        self.prev.retain(|w| (w.start + w.end) / 2.0 >= cut_at);
+        self.move_out(k, cut_at);
+    }
+
+    /// Ends the utterance's audio at `cut_at` seconds: its first `k` final
+    /// words go to the prompt, the rest stay final words of the utterance.
+    fn move_out(&mut self, k: usize, cut_at: f64) {
+        let cut_frame = ((cut_at / FRAME_SECONDS).floor() as u64).clamp(self.utt_start, self.frames);
+        let moved: Vec<Word> = self.committed.drain(..k).collect();
+        self.push_context(&moved);
+        if let Some(w) = moved.last() {
+            self.seam = Some((w.norm(), cut_at));
+        }
+        self.utt_start = cut_frame;
+    }
+
+    fn push_context(&mut self, words: &[Word]) {
+        for w in words {
             if !self.context.is_empty() {
                 self.context.push(' ');
             }
@@ -330,7 +404,12 @@ impl Policy {
     pub fn after_committed(&self, hyp: &[Word]) -> Vec<Word> {
         let n = self.committed.len();
         if n == 0 {
-            return hyp.to_vec();
+            // After a trim or a cut, Whisper may hear the end of the last
+            // word moved out again at the start of the audio.
+            let repeated =
+                |w: &Word| self.seam.as_ref().is_some_and(|(text, at)| w.start < at + SEAM_S && w.norm() == *text);
+            let skip = hyp.first().is_some_and(repeated);
+            return hyp[usize::from(skip)..].to_vec();
         }
         // Usually the hypothesis repeats the final words verbatim.
         if hyp.len() >= n && hyp.iter().zip(&self.committed).all(|(a, b)| a.norm() == b.norm()) {
@@ -485,6 +564,20 @@ mod tests {
     }
 
     #[test]
+    fn the_alignment_rule_commits_words_well_before_the_audio_end_at_once() {
+        let mut p = Policy::new(PolicyConfig { alignment_commit: Some(0.5), ..Default::default() });
+        let mut out = Vec::new();
+        frames(&mut p, true, 200, &mut out);
+        // The audio ends at 2.0 s: "one" and "two" end before 1.5 s, "three" does not.
+        p.on_hypothesis(Reason::Step, vec![w("one", 0.2, 0.6), w("two", 0.7, 1.4), w("three", 1.6, 1.9)], &mut out);
+        let r = results(&out);
+        assert!(r[0].is_final);
+        assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+        assert!(!r[1].is_final);
+        assert_eq!(r[1].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["three"]);
+    }
+
+    #[test]
     fn changed_committed_words_are_not_repeated() {
         let mut p = Policy::new(PolicyConfig::default());
         let mut out = Vec::new();
@@ -538,6 +631,56 @@ mod tests {
         let r = results(&out);
         assert!(r[0].is_final);
         assert!(p.utterance_start() > 2000, "{}", p.utterance_start());
+    }
+
+    /// Two steps with the same words: they agree.
+    fn agree(p: &mut Policy, words: &[Word], out: &mut Vec<Emit>) {
+        for _ in 0..2 {
+            frames(p, true, 60, out);
+            p.on_hypothesis(Reason::Step, words.to_vec(), out);
+        }
+    }
+
+    #[test]
+    fn long_utterances_are_trimmed_after_a_final_sentence_end() {
+        let cfg = PolicyConfig { endpoint_frames: None, trim_frames: Some(1000), ..Default::default() };
+        let mut p = Policy::new(cfg);
+        let mut out = Vec::new();
+        frames(&mut p, true, 900, &mut out);
+        let words = [w("One", 1.0, 1.5), w("two.", 1.5, 2.0), w("Three", 2.4, 2.8), w("four", 2.8, 9.0)];
+        agree(&mut p, &words, &mut out);
+        // Past 10 s: the sentence "One two." moves to the prompt, its audio
+        // is cut halfway to "Three", and "Three four" stay final words.
+        assert_eq!(p.utterance_start(), 220);
+        assert_eq!(p.context(100), "One two.");
+        assert_eq!(p.committed().iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["Three", "four"]);
+        // The next hypothesis covers the audio from the cut.
+        let next = [w("Three", 2.4, 2.8), w("four", 2.8, 9.0), w("five", 11.0, 11.2)];
+        agree(&mut p, &next, &mut out);
+        let finals: Vec<&str> =
+            results(&out).iter().filter(|u| u.is_final).flat_map(|u| u.words.iter().map(|w| w.text.as_str())).collect();
+        assert_eq!(finals, ["One", "two.", "Three", "four", "five"]);
+    }
+
+    #[test]
+    fn without_a_sentence_end_the_trim_waits_a_third_longer() {
+        let cfg = PolicyConfig { endpoint_frames: None, trim_frames: Some(1000), ..Default::default() };
+        let mut p = Policy::new(cfg);
+        let mut out = Vec::new();
+        frames(&mut p, true, 1000, &mut out);
+        let words = [w("one", 1.0, 1.5), w("two", 1.5, 2.0)];
+        agree(&mut p, &words, &mut out);
+        assert_eq!(p.utterance_start(), 0, "trimmed without a sentence end");
+        frames(&mut p, true, 900, &mut out);
+        agree(&mut p, &words, &mut out);
+        assert_eq!(p.utterance_start(), 200);
+        assert!(p.committed().is_empty());
+        // Whisper hears the end of "two" again at the start of the audio:
+        // not a new word.
+        let again = [w("two", 2.0, 2.2), w("three", 2.5, 3.0)];
+        assert_eq!(p.after_committed(&again), [w("three", 2.5, 3.0)]);
+        let later = [w("two", 3.0, 3.2)];
+        assert_eq!(p.after_committed(&later), later, "a word said again later is a new word");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::Shared;
 use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat};
 use crate::audio::resample::Resampler;
+use crate::config::CommitRule;
 use crate::decode::Cancel;
 use crate::metrics::GaugeGuard;
 use crate::policy::PolicyConfig;
@@ -30,6 +31,13 @@ use crate::protocol::{
 };
 use crate::session::turns::SharedThresholds;
 use crate::session::{panic_message, ChannelSummary, Keyterms, Output, Pipe, SlotLease, WorkerSettings, PANIC_KEYTERM};
+
+/// `commit = "alignment"`: a step's new words that end this long before the
+/// audio does are final at once (`PolicyConfig::alignment_commit`), seconds.
+/// Word ends come from the alignment heads (DTW over their cross-attention),
+/// a coarser place than SimulStreaming's per-token attention, hence half a
+/// second rather than a few encoder frames.
+const ALIGNMENT_COMMIT_S: f64 = 0.5;
 
 /// The sending half of a websocket (or, in tests, of a channel).
 pub trait WsSink: Sink<Message, Error = tungstenite::Error> + Unpin + Send {}
@@ -468,10 +476,17 @@ impl<S: WsSink> Session<S> {
         let lease = self.lease(n)?;
         let cfg = &self.shared.config;
         let step_frames = cfg.step_ms / 10;
+        let alignment_commit = (cfg.commit == CommitRule::Alignment).then_some(ALIGNMENT_COMMIT_S);
         let policy = if self.params.turns {
             // The turn state ends utterances (`session::turns`); it needs
             // every hypothesis, and no endpoint of the policy's own.
-            PolicyConfig { step_frames, endpoint_frames: None, interim_results: true, ..PolicyConfig::default() }
+            PolicyConfig {
+                step_frames,
+                endpoint_frames: None,
+                interim_results: true,
+                alignment_commit,
+                ..PolicyConfig::default()
+            }
         } else {
             PolicyConfig {
                 step_frames,
@@ -479,6 +494,7 @@ impl<S: WsSink> Session<S> {
                 utterance_end: self.params.utterance_end_ms.map(|ms| ms as f64 / 1000.0),
                 vad_events: self.params.vad_events,
                 interim_results: self.params.interim_results,
+                alignment_commit,
                 ..PolicyConfig::default()
             }
         };
@@ -495,6 +511,7 @@ impl<S: WsSink> Session<S> {
                 panic_on_hypothesis: cfg.fault_injection && self.params.keyterms.iter().any(|k| k == PANIC_KEYTERM),
                 cancel: self.cancel.clone(),
                 turns: self.turns.clone(),
+                scheduler: self.shared.scheduler.clone(),
             };
             let resampler =
                 Resampler::new(format.sample_rate).map_err(|e| SessionError::UnsupportedAudio(e.to_string()))?;

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::protocol::{Encoding, ListenParams, ParamError};
+use crate::session::scheduler::Scheduler;
 use crate::session::PANIC_KEYTERM;
 
 /// `GET /`: live captions from the browser's microphone (no build step).
@@ -41,6 +42,8 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub slots: Arc<Semaphore>,
+    /// One queue of hypotheses for all sessions.
+    pub scheduler: Arc<Scheduler>,
     /// What SIGHUP can change without a restart: keys and origins.
     access: RwLock<Arc<Access>>,
     shutdown: watch::Receiver<bool>,
@@ -69,6 +72,7 @@ impl Shared {
         let shared = Shared {
             engine,
             slots: Arc::new(Semaphore::new(config.max_sessions)),
+            scheduler: Scheduler::new(config.compute_slots),
             access: RwLock::new(Arc::new(Access::of(&config))),
             config,
             metrics: Arc::new(Metrics::default()),

@@ -14,6 +14,7 @@
 //! `max_sessions` until its [`Cancel`] has stopped it.
 
 mod reaper;
+pub mod scheduler;
 pub mod turns;
 pub mod worker;
 
@@ -118,6 +119,8 @@ pub struct WorkerSettings {
     /// `/v2/listen`: turn events under these thresholds (which `Configure`
     /// may change) instead of results.
     pub turns: Option<turns::SharedThresholds>,
+    /// The daemon's one queue of hypotheses.
+    pub scheduler: Arc<scheduler::Scheduler>,
 }
 
 /// The network side of one channel.

@@ -17,13 +17,14 @@ use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
 use tokio::sync::{mpsc, Notify};
 
+use super::scheduler::{Grant, Urgency};
 use super::turns::{Due, Trigger, TurnInfo, Turns};
 use super::{ChannelSummary, Control, Output, WorkerSettings};
 use crate::audio::vad::{Vad, VadConfig, FRAME};
 use crate::audio::{round3, seconds};
 use crate::decode::{AudioCtx, DecodeError, DecodeOptions};
 use crate::engine::{Engine, EngineStream};
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::policy::{Emit, Policy, Reason, Update, Word};
 use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMessage, WireWord};
 
@@ -40,9 +41,15 @@ const CONTEXT_CHARS: usize = 200;
 /// the switch off.)
 const STREAMING_AUDIO_CTX: bool = true;
 
-/// Seconds of an utterance after its final words that may pass without a
-/// new word before a prefixed hypothesis is taken to have skipped speech.
+/// A prefixed hypothesis whose first new word starts this long after the
+/// utterance's final words is taken to have skipped speech, seconds.
 const MAX_GAP_S: f64 = 1.0;
+
+/// Audio after the utterance's final words that a prefixed hypothesis may
+/// leave without any new word, seconds. Longer than [`MAX_GAP_S`]: pauses,
+/// breaths and radio noise inside an utterance are often a second long, and
+/// what a step leaves out is decoded whole at the endpoint anyway.
+const MAX_SILENT_TAIL_S: f64 = 3.0;
 
 pub struct Context {
     pub engine: Arc<dyn Engine>,
@@ -109,6 +116,17 @@ struct Worker {
     /// `/v2/listen`'s turn state, and the events waiting to be sent.
     turns: Option<Turns>,
     turn_out: Vec<TurnInfo>,
+    /// The scheduler's grant a step holds from its turn until its
+    /// hypothesis runs (an endpoint among the audio it takes in first uses
+    /// it instead).
+    grant: Option<Grant>,
+}
+
+/// Whether the session goes on after a control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Done,
 }
 
 impl Drop for Worker {
@@ -145,6 +163,7 @@ impl Worker {
             busy: Duration::ZERO,
             turns,
             turn_out: Vec::new(),
+            grant: None,
         })
     }
 
@@ -159,37 +178,73 @@ impl Worker {
             if self.s.cancel.is_cancelled() {
                 return Err(WorkerError::Gone);
             }
-            let mut batch = vec![first];
-            batch.extend(self.ctl.try_iter());
-            for ctl in batch {
-                match ctl {
-                    Control::Audio { upto } => self.consume(upto, tr)?,
-                    Control::Finalize { upto, at } => {
-                        self.consume(upto, tr)?;
-                        // On /v2/listen this is `ForceEndTurn`.
-                        self.end_turn(Due::End(Trigger::Manual), tr)?;
-                        self.metrics.finalize_reply.observe_duration(at.elapsed());
-                    }
-                    Control::Close { upto } => {
-                        self.consume(upto, tr)?;
-                        // The partial last frame belongs to the stream too.
-                        if !self.frame.is_empty() {
-                            let f = std::mem::take(&mut self.frame);
-                            self.buf.extend_from_slice(&f);
-                        }
-                        self.flush(Reason::Close, tr)?;
-                        self.close_turn()?;
-                        self.summary.words = self.policy.words_final();
-                        self.summary.audio_seconds = seconds(self.consumed);
-                        let _ = self.out.blocking_send(Output::Done(self.summary));
-                        return Ok(());
-                    }
-                }
+            if self.handle(first, tr)? == Flow::Done || self.handle_queued(tr)? == Flow::Done {
+                return Ok(());
             }
-            if self.policy.step_due() {
-                self.transcribe(Reason::Step, tr)?;
+            if self.policy.step_due() && self.step(tr)? == Flow::Done {
+                return Ok(());
             }
         }
+    }
+
+    /// The control messages already queued, in order.
+    fn handle_queued(&mut self, tr: &mut dyn EngineStream) -> Result<Flow, WorkerError> {
+        while let Ok(ctl) = self.ctl.try_recv() {
+            if self.handle(ctl, tr)? == Flow::Done {
+                return Ok(Flow::Done);
+            }
+        }
+        Ok(Flow::Go)
+    }
+
+    fn handle(&mut self, ctl: Control, tr: &mut dyn EngineStream) -> Result<Flow, WorkerError> {
+        match ctl {
+            Control::Audio { upto } => self.consume(upto, tr)?,
+            Control::Finalize { upto, at } => {
+                self.consume(upto, tr)?;
+                // On /v2/listen this is `ForceEndTurn`.
+                self.end_turn(Due::End(Trigger::Manual), tr)?;
+                self.metrics.finalize_reply.observe_duration(at.elapsed());
+            }
+            Control::Close { upto } => {
+                self.consume(upto, tr)?;
+                // The partial last frame belongs to the stream too.
+                if !self.frame.is_empty() {
+                    let f = std::mem::take(&mut self.frame);
+                    self.buf.extend_from_slice(&f);
+                }
+                self.flush(Reason::Close, tr)?;
+                self.close_turn()?;
+                self.summary.words = self.policy.words_final();
+                self.summary.audio_seconds = seconds(self.consumed);
+                let _ = self.send(Output::Done(self.summary));
+                return Ok(Flow::Done);
+            }
+        }
+        Ok(Flow::Go)
+    }
+
+    /// A step, once the scheduler gives this session a turn. The audio that
+    /// arrived while it waited is taken in first (serving any endpoint in
+    /// it within the same turn), so the step covers all of it.
+    fn step(&mut self, tr: &mut dyn EngineStream) -> Result<Flow, WorkerError> {
+        self.grant = Some(self.acquire(Urgency::Step)?);
+        let flow = self.handle_queued(tr)?;
+        if flow == Flow::Go && self.policy.step_due() {
+            self.transcribe(Reason::Step, tr)?;
+        }
+        self.grant = None;
+        Ok(flow)
+    }
+
+    /// Waits for the scheduler's grant to run a hypothesis.
+    fn acquire(&self, urgency: Urgency) -> Result<Grant, WorkerError> {
+        let t0 = Instant::now();
+        let waiting = GaugeGuard::inc(&self.metrics.compute_waiting);
+        let turn = self.s.scheduler.acquire(urgency, &self.s.cancel);
+        drop(waiting);
+        self.metrics.compute_wait.observe_duration(t0.elapsed());
+        turn.ok_or(WorkerError::Gone)
     }
 
     /// Feeds the audio up to sample `upto` through the VAD and the policy,
@@ -279,7 +334,7 @@ impl Worker {
         for info in std::mem::take(&mut self.turn_out) {
             let msg = Message { kind: "TurnInfo", request_id: &self.s.request_id, info };
             let json = serde_json::to_string(&msg).map_err(|e| WorkerError::Engine(e.to_string()))?;
-            self.out.blocking_send(Output::Message(json)).map_err(|_| WorkerError::Gone)?;
+            self.send(Output::Message(json))?;
         }
         Ok(())
     }
@@ -307,6 +362,11 @@ impl Worker {
             // whole utterance.
             opts.prefix = None;
         }
+        let urgency = if reason == Reason::Step { Urgency::Step } else { Urgency::Flush };
+        let grant = match self.grant.take() {
+            Some(g) => g,
+            None => self.acquire(urgency)?,
+        };
         let t0 = Instant::now();
         let mut words = self.hypothesis(tr, &opts)?;
         if opts.prefix.is_some() && self.skipped_speech(&words) {
@@ -319,6 +379,7 @@ impl Worker {
             words = self.hypothesis(tr, &opts)?;
         }
         let spent = t0.elapsed();
+        drop(grant);
         self.policy.on_hypothesis(reason, words, &mut self.emits);
         self.summary.transcriptions += 1;
         self.metrics.transcriptions_total.fetch_add(1, Ordering::Relaxed);
@@ -399,13 +460,17 @@ impl Worker {
     /// Whether a hypothesis leaves a stretch of the utterance after its final
     /// words without text: its first new word starts more than
     /// [`MAX_GAP_S`] after them, or there is none though the audio goes on
-    /// that long. Endpointing splits utterances at silence, so inside one
-    /// such a gap is speech that was skipped.
+    /// [`MAX_SILENT_TAIL_S`]. Endpointing splits utterances at silence, so
+    /// inside one such a gap is speech that was skipped.
     fn skipped_speech(&self, words: &[Word]) -> bool {
         let Some(last) = self.policy.committed().last() else { return false };
-        let audio_end = seconds(self.buf_start * FRAME as u64 + self.buf.len() as u64);
-        let next = self.policy.after_committed(words).first().map_or(audio_end, |w| w.start);
-        next - last.end > MAX_GAP_S
+        match self.policy.after_committed(words).first() {
+            Some(next) => next.start - last.end > MAX_GAP_S,
+            None => {
+                let audio_end = seconds(self.buf_start * FRAME as u64 + self.buf.len() as u64);
+                audio_end - last.end > MAX_SILENT_TAIL_S
+            }
+        }
     }
 
     /// Counts a result and observes its words' latency: the audio received
@@ -425,6 +490,20 @@ impl Worker {
             if let Some(w) = u.words.last() {
                 m.interim_latency.observe(received - w.end);
             }
+        }
+    }
+
+    /// Sends one message to the connection. Should the channel be full (a
+    /// client slow to read), the grant a step holds is given back before
+    /// waiting: one slow client must not stall every session.
+    fn send(&mut self, msg: Output) -> Result<(), WorkerError> {
+        match self.out.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.grant = None;
+                self.out.blocking_send(msg).map_err(|_| WorkerError::Gone)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(WorkerError::Gone),
         }
     }
 
@@ -449,8 +528,7 @@ impl Worker {
                     self.results(u, ch)
                 }
             };
-            let json = msg.to_json();
-            self.out.blocking_send(Output::Message(json)).map_err(|_| WorkerError::Gone)?;
+            self.send(Output::Message(msg.to_json()))?;
         }
         self.send_turns()
     }
