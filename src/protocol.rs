@@ -211,7 +211,9 @@ impl Default for ListenParams {
             vad_events: false,
             language: None,
             keyterms: Vec::new(),
-            punctuate: true,
+            // Deepgram's default: bare lower-case words in `transcript`
+            // (`punctuated_word` always carries Whisper's own form).
+            punctuate: false,
             smart_format: false,
             model: None,
             utterances: false,

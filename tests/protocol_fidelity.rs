@@ -90,6 +90,32 @@ fn metadata_has_deepgrams_shape() {
     assert_eq!(run.of_type("Metadata")[0]["models"][0], uuid);
 }
 
+/// `transcript` has punctuation and casing only with `punctuate=true` (or
+/// `smart_format`): Deepgram's default is bare lower-case words, and
+/// `punctuated_word` carries the punctuated form either way.
+#[test]
+fn punctuation_only_when_asked() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &[]);
+    let audio = load("jfk.wav");
+    let plain = rt().block_on(session(&d.ws(LIN16), &[], frames16(&audio, 50), FAST));
+    let text = plain.finals();
+    assert!(word_errors(&reference("jfk.wav"), &text).0 <= 1, "{text}");
+    let bare = |c: char| c.is_lowercase() || c == ' ' || c == '\'';
+    assert!(text.chars().all(bare), "punctuation or capitals without punctuate=true: {text}");
+    let punctuated: Vec<String> = plain
+        .of_type("Results")
+        .iter()
+        .flat_map(|m| m["channel"]["alternatives"][0]["words"].as_array().cloned().unwrap_or_default())
+        .filter_map(|w| w["punctuated_word"].as_str().map(String::from))
+        .collect();
+    assert!(punctuated.iter().any(|w| w.chars().any(|c| c.is_uppercase() || ",.".contains(c))), "{punctuated:?}");
+
+    let asked = rt().block_on(session(&d.ws(&format!("{LIN16}&punctuate=true")), &[], frames16(&audio, 50), FAST));
+    let text = asked.finals();
+    assert!(text.contains(['.', ',']) && text.starts_with("And"), "punctuate=true: {text}");
+}
+
 /// What LiveKit's and Pipecat's Deepgram plugins send is accepted.
 #[test]
 fn framework_parameters_are_accepted() {

@@ -41,7 +41,7 @@ pub fn listen_url(opts: &StreamOptions, sample_rate: u32) -> String {
     let base = opts.url.trim_end_matches('/');
     let base = base.strip_suffix("/v1/listen").unwrap_or(base);
     let mut url = format!(
-        "{base}/v1/listen?encoding=linear16&sample_rate={sample_rate}&channels=1&interim_results={}",
+        "{base}/v1/listen?encoding=linear16&sample_rate={sample_rate}&channels=1&punctuate=true&interim_results={}",
         opts.interim
     );
     if !opts.extra_query.is_empty() {
