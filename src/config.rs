@@ -35,11 +35,11 @@ pub struct FileConfig {
     /// Hypotheses computed at once across all sessions (each uses every
     /// compute thread); the others queue, flushes first.
     pub compute_slots: Option<usize>,
-    /// When a streaming step's words become final: `"alignment"` (the
-    /// default: also words the alignment heads place 0.5 s or more before
-    /// the end of the audio, AlignAtt-style, one step sooner) or
-    /// `"agreement"` (only when two hypotheses in a row agree:
-    /// LocalAgreement-2). See `policy`.
+    /// When a streaming step's words become final: `"agreement"` (the
+    /// default: when two hypotheses in a row agree, LocalAgreement-2) or
+    /// `"alignment"` (also words the alignment heads place 0.5 s or more
+    /// before the end of the audio, AlignAtt-style, one step sooner). See
+    /// `CommitRule` and `policy`.
     pub commit: Option<CommitRule>,
     /// Seconds a stalled socket write may take before the session ends.
     pub write_timeout_s: Option<f64>,
@@ -52,14 +52,18 @@ pub struct FileConfig {
 /// Measured side by side (`benches/results/streaming.md`, issue 9's files,
 /// one session): the alignment rule gave final p95 1.31–1.33 s against
 /// 1.66 s for agreement alone, at a streaming WER of 5.31–6.76 % (agreement:
-/// 7.25 %, offline greedy 7.25 %).
+/// 7.25 %, offline greedy 7.25 %). It is not the default: under overload
+/// (`tests/reliability.rs`, 8 real-time sessions on 2 cores) one step that
+/// jumped over six words ("mr quilter is the i'd like to welcome his
+/// gospel") was final at once, where agreement waits for a second
+/// hypothesis that does not repeat the jump.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CommitRule {
     /// LocalAgreement-2 alone: two hypotheses in a row agree.
+    #[default]
     Agreement,
     /// Also words that end 0.5 s or more before the audio, at once.
-    #[default]
     Alignment,
 }
 

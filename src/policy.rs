@@ -11,7 +11,7 @@
 //! - every `step` of new audio the worker re-transcribes the utterance so far
 //!   (≤ 30 s); words that two consecutive hypotheses agree on, as a prefix of
 //!   what is not yet final, become final; the rest is the interim tail;
-//! - with `alignment_commit` (the daemon's default, AlignAtt-style), leading
+//! - with `alignment_commit` (`commit = "alignment"`, AlignAtt-style), leading
 //!   new words that end well before the audio does, as the alignment heads
 //!   place them, become final at once, one step sooner;
 //! - at the endpoint (or `Finalize`, or the end of the stream) one more
