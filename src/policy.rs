@@ -38,9 +38,38 @@ pub const FRAME_SECONDS: f64 = 0.01;
 /// moved out is that word heard again, seconds.
 const SEAM_S: f64 = 0.5;
 
-/// Whether Whisper's text for a word ends a sentence.
+/// Words Whisper writes with a final period inside a sentence ("Mr.
+/// Quilter"), lower case, without the period.
+const ABBREVIATIONS: &[&str] = &["mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "e.g", "i.e"];
+
+/// Below this probability a word is anomalous: faster-whisper's hallucination
+/// test uses the same bound.
+const UNLIKELY_WORD: f32 = 0.15;
+
+/// Whether Whisper's text for a word ends a sentence. A trim after "Mr." cut
+/// "Quilter" in two ("Mr. Filter"), so titles and initials do not; one
+/// missed sentence end only delays a trim.
 fn ends_sentence(text: &str) -> bool {
-    text.ends_with(['.', '?', '!'])
+    let text = text.trim_end_matches(['"', '\'', ')', '\u{201d}', '\u{2019}']);
+    if text.ends_with(['?', '!']) {
+        return true;
+    }
+    let Some(body) = text.strip_suffix('.') else { return false };
+    let body = body.trim_start_matches(|c: char| !c.is_alphanumeric());
+    let mut chars = body.chars();
+    let initial = matches!((chars.next(), chars.next()), (Some(c), None) if c.is_uppercase() && c != 'I');
+    !initial && !ABBREVIATIONS.contains(&body.to_lowercase().as_str())
+}
+
+/// A hypothesis without its trailing run of unlikely words. A flush makes its
+/// words final with no second hypothesis to agree, and Whisper sometimes
+/// ends one with words made up from a breath or the silence after speech
+/// ("his gospel. So, so.", p = 0.08 and 0.07, on a trimmed utterance).
+fn without_unlikely_tail(mut words: Vec<Word>) -> Vec<Word> {
+    while words.last().is_some_and(|w| w.probability < UNLIKELY_WORD) {
+        words.pop();
+    }
+    words
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +346,7 @@ impl Policy {
                 self.interim(rest, now, out);
             }
             Reason::Endpoint | Reason::Finalize | Reason::Close => {
+                let tail = without_unlikely_tail(tail);
                 let from_finalize = reason == Reason::Finalize;
                 let had = !tail.is_empty();
                 if had || from_finalize {
@@ -514,6 +544,37 @@ mod tests {
 
     fn results(out: &[Emit]) -> Vec<&Update> {
         out.iter().filter_map(|e| if let Emit::Results(u) = e { Some(u) } else { None }).collect()
+    }
+
+    #[test]
+    fn titles_and_initials_do_not_end_sentences() {
+        for end in ["country.", "you?", "gospel!", "so did I.", "\"Stop.\"", "etc."] {
+            let last = end.rsplit(' ').next().unwrap();
+            assert!(ends_sentence(last), "{end}");
+        }
+        for not in ["Mr.", "Mrs.", "Dr.", "St.", "e.g.", "J.", "(Mr.", "country", "well,"] {
+            assert!(!ends_sentence(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn a_flush_drops_its_unlikely_last_words() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut out = Vec::new();
+        frames(&mut p, true, 300, &mut out);
+        let unlikely = |text: &str, start, end| Word { probability: 0.08, ..w(text, start, end) };
+        let words =
+            vec![w("his", 1.0, 1.3), unlikely("gospel.", 1.3, 1.7), w("So,", 1.7, 1.9), unlikely("so.", 2.0, 2.1)];
+        p.on_hypothesis(Reason::Close, words.clone(), &mut out);
+        let finals: Vec<&str> = results(&out).iter().flat_map(|u| &u.words).map(|w| w.text.as_str()).collect();
+        assert_eq!(finals, ["his", "gospel.", "So,"], "only the trailing run goes");
+        // A step keeps them: the next hypothesis decides.
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut out = Vec::new();
+        frames(&mut p, true, 300, &mut out);
+        p.on_hypothesis(Reason::Step, words, &mut out);
+        let interim = results(&out).last().map(|u| u.words.len());
+        assert_eq!(interim, Some(4));
     }
 
     #[test]

@@ -380,6 +380,14 @@ impl Worker {
         }
         let spent = t0.elapsed();
         drop(grant);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let text: Vec<String> = words.iter().map(|w| format!("{}@{:.2}-{:.2}", w.text, w.start, w.end)).collect();
+            let (from, to) = (
+                seconds(self.buf_start * FRAME as u64),
+                seconds(self.buf_start * FRAME as u64 + self.buf.len() as u64),
+            );
+            tracing::trace!(id = %self.s.request_id, ?reason, from, to, prefixed = opts.prefix.is_some(), words = %text.join(" "), "hypothesis words");
+        }
         self.policy.on_hypothesis(reason, words, &mut self.emits);
         self.summary.transcriptions += 1;
         self.metrics.transcriptions_total.fetch_add(1, Ordering::Relaxed);

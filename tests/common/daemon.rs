@@ -32,7 +32,8 @@ impl Daemon {
             .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2", "--model"])
             .arg(model)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // SCRIBED_TEST_LOG (e.g. `scribed=trace`) shows a test daemon's own log.
+            .env("RUST_LOG", std::env::var("SCRIBED_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
