@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::audio::vad::VadKind;
+
 /// The TOML file, every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +43,11 @@ pub struct FileConfig {
     /// before the end of the audio, AlignAtt-style, one step sooner). See
     /// `CommitRule` and `policy`.
     pub commit: Option<CommitRule>,
+    /// Which voice activity detector segments the audio: `"energy"` (the
+    /// default, an adaptive energy gate: any sound well above the
+    /// background) or `"neural"` (earshot's network: tells speech from
+    /// noise, ends utterances at real pauses). See `audio::vad`.
+    pub vad: Option<VadKind>,
     /// Seconds a stalled socket write may take before the session ends.
     pub write_timeout_s: Option<f64>,
     /// Seconds given to sessions to flush on shutdown.
@@ -93,6 +100,7 @@ pub struct Config {
     pub step_ms: u64,
     pub compute_slots: usize,
     pub commit: CommitRule,
+    pub vad: VadKind,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     /// A session whose keyterms include `session::PANIC_KEYTERM` panics in
@@ -197,6 +205,7 @@ impl Config {
             step_ms,
             compute_slots,
             commit: f.commit.unwrap_or_default(),
+            vad: f.vad.unwrap_or_default(),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
             fault_injection: false,

@@ -25,7 +25,9 @@ struct Server {
 async fn start_server(file: FileConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free loopback port");
     let addr = listener.local_addr().expect("bound").to_string();
-    let config = Config::merge(file, Overrides::default(), "tones".into()).expect("valid test config");
+    let mut config = Config::merge(file, Overrides::default(), "tones".into()).expect("valid test config");
+    // Tones are not voices: the energy gate hears them.
+    config.vad = scribed::audio::vad::VadKind::Energy;
     let (shared, stop_sessions) = scribed::server::Shared::new(Arc::new(ToneEngine), config);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(scribed::server::run(listener, shared, stop_sessions, async {

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::Shared;
 use crate::audio::pcm::{PcmDecoder, PcmError, PcmFormat};
 use crate::audio::resample::Resampler;
+use crate::audio::vad::VadConfig;
 use crate::config::CommitRule;
 use crate::decode::Cancel;
 use crate::metrics::GaugeGuard;
@@ -501,6 +502,7 @@ impl<S: WsSink> Session<S> {
         for ch in 0..n {
             let settings = WorkerSettings {
                 policy: policy.clone(),
+                vad: VadConfig::of_kind(cfg.vad),
                 keyterms: self.keyterms.clone(),
                 language: self.params.language.clone(),
                 punctuate: self.params.punctuate || self.params.smart_format,

@@ -25,6 +25,7 @@ use ringbuf::traits::{Producer, Split};
 use ringbuf::{HeapProd, HeapRb};
 use tokio::sync::{mpsc, Notify};
 
+use crate::audio::vad::VadConfig;
 use crate::decode::Cancel;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -103,6 +104,7 @@ pub struct ChannelSummary {
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub policy: PolicyConfig,
+    pub vad: VadConfig,
     /// The prompt's key terms; `Configure` replaces them mid-stream.
     pub keyterms: Keyterms,
     pub language: Option<String>,

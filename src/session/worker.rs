@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use super::scheduler::{Grant, Urgency};
 use super::turns::{Due, Trigger, TurnInfo, Turns};
 use super::{ChannelSummary, Control, Output, WorkerSettings};
-use crate::audio::vad::{Vad, VadConfig, FRAME};
+use crate::audio::vad::{Vad, FRAME};
 use crate::audio::{round3, seconds};
 use crate::decode::{AudioCtx, DecodeError, DecodeOptions};
 use crate::engine::{Engine, EngineStream};
@@ -141,6 +141,7 @@ impl Drop for Worker {
 impl Worker {
     fn new(ctx: Context) -> Result<Self, WorkerError> {
         let policy = Policy::new(ctx.settings.policy.clone());
+        let vad = Vad::new(ctx.settings.vad);
         let turns = ctx.settings.turns.as_ref().map(|_| Turns::default());
         Ok(Worker {
             engine: ctx.engine,
@@ -152,7 +153,7 @@ impl Worker {
             out: ctx.out,
             metrics: ctx.metrics,
             policy,
-            vad: Vad::new(VadConfig::default()),
+            vad,
             buf: Vec::with_capacity(31 * 16_000),
             buf_start: 0,
             frame: Vec::with_capacity(FRAME),
