@@ -78,6 +78,15 @@ impl Histogram {
     }
 }
 
+/// The capacity gauges read at scrape time from the structures that hold
+/// them (the session semaphore, the compute scheduler).
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub slots_free: usize,
+    pub max_sessions: usize,
+    pub compute_waiting: usize,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub connections_total: AtomicU64,
@@ -108,8 +117,6 @@ pub struct Metrics {
     pub hypothesis_time: Histogram,
     /// Compute time over audio time, per session channel, at its end.
     pub real_time_factor: Histogram,
-    /// Hypotheses waiting for a compute turn (`session::scheduler`).
-    pub compute_waiting: AtomicU64,
     /// How long a hypothesis waited for its turn.
     pub compute_wait: Histogram,
     /// Current lag of each live session channel, ms (received − processed).
@@ -144,7 +151,6 @@ impl Default for Metrics {
             finalize_reply: Histogram::new(LATENCY_BUCKETS),
             hypothesis_time: Histogram::new(COMPUTE_BUCKETS),
             real_time_factor: Histogram::new(RTF_BUCKETS),
-            compute_waiting: zero(),
             compute_wait: Histogram::new(LATENCY_BUCKETS),
             lags: Mutex::default(),
             errors: Mutex::default(),
@@ -202,10 +208,11 @@ impl Metrics {
     }
 
     /// The Prometheus text of every metric, rendered at scrape time so that
-    /// the hot paths only ever add to atomics.
-    pub fn render(&self, slots_free: usize, max_sessions: usize) -> String {
+    /// the hot paths only ever add to atomics. The gauges the daemon's own
+    /// structures already count are read from them, not counted twice.
+    pub fn render(&self, now: Capacity) -> String {
         let mut s = String::new();
-        self.render_sessions(&mut s, slots_free, max_sessions);
+        self.render_sessions(&mut s, now);
         self.render_refusals(&mut s);
         self.render_work(&mut s);
         self.render_lag(&mut s);
@@ -216,7 +223,7 @@ impl Metrics {
 
     /// Connections, sessions and the slots they hold: the capacity an
     /// operator sizes `max_sessions` by.
-    fn render_sessions(&self, s: &mut String, slots_free: usize, max_sessions: usize) {
+    fn render_sessions(&self, s: &mut String, now: Capacity) {
         for (name, help, kind, v) in [
             ("scribed_connections_total", "HTTP connections accepted.", COUNTER, load(&self.connections_total)),
             (
@@ -226,13 +233,14 @@ impl Metrics {
                 load(&self.sessions_started_total),
             ),
             ("scribed_sessions_active", "Websocket sessions in progress.", GAUGE, load(&self.sessions_active)),
-            ("scribed_sessions_max", "Configured session slots.", GAUGE, max_sessions as f64),
+            ("scribed_sessions_max", "Configured session slots.", GAUGE, now.max_sessions as f64),
             (
                 "scribed_slots_free",
                 "Session slots free now (a multichannel session takes one per channel).",
                 GAUGE,
-                slots_free as f64,
+                now.slots_free as f64,
             ),
+            ("scribed_compute_waiting", "Hypotheses waiting for a compute turn.", GAUGE, now.compute_waiting as f64),
         ] {
             write_sample(s, name, help, kind, v);
         }
@@ -275,7 +283,6 @@ impl Metrics {
             ("scribed_results_interim_total", "Interim results sent.", COUNTER, load(&self.results_interim_total)),
             ("scribed_results_final_total", "Final results sent.", COUNTER, load(&self.results_final_total)),
             ("scribed_words_final_total", "Final words sent.", COUNTER, load(&self.words_final_total)),
-            ("scribed_compute_waiting", "Hypotheses waiting for a compute turn.", GAUGE, load(&self.compute_waiting)),
         ] {
             write_sample(s, name, help, kind, v);
         }

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::audio::pcm::{PcmFormat, SampleFormat};
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
+use crate::metrics::{Capacity, Metrics};
 use crate::protocol::{Encoding, ListenParams, ParamError};
 use crate::session::scheduler::Scheduler;
 use crate::session::PANIC_KEYTERM;
@@ -185,7 +185,11 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
             }
         }
         "/metrics" => {
-            let body = shared.metrics.render(shared.slots.available_permits(), shared.config.max_sessions);
+            let body = shared.metrics.render(Capacity {
+                slots_free: shared.slots.available_permits(),
+                max_sessions: shared.config.max_sessions,
+                compute_waiting: shared.scheduler.waiting(),
+            });
             http::respond(&mut stream, 200, "text/plain; version=0.0.4", &[], &body).await
         }
         "/v1/listen" | "/v1/listen/" | "/v2/listen" | "/v2/listen/" => listen(stream, req, shared).await,

@@ -24,7 +24,7 @@ use crate::audio::vad::{Vad, FRAME};
 use crate::audio::{round3, seconds};
 use crate::decode::{AudioCtx, DecodeError, DecodeOptions};
 use crate::engine::{Engine, EngineStream};
-use crate::metrics::{GaugeGuard, Metrics};
+use crate::metrics::Metrics;
 use crate::policy::{Emit, Policy, Reason, Update, Word};
 use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMessage, WireWord};
 
@@ -241,9 +241,7 @@ impl Worker {
     /// Waits for the scheduler's grant to run a hypothesis.
     fn acquire(&self, urgency: Urgency) -> Result<Grant, WorkerError> {
         let t0 = Instant::now();
-        let waiting = GaugeGuard::inc(&self.metrics.compute_waiting);
         let turn = self.s.scheduler.acquire(urgency, &self.s.cancel);
-        drop(waiting);
         self.metrics.compute_wait.observe_duration(t0.elapsed());
         turn.ok_or(WorkerError::Gone)
     }
@@ -357,10 +355,12 @@ impl Worker {
         if reason != Reason::Step {
             // A step's words become final only when the next step agrees;
             // an endpoint, a cut, Finalize or Close commit one hypothesis
-            // whole. Under load a prefixed hypothesis sometimes skipped
-            // seconds of speech ("Mr. Quilter is the [9 words] to welcome
-            // his gospel", tests/reliability.rs overload): those decode the
-            // whole utterance.
+            // whole, so it decodes the whole utterance (under load a prefixed
+            // hypothesis sometimes skipped seconds of speech, "Mr. Quilter
+            // is the [9 words] to welcome his gospel"). It keeps the
+            // shortened window: in the whole 30 s one, a 5 s utterance of
+            // apollo11.wav looped ("a little bit of" 55 times), and the
+            // loop, as the next utterances' prompt, looped them too.
             opts.prefix = None;
         }
         let urgency = if reason == Reason::Step { Urgency::Step } else { Urgency::Flush };
