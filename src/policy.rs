@@ -15,7 +15,9 @@
 //!   new words that end well before the audio does, as the alignment heads
 //!   place them, become final at once, one step sooner;
 //! - at the endpoint (or `Finalize`, or the end of the stream) one more
-//!   hypothesis finalises everything and the utterance is closed;
+//!   hypothesis finalises everything but a trailing run of unlikely words
+//!   (p < 0.15: made up from a breath or the silence after speech) and the
+//!   utterance is closed;
 //! - on continuous speech, once the utterance is longer than `trim_frames`
 //!   its audio is trimmed after the last final word that ends a sentence
 //!   (or, a third longer, after the last final word): those words move to
