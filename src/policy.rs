@@ -41,7 +41,8 @@ pub const FRAME_SECONDS: f64 = 0.01;
 const SEAM_S: f64 = 0.5;
 
 /// Words Whisper writes with a final period inside a sentence ("Mr.
-/// Quilter"), lower case, without the period.
+/// Quilter"), lower case, without the period; compared ignoring case,
+/// without a copy (the trim checks every final word at every step).
 const ABBREVIATIONS: &[&str] = &["mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "e.g", "i.e"];
 
 /// Below this probability a word is anomalous: faster-whisper's hallucination
@@ -60,7 +61,7 @@ fn ends_sentence(text: &str) -> bool {
     let body = body.trim_start_matches(|c: char| !c.is_alphanumeric());
     let mut chars = body.chars();
     let initial = matches!((chars.next(), chars.next()), (Some(c), None) if c.is_uppercase() && c != 'I');
-    !initial && !ABBREVIATIONS.contains(&body.to_lowercase().as_str())
+    !initial && !ABBREVIATIONS.iter().any(|a| a.eq_ignore_ascii_case(body))
 }
 
 /// A hypothesis without its trailing run of unlikely words. A flush makes its
