@@ -100,6 +100,11 @@ pub struct Whisper<B: Backend> {
 pub struct State<B: Backend> {
     encoder: EncoderState<B>,
     decoder: DecoderState<B>,
+    /// The mel input the encoder output (and the decoder's cross-attention
+    /// K/V) currently hold: decoding the same window again, as a streaming
+    /// step that retries without its prefix does, or a multilingual window
+    /// after language detection, skips the encoder. Empty when unknown.
+    encoded_mel: Vec<f32>,
 }
 
 impl<B: Backend> State<B> {
@@ -162,6 +167,7 @@ impl<B: Backend> Whisper<B> {
         Ok(State {
             encoder: self.encoder.state(&self.backend, &self.dims)?,
             decoder: self.decoder.state(&self.backend, max_seqs.max(1))?,
+            encoded_mel: Vec::with_capacity(WINDOW_FRAMES * self.dims.n_mels),
         })
     }
 
@@ -232,7 +238,54 @@ impl<B: Backend> Whisper<B> {
             "encoder input of {} values is not an even number of {n_mels}-bin frames up to {WINDOW_FRAMES}",
             mel.len()
         );
+        // Comparing is three orders of magnitude cheaper than encoding.
+        if st.encoded_mel.as_slice() == mel {
+            return;
+        }
+        st.encoded_mel.clear();
         self.encoder.forward(&self.backend, mel, &mut st.encoder);
         self.decoder.set_audio(&self.backend, &mut st.decoder, &st.encoder.output);
+        st.encoded_mel.extend_from_slice(mel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    /// The logits after `<|startoftranscript|>` over an encoded window.
+    fn first_logits(model: &Whisper<Cpu>, st: &mut State<Cpu>) -> Vec<f32> {
+        model.reset(st);
+        let mut logits = Vec::new();
+        model.decode(st, &[model.tokenizer().specials().sot], 1, &[0], &mut logits);
+        logits
+    }
+
+    /// Encoding the window the state already holds is skipped; any other
+    /// input, even one of the same length, is encoded.
+    #[test]
+    fn an_encoded_window_is_reused_only_for_the_same_input() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny.en");
+        if !dir.join("model.bin").is_file() {
+            println!("skipping: models/tiny.en not present (run scripts/setup.sh)");
+            return;
+        }
+        let model = Whisper::load(&dir, Cpu).unwrap();
+        let n = 200 * model.dims().n_mels;
+        let a: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let b: Vec<f32> = a.iter().rev().copied().collect();
+        let mut st = model.state(1).unwrap();
+        model.encode(&a, &mut st);
+        let la = first_logits(&model, &mut st);
+        model.encode(&a, &mut st);
+        assert_eq!(first_logits(&model, &mut st), la);
+        model.encode(&b, &mut st);
+        let lb = first_logits(&model, &mut st);
+        assert_ne!(lb, la);
+        model.encode(&a, &mut st);
+        assert_eq!(first_logits(&model, &mut st), la);
+        model.encode(&a[..n / 2], &mut st);
+        assert_eq!(st.cross_len(), 50);
     }
 }
