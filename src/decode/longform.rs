@@ -254,8 +254,12 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         }
         let model = self.model;
         let n_mels = model.dims().n_mels;
-        self.fill_window(mel, n_mels, 0, WINDOW_FRAMES.min(content_frames));
-        model.encode(&self.window, &mut self.state);
+        // The first window exactly as `encode_and_decode` will encode it, so
+        // that its encoding is reused there (a shortened one when streaming).
+        let segment_size = WINDOW_FRAMES.min(content_frames);
+        self.fill_window(mel, n_mels, 0, segment_size);
+        let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
+        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state);
         let sp = tok.specials();
         model.reset(&mut self.state);
         let mut logits = Vec::new();
