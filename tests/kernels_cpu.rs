@@ -188,7 +188,7 @@ fn bits(v: &[f16]) -> Vec<u16> {
 
 fn cpu_buf(cpu: &Cpu, rows: usize, cols: usize, data: &[f32]) -> CpuBuf {
     let mut b = cpu.buffer(rows, cols).unwrap();
-    cpu.upload(data, &mut b);
+    cpu.upload(data, &mut b).unwrap();
     b
 }
 
@@ -229,7 +229,7 @@ fn layer_norm_matches_cpu() {
         let (x_ref, gamma_ref, beta_ref) = (x.clone(), gamma.clone(), beta.clone());
         let xb = cpu_buf(&cpu, rows, d, &x);
         let mut out = cpu.buffer(rows, d).unwrap();
-        cpu.layer_norm(&xb, &gamma, &beta, 1e-5, &mut out);
+        cpu.layer_norm(&xb, &gamma, &beta, 1e-5, &mut out).unwrap();
         let r = run(
             "layer_norm",
             Launch::per_row(rows),
@@ -315,7 +315,7 @@ fn linear_case(m: usize, seed: u64) {
             continue;
         }
         let mut out = cpu_buf(&cpu, m, n, &resid);
-        cpu.linear(View::cols(&xb, col, k), &wm, Some(&bias), act, write, &mut out);
+        cpu.linear(View::cols(&xb, col, k), &wm, Some(&bias), act, write, &mut out).unwrap();
         // Step 3: the epilogue. Accumulate without activation is folded into
         // the GEMM (beta = 1) on the GPU and only the bias comes here, in place.
         let gelu = act == Activation::Gelu;
@@ -353,7 +353,7 @@ fn conv1d_gelu_recipe_matches_cpu() {
         let xb = cpu_buf(&cpu, t_in, c_in, &x);
         let t_out = (t_in + 2 - 3) / stride + 1;
         let mut out = cpu.buffer(t_out, n).unwrap();
-        cpu.conv1d_gelu(&xb, &wm, &b, stride, &mut out);
+        cpu.conv1d_gelu(&xb, &wm, &b, stride, &mut out).unwrap();
 
         let k3 = 3 * c_in;
         let r = run(
@@ -406,7 +406,7 @@ fn embed_and_add_rows_match_cpu_exactly() {
     let (seq_len, pos0) = (4, 7);
     let tokens: Vec<u32> = (0..12).map(|_| (rng.next() % vocab as u64) as u32).collect();
     let mut out = cpu.buffer(12, d).unwrap();
-    cpu.embed(&tokens, seq_len, pos0, &em, &pm, &mut out);
+    cpu.embed(&tokens, seq_len, pos0, &em, &pm, &mut out).unwrap();
     let r = run(
         "embed",
         Launch::per_row_across(tokens.len(), d),
@@ -427,7 +427,7 @@ fn embed_and_add_rows_match_cpu_exactly() {
     let (rows, offset) = (9, 5);
     let x = rng.vec(rows * d, 1.0);
     let mut xb = cpu_buf(&cpu, rows, d, &x);
-    cpu.add_rows(&mut xb, &pm, offset);
+    cpu.add_rows(&mut xb, &pm, offset).unwrap();
     let r = run(
         "add_rows",
         Launch::elementwise(rows * d),
@@ -449,7 +449,7 @@ fn copy_rows_matches_cpu_exactly() {
     let mut db = cpu_buf(&cpu, dst_rows_n, width, &init);
     let s_idx: Vec<usize> = vec![3, 0, 11, 7, 7];
     let d_idx: Vec<usize> = vec![19, 2, 0, 5, 6];
-    cpu.copy_rows(View::cols(&sb, col, width), &s_idx, &mut db, &d_idx);
+    cpu.copy_rows(View::cols(&sb, col, width), &s_idx, &mut db, &d_idx).unwrap();
     let r = run(
         "gather",
         Launch::per_row_across(s_idx.len(), width),
@@ -483,7 +483,8 @@ fn attention_case(shape: AttentionShape, hd: usize, probs_heads: &[usize], head_
     let mut out = cpu.buffer(q_rows, d).unwrap();
     let mut probs_cpu = cpu.buffer(shape.heads * shape.q_len, shape.kv_len).unwrap();
     let probs_arg = if probs_heads.is_empty() { None } else { Some((&mut probs_cpu, probs_heads)) };
-    cpu.attention(View::cols(&qb, d, d), View::cols(&kvb, 0, d), View::cols(&kvb, d, d), shape, &mut out, probs_arg);
+    cpu.attention(View::cols(&qb, d, d), View::cols(&kvb, 0, d), View::cols(&kvb, d, d), shape, &mut out, probs_arg)
+        .unwrap();
 
     let scale = 1.0 / (hd as f32).sqrt();
     let slots = if probs_heads.is_empty() { HeadSlots::none() } else { HeadSlots::for_heads(probs_heads).unwrap() };

@@ -124,14 +124,16 @@ impl Backend for Cpu {
         buf.set_rows(rows);
     }
 
-    fn upload(&self, data: &[f32], dst: &mut CpuBuf) {
+    fn upload(&self, data: &[f32], dst: &mut CpuBuf) -> Result<(), BackendError> {
         let rows = data.len() / dst.cols;
         dst.set_rows(rows);
         dst.data[..data.len()].copy_from_slice(data);
+        Ok(())
     }
 
-    fn download(&self, src: &CpuBuf, rows: Range<usize>, out: &mut [f32]) {
+    fn download(&self, src: &CpuBuf, rows: Range<usize>, out: &mut [f32]) -> Result<(), BackendError> {
         out.copy_from_slice(&src.data[rows.start * src.cols..rows.end * src.cols]);
+        Ok(())
     }
 
     fn linear(
@@ -142,7 +144,7 @@ impl Backend for Cpu {
         act: Activation,
         write: Write,
         out: &mut CpuBuf,
-    ) {
+    ) -> Result<(), BackendError> {
         let (n, k) = w.dims();
         assert_eq!(x.width, k, "linear: input width {} vs weight in-features {k}", x.width);
         assert_eq!(out.cols, n, "linear: output width {} vs weight out-features {n}", out.cols);
@@ -153,7 +155,7 @@ impl Backend for Cpu {
         let dst = &mut out.data[..m * n];
         if m <= SKINNY_ROWS {
             skinny_linear(xs, x_stride, m, w, b, act, write, dst);
-            return;
+            return Ok(());
         }
         match w {
             CpuMatrix::F32 { data, .. } => gemm_xwt(xs, x_stride, m, data, n, k, write, dst),
@@ -165,9 +167,17 @@ impl Backend for Cpu {
         if b.is_some() || act != Activation::None {
             dst.par_chunks_mut(n).for_each(|row| epilogue(row, b.map(|v| v.as_slice()), act));
         }
+        Ok(())
     }
 
-    fn layer_norm(&self, x: &CpuBuf, gamma: &Vec<f32>, beta: &Vec<f32>, eps: f32, out: &mut CpuBuf) {
+    fn layer_norm(
+        &self,
+        x: &CpuBuf,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        eps: f32,
+        out: &mut CpuBuf,
+    ) -> Result<(), BackendError> {
         let d = x.cols;
         out.set_rows(x.rows);
         out.data[..x.rows * d].par_chunks_mut(d).zip(x.data[..x.rows * d].par_chunks(d)).for_each(|(o, r)| {
@@ -178,9 +188,17 @@ impl Backend for Cpu {
                 o[i] = (r[i] - mean) * inv * gamma[i] + beta[i];
             }
         });
+        Ok(())
     }
 
-    fn conv1d_gelu(&self, x: &CpuBuf, w: &CpuMatrix, b: &Vec<f32>, stride: usize, out: &mut CpuBuf) {
+    fn conv1d_gelu(
+        &self,
+        x: &CpuBuf,
+        w: &CpuMatrix,
+        b: &Vec<f32>,
+        stride: usize,
+        out: &mut CpuBuf,
+    ) -> Result<(), BackendError> {
         let (n, k3) = w.dims();
         let c_in = x.cols;
         assert_eq!(k3, 3 * c_in, "conv1d: weight has {k3} columns for {c_in} input channels");
@@ -206,9 +224,10 @@ impl Backend for Cpu {
             }
         });
         out.data[..t_out * n].par_chunks_mut(n).for_each(|row| epilogue(row, Some(b), Activation::Gelu));
+        Ok(())
     }
 
-    fn add_rows(&self, x: &mut CpuBuf, table: &CpuMatrix, offset: usize) {
+    fn add_rows(&self, x: &mut CpuBuf, table: &CpuMatrix, offset: usize) -> Result<(), BackendError> {
         let d = x.cols;
         let rows = x.rows;
         x.data[..rows * d].par_chunks_mut(d).enumerate().for_each(|(i, r)| {
@@ -217,6 +236,7 @@ impl Backend for Cpu {
                 r.iter_mut().zip(t).for_each(|(a, b)| *a += b);
             })
         });
+        Ok(())
     }
 
     fn embed(
@@ -227,7 +247,7 @@ impl Backend for Cpu {
         embeddings: &CpuMatrix,
         positions: &CpuMatrix,
         out: &mut CpuBuf,
-    ) {
+    ) -> Result<(), BackendError> {
         let d = out.cols;
         out.set_rows(tokens.len());
         for (i, (&t, r)) in tokens.iter().zip(out.data.chunks_mut(d)).enumerate() {
@@ -240,6 +260,7 @@ impl Backend for Cpu {
                 }
             });
         }
+        Ok(())
     }
 
     /// One rayon task per (sequence, head), each with its own scores in the
@@ -252,7 +273,7 @@ impl Backend for Cpu {
         s: AttentionShape,
         out: &mut CpuBuf,
         probs: Option<(&mut CpuBuf, &[usize])>,
-    ) {
+    ) -> Result<(), BackendError> {
         let d = q.width;
         let hd = d / s.heads;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -269,7 +290,7 @@ impl Backend for Cpu {
         };
         if s.q_len == 1 && s.kv_seq_stride == 0 && s.seqs > 1 && s.seqs <= 8 && probs_ptr.is_none() {
             shared_kv_step(q, k, v, s, out);
-            return;
+            return Ok(());
         }
         (0..s.seqs * s.heads).into_par_iter().for_each(|task| {
             let (seq, h) = (task / s.heads, task % s.heads);
@@ -303,9 +324,16 @@ impl Backend for Cpu {
                 unsafe { head.output(scores, out_ptr.get().add(q0 * d + h * hd), d) };
             });
         });
+        Ok(())
     }
 
-    fn copy_rows(&self, src: View<'_, Self>, src_rows: &[usize], dst: &mut CpuBuf, dst_rows: &[usize]) {
+    fn copy_rows(
+        &self,
+        src: View<'_, Self>,
+        src_rows: &[usize],
+        dst: &mut CpuBuf,
+        dst_rows: &[usize],
+    ) -> Result<(), BackendError> {
         assert_eq!(src.width, dst.cols);
         let w = src.width;
         let needed = dst_rows.iter().map(|r| r + 1).max().unwrap_or(0);
@@ -316,6 +344,7 @@ impl Backend for Cpu {
             let from = s * src.buf.cols + src.col;
             dst.data[t * w..(t + 1) * w].copy_from_slice(&src.buf.data[from..from + w]);
         }
+        Ok(())
     }
 }
 

@@ -15,7 +15,12 @@
 //! - weight matrices are `[out, in]` (PyTorch `nn.Linear` layout), so a
 //!   linear layer computes `y = x · Wᵀ + b`;
 //! - a [`View`] selects a contiguous band of columns of a buffer, which is how
-//!   fused Q/K/V projections are split without copies.
+//!   fused Q/K/V projections are split without copies;
+//! - every operation that touches a buffer returns `Result`: a device error
+//!   (possibly from earlier, asynchronous work) is carried up through
+//!   `Whisper::encode` and the decoder step to the session, which ends with
+//!   it rather than decoding zeros. Shape mismatches are programming errors
+//!   and panic.
 
 pub mod cpu;
 pub mod cuda;
@@ -129,9 +134,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Sets the row count (within capacity) without touching the contents.
     fn set_rows(&self, buf: &mut Self::Buf, rows: usize);
     /// Copies host rows into `dst`, which then has `data.len() / cols` rows.
-    fn upload(&self, data: &[f32], dst: &mut Self::Buf);
+    fn upload(&self, data: &[f32], dst: &mut Self::Buf) -> Result<(), BackendError>;
     /// Copies rows `rows` of `src` to the host.
-    fn download(&self, src: &Self::Buf, rows: std::ops::Range<usize>, out: &mut [f32]);
+    fn download(&self, src: &Self::Buf, rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<(), BackendError>;
 
     /// `out (=|+=) act(x · Wᵀ + b)`.
     fn linear(
@@ -142,13 +147,27 @@ pub trait Backend: Send + Sync + 'static {
         act: Activation,
         write: Write,
         out: &mut Self::Buf,
-    );
-    fn layer_norm(&self, x: &Self::Buf, gamma: &Self::Vector, beta: &Self::Vector, eps: f32, out: &mut Self::Buf);
+    ) -> Result<(), BackendError>;
+    fn layer_norm(
+        &self,
+        x: &Self::Buf,
+        gamma: &Self::Vector,
+        beta: &Self::Vector,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
     /// Kernel-3, padding-1 convolution over time of a time-major input,
     /// followed by GELU. `w` is `[out, in·3]` (CT2's `[out, in, 3]` flattened).
-    fn conv1d_gelu(&self, x: &Self::Buf, w: &Self::Matrix, b: &Self::Vector, stride: usize, out: &mut Self::Buf);
+    fn conv1d_gelu(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Matrix,
+        b: &Self::Vector,
+        stride: usize,
+        out: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
     /// `x[i] += table[offset + i]` for every row `i`.
-    fn add_rows(&self, x: &mut Self::Buf, table: &Self::Matrix, offset: usize);
+    fn add_rows(&self, x: &mut Self::Buf, table: &Self::Matrix, offset: usize) -> Result<(), BackendError>;
     /// `out[i] = embeddings[tokens[i]] + positions[pos0 + i % seq_len]`, for
     /// `tokens.len() / seq_len` sequences of `seq_len` tokens.
     fn embed(
@@ -159,7 +178,7 @@ pub trait Backend: Send + Sync + 'static {
         embeddings: &Self::Matrix,
         positions: &Self::Matrix,
         out: &mut Self::Buf,
-    );
+    ) -> Result<(), BackendError>;
     /// Multi-head scaled dot-product attention; `out` gets `seqs × q_len` rows.
     /// When `probs` is given, the softmax weights of heads `heads` are written
     /// to it as `heads.len() × q_len` rows of `kv_len` columns (one sequence only).
@@ -172,9 +191,15 @@ pub trait Backend: Send + Sync + 'static {
         shape: AttentionShape,
         out: &mut Self::Buf,
         probs: Option<(&mut Self::Buf, &[usize])>,
-    );
+    ) -> Result<(), BackendError>;
     /// Copies rows `src_rows` of `src` (columns `[col, col + width)`) to rows
     /// `dst_row0 + j` of `dst`: how new K/V rows enter a cache and how the
     /// last position of each sequence is picked out before the logits.
-    fn copy_rows(&self, src: View<'_, Self>, src_rows: &[usize], dst: &mut Self::Buf, dst_rows: &[usize]);
+    fn copy_rows(
+        &self,
+        src: View<'_, Self>,
+        src_rows: &[usize],
+        dst: &mut Self::Buf,
+        dst_rows: &[usize],
+    ) -> Result<(), BackendError>;
 }

@@ -4,7 +4,7 @@
 //! path give each word its start and end (OpenAI's `timing.py`, which
 //! faster-whisper and CTranslate2 follow).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::model::{State, Whisper};
 
 /// One word of a window, times relative to the window start (seconds).
@@ -34,9 +34,9 @@ pub fn align<B: Backend>(
     token_probs: &[f32],
     num_frames: usize,
     language: &str,
-) -> Vec<TimedWord> {
+) -> Result<Vec<TimedWord>, BackendError> {
     if text_tokens.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let sp = *model.tokenizer().specials();
     let mut tokens = sot_sequence.to_vec();
@@ -45,10 +45,10 @@ pub fn align<B: Backend>(
     tokens.push(sp.eot);
     let max = model.text_ctx();
     if tokens.len() > max {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let n_heads = model.config().alignment_heads.len();
-    let weights = model.alignment_weights(st, &tokens);
+    let weights = model.alignment_weights(st, &tokens)?;
     // Encoder positions of the window as encoded (shorter than 1500 when
     // only the audio that is there was encoded).
     let audio = st.cross_len();
@@ -65,7 +65,7 @@ pub fn align<B: Backend>(
     let mut out = timed_words(words, &jump_times, token_probs);
     clamp_long_words(&mut out);
     merge_punctuation(&mut out);
-    out
+    Ok(out)
 }
 
 /// The alignment heads as one `n_text × frames` map (rows `first..` of each

@@ -6,7 +6,7 @@
 
 use crate::audio::mel::MelFrontend;
 use crate::audio::vad::{self, VadConfig};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::decode::alignment;
 use crate::decode::rules::{repeats_at_end, Rules};
 use crate::decode::search::{decode_with_fallback, Rng, WindowResult};
@@ -156,7 +156,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
                 segment_size,
                 time_offset,
                 &rec.language,
-            );
+            )?;
             if !single_ending {
                 if let Some(end) = last_word_end.filter(|&e| e > time_offset) {
                     next_seek = (end * FRAMES_PER_SECOND).round() as usize;
@@ -184,17 +184,17 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
         rec.rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
         let t0 = std::time::Instant::now();
-        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state);
+        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state)?;
         let encoded = t0.elapsed();
 
-        let mut result = self.decode(rec);
+        let mut result = self.decode(rec)?;
         if encoded_frames < WINDOW_FRAMES && repeats_at_end(&result.tokens) && !opts.cancel.is_cancelled() {
             // Whisper loops on a short context now and then: this window
             // again over the full 30 s, as it was trained.
             tracing::debug!(seek, encoded_frames, "loop on the shortened window: full window");
             rec.rules.limit_timestamps(None);
-            model.encode(&self.window, &mut self.state);
-            result = self.decode(rec);
+            model.encode(&self.window, &mut self.state)?;
+            result = self.decode(rec)?;
         }
         if opts.cancel.is_cancelled() {
             return Err(DecodeError::Cancelled);
@@ -214,7 +214,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
     }
 
     /// The encoded window through the decoder, with the recording's prompt.
-    fn decode(&mut self, rec: &mut Recording<'_>) -> WindowResult {
+    fn decode(&mut self, rec: &mut Recording<'_>) -> Result<WindowResult, BackendError> {
         let p = &rec.prompt;
         decode_with_fallback(
             self.model,
@@ -259,11 +259,11 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         let segment_size = WINDOW_FRAMES.min(content_frames);
         self.fill_window(mel, n_mels, 0, segment_size);
         let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
-        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state);
+        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state)?;
         let sp = tok.specials();
         model.reset(&mut self.state);
         let mut logits = Vec::new();
-        model.decode(&mut self.state, &[sp.sot], 1, &[0], &mut logits);
+        model.decode(&mut self.state, &[sp.sot], 1, &[0], &mut logits)?;
         let langs = tok.language_tokens();
         let max = langs.iter().map(|&(id, _)| logits[id as usize]).fold(f32::NEG_INFINITY, f32::max);
         let sum: f32 = langs.iter().map(|&(id, _)| (logits[id as usize] - max).exp()).sum();
@@ -332,7 +332,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         num_frames: usize,
         time_offset: f64,
         language: &str,
-    ) -> Option<f64> {
+    ) -> Result<Option<f64>, BackendError> {
         let eot = self.model.tokenizer().specials().eot;
         let mut text = Vec::new();
         let mut probs = Vec::new();
@@ -352,7 +352,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
                 probs.push(lp.exp());
             }
         }
-        let words = alignment::align(self.model, &mut self.state, sot_sequence, &text, &probs, num_frames, language);
+        let words = alignment::align(self.model, &mut self.state, sot_sequence, &text, &probs, num_frames, language)?;
         let mut it = words.into_iter().peekable();
         let mut last_end = None;
         for (seg, &count) in segs.iter_mut().zip(&per_segment) {
@@ -375,7 +375,7 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             }
             seg.3 = Some(ws);
         }
-        last_end
+        Ok(last_end)
     }
 }
 

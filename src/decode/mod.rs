@@ -215,6 +215,10 @@ pub enum DecodeError {
     Prompt(String),
     #[error("cancelled")]
     Cancelled,
+    /// The compute device failed mid-decode (a CUDA error): the text so far
+    /// cannot be trusted, so none is returned.
+    #[error("compute backend: {0}")]
+    Backend(#[from] crate::backend::BackendError),
 }
 
 /// The language code of a requested code or English name (`de`, `german`),

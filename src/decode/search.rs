@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use crate::backend::simd::log_sum_exp;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::decode::rules::Rules;
 use crate::decode::DecodeOptions;
 use crate::model::{State, Whisper};
@@ -145,13 +145,13 @@ pub fn decode_with_fallback<B: Backend>(
     rules: &Rules,
     opts: &DecodeOptions,
     rng: &mut Rng,
-) -> WindowResult {
+) -> Result<WindowResult, BackendError> {
     let mut tried: Vec<WindowResult> = Vec::new();
     for &temperature in &opts.temperatures {
         if opts.cancel.is_cancelled() && !tried.is_empty() {
             break;
         }
-        let r = decode_once(model, st, prompt, sot_index, forced, rules, opts, temperature, rng);
+        let r = decode_once(model, st, prompt, sot_index, forced, rules, opts, temperature, rng)?;
         let mut fallback = false;
         if opts.compression_ratio_threshold.is_some_and(|t| r.compression_ratio > t) {
             fallback = true;
@@ -167,16 +167,16 @@ pub fn decode_with_fallback<B: Backend>(
         }
         tried.push(r);
         if !fallback {
-            return tried.pop().expect("just pushed");
+            return Ok(tried.pop().expect("just pushed"));
         }
     }
     // Every temperature failed: the most probable result that is not a
     // repetition loop, if any.
     let cr = opts.compression_ratio_threshold.unwrap_or(f32::INFINITY);
     let pick = |rs: Vec<&WindowResult>| rs.into_iter().max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob)).cloned();
-    pick(tried.iter().filter(|r| r.compression_ratio <= cr).collect())
+    Ok(pick(tried.iter().filter(|r| r.compression_ratio <= cr).collect())
         .or_else(|| pick(tried.iter().collect()))
-        .expect("at least one temperature is tried")
+        .expect("at least one temperature is tried"))
 }
 
 /// One decoding of the window at one temperature; the last `forced` tokens
@@ -192,7 +192,7 @@ pub fn decode_once<B: Backend>(
     opts: &DecodeOptions,
     temperature: f32,
     rng: &mut Rng,
-) -> WindowResult {
+) -> Result<WindowResult, BackendError> {
     let vocab = model.vocab();
     let max_length = model.text_ctx();
     // CTranslate2's cap on generated tokens (end-of-text included).
@@ -200,7 +200,7 @@ pub fn decode_once<B: Backend>(
 
     model.reset(st);
     let mut logits = Vec::with_capacity(2 * vocab);
-    model.decode(st, prompt, 1, &[sot_index, prompt.len() - 1], &mut logits);
+    model.decode(st, prompt, 1, &[sot_index, prompt.len() - 1], &mut logits)?;
     let no_speech_prob = {
         let row = &logits[..vocab];
         let id = model.tokenizer().specials().no_speech as usize;
@@ -213,23 +213,23 @@ pub fn decode_once<B: Backend>(
     assert!(forced < prompt.len() - sot_index, "the forced prefix overlaps the start-of-transcript sequence");
     let prefix = &prompt[prompt.len() - forced..];
     let best = if temperature > 0.0 {
-        sample(model, st, &mut logits, rules, prefix, n, temperature, max_new, opts, rng)
+        sample(model, st, &mut logits, rules, prefix, n, temperature, max_new, opts, rng)?
     } else if n > 1 {
-        beam_search(model, st, &mut logits, rules, prefix, n, max_new, opts)
+        beam_search(model, st, &mut logits, rules, prefix, n, max_new, opts)?
     } else {
-        sample(model, st, &mut logits, rules, prefix, 1, 0.0, max_new, opts, rng)
+        sample(model, st, &mut logits, rules, prefix, 1, 0.0, max_new, opts, rng)?
     };
 
     let text = model.tokenizer().decode(&best.tokens);
     let avg_logprob = (best.sum_logprob / (best.generated() + 1) as f64) as f32;
-    WindowResult {
+    Ok(WindowResult {
         compression_ratio: compression_ratio(text.trim()),
         tokens: best.tokens,
         token_logprobs: best.logprobs,
         avg_logprob,
         no_speech_prob,
         temperature,
-    }
+    })
 }
 
 /// Greedy (temperature 0) or sampled decoding of `n` independent sequences;
@@ -246,12 +246,12 @@ fn sample<B: Backend>(
     max_new: usize,
     opts: &DecodeOptions,
     rng: &mut Rng,
-) -> Hypothesis {
+) -> Result<Hypothesis, BackendError> {
     let length_penalty = opts.length_penalty;
     let vocab = model.vocab();
     let eot = rules.eot();
     if n > 1 {
-        replicate_prompt(model, st, logits, n);
+        replicate_prompt(model, st, logits, n)?;
     }
     let mut hyps = vec![Hypothesis::new(prefix); n];
     let mut feed = vec![0u32; n];
@@ -273,22 +273,28 @@ fn sample<B: Backend>(
         if hyps.iter().all(|h| h.finished) || opts.cancel.is_cancelled() {
             break;
         }
-        model.decode(st, &feed, n, &select, logits);
+        model.decode(st, &feed, n, &select, logits)?;
     }
-    hyps.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("n ≥ 1")
+    Ok(hyps.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("n ≥ 1"))
 }
 
 /// Every sequence starts from the one prompt: its cache and first logits
 /// are copied to all `n`, so the prompt is run once.
-fn replicate_prompt<B: Backend>(model: &Whisper<B>, st: &mut State<B>, logits: &mut Vec<f32>, n: usize) {
+fn replicate_prompt<B: Backend>(
+    model: &Whisper<B>,
+    st: &mut State<B>,
+    logits: &mut Vec<f32>,
+    n: usize,
+) -> Result<(), BackendError> {
     let vocab = model.vocab();
     let order = vec![0; n];
-    model.reorder(st, &order);
+    model.reorder(st, &order)?;
     let first = logits[..vocab].to_vec();
     logits.clear();
     for _ in 0..n {
         logits.extend_from_slice(&first);
     }
+    Ok(())
 }
 
 /// Draws a token from softmax(`row` / `temperature`) by inverting the
@@ -327,7 +333,7 @@ fn beam_search<B: Backend>(
     beam: usize,
     max_new: usize,
     opts: &DecodeOptions,
-) -> Hypothesis {
+) -> Result<Hypothesis, BackendError> {
     let (patience, length_penalty) = (opts.patience, opts.length_penalty);
     let vocab = model.vocab();
     let eot = rules.eot();
@@ -346,15 +352,15 @@ fn beam_search<B: Backend>(
         if last_step || finished.len() >= max_finished || next.is_empty() || opts.cancel.is_cancelled() {
             break;
         }
-        model.reorder(st, &order);
+        model.reorder(st, &order)?;
         feed.clear();
         feed.extend(next.iter().map(|h| *h.tokens.last().expect("alive hypotheses end in a token")));
         let select: Vec<usize> = (0..next.len()).collect();
-        model.decode(st, &feed, next.len(), &select, logits);
+        model.decode(st, &feed, next.len(), &select, logits)?;
         alive = next;
     }
     let pool = if finished.is_empty() { alive } else { finished };
-    pool.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("beam ≥ 1")
+    Ok(pool.into_iter().max_by(|a, b| a.score(length_penalty).total_cmp(&b.score(length_penalty))).expect("beam ≥ 1"))
 }
 
 /// A continuation of a beam: (cumulative log-prob, parent, token, token log-prob).

@@ -2,7 +2,7 @@
 //! blocks of causal self-attention (with a KV cache), cross-attention over the
 //! encoder output, and an MLP; logits through the tied embedding matrix.
 
-use crate::backend::{Activation, AttentionShape, Backend, Precision, View, Write};
+use crate::backend::{Activation, AttentionShape, Backend, BackendError, Precision, View, Write};
 use crate::model::ct2::Ct2File;
 use crate::model::layers::{matrix, LayerNorm, Linear, Mlp};
 use crate::model::{Dims, ModelError};
@@ -156,12 +156,13 @@ impl<B: Backend> TextDecoder<B> {
 
     /// Computes every layer's cross-attention K/V for a new window and
     /// empties the self-attention cache.
-    pub fn set_audio(&self, b: &B, st: &mut DecoderState<B>, encoded: &B::Buf) {
+    pub fn set_audio(&self, b: &B, st: &mut DecoderState<B>, encoded: &B::Buf) -> Result<(), BackendError> {
         for (blk, cross) in self.blocks.iter().zip(&mut st.cross) {
-            blk.cross_kv.forward(b, View::cols(encoded, 0, self.d), Activation::None, Write::Overwrite, cross);
+            blk.cross_kv.forward(b, View::cols(encoded, 0, self.d), Activation::None, Write::Overwrite, cross)?;
         }
         st.cross_len = b.rows(encoded);
         self.reset(st);
+        Ok(())
     }
 
     /// Forgets the decoded tokens, keeping the window's cross-attention K/V.
@@ -181,8 +182,8 @@ impl<B: Backend> TextDecoder<B> {
         seqs: usize,
         select: &[usize],
         logits: &mut Vec<f32>,
-    ) {
-        self.run(b, st, tokens, seqs, select, logits, None);
+    ) -> Result<(), BackendError> {
+        self.run(b, st, tokens, seqs, select, logits, None)
     }
 
     /// Runs one sequence from position 0 and returns the cross-attention
@@ -194,12 +195,12 @@ impl<B: Backend> TextDecoder<B> {
         st: &mut DecoderState<B>,
         tokens: &[u32],
         pairs: &[(usize, usize)],
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>, BackendError> {
         self.reset(st);
         let mut out = vec![0.0; pairs.len() * tokens.len() * st.cross_len];
         let mut logits = Vec::new();
-        self.run(b, st, tokens, 1, &[], &mut logits, Some((pairs, &mut out)));
-        out
+        self.run(b, st, tokens, 1, &[], &mut logits, Some((pairs, &mut out)))?;
+        Ok(out)
     }
 
     /// One pass of `tokens` through every block: the self-attention cache
@@ -215,12 +216,12 @@ impl<B: Backend> TextDecoder<B> {
         select: &[usize],
         logits: &mut Vec<f32>,
         mut align: Option<AlignmentOut<'_>>,
-    ) {
+    ) -> Result<(), BackendError> {
         assert_eq!(seqs, st.seqs, "decoder: {seqs} sequences fed to a state holding {}", st.seqs);
         let q_len = tokens.len() / seqs;
         let pos0 = st.len;
         assert!(pos0 + q_len <= self.text_ctx, "decoder: {} positions exceed {}", pos0 + q_len, self.text_ctx);
-        b.embed(tokens, q_len, pos0, &self.embeddings, &self.positions, &mut st.x);
+        b.embed(tokens, q_len, pos0, &self.embeddings, &self.positions, &mut st.x)?;
         self.cache_rows(st, seqs, q_len, pos0);
         let self_shape = AttentionShape {
             seqs,
@@ -233,15 +234,15 @@ impl<B: Backend> TextDecoder<B> {
         let cross_shape =
             AttentionShape { seqs, q_len, kv_len: st.cross_len, kv_seq_stride: 0, heads: self.heads, causal: false };
         for (l, blk) in self.blocks.iter().enumerate() {
-            self.self_attention(b, l, st, self_shape);
-            self.cross_attention(b, l, st, cross_shape, align.as_mut());
-            blk.mlp.forward(b, &mut st.x, &mut st.h, &mut st.wide);
+            self.self_attention(b, l, st, self_shape)?;
+            self.cross_attention(b, l, st, cross_shape, align.as_mut())?;
+            blk.mlp.forward(b, &mut st.x, &mut st.h, &mut st.wide)?;
         }
         st.len += q_len;
         if select.is_empty() {
-            return;
+            return Ok(());
         }
-        self.project(b, st, select, logits);
+        self.project(b, st, select, logits)
     }
 
     /// Rows where this call's K/V enter each sequence's cache: sequences are
@@ -260,11 +261,17 @@ impl<B: Backend> TextDecoder<B> {
     /// Block `l`'s causal self-attention, residual added to `st.x`. The new
     /// K/V rows go to the cache first, so attention reads past and present
     /// from one place.
-    fn self_attention(&self, b: &B, l: usize, st: &mut DecoderState<B>, shape: AttentionShape) {
+    fn self_attention(
+        &self,
+        b: &B,
+        l: usize,
+        st: &mut DecoderState<B>,
+        shape: AttentionShape,
+    ) -> Result<(), BackendError> {
         let (d, blk) = (self.d, &self.blocks[l]);
-        blk.attn_ln.forward(b, &st.x, &mut st.h);
-        blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv);
-        b.copy_rows(View::cols(&st.qkv, d, 2 * d), &st.src_rows, &mut st.kv[l], &st.dst_rows);
+        blk.attn_ln.forward(b, &st.x, &mut st.h)?;
+        blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv)?;
+        b.copy_rows(View::cols(&st.qkv, d, 2 * d), &st.src_rows, &mut st.kv[l], &st.dst_rows)?;
         b.attention(
             View::cols(&st.qkv, 0, d),
             View::cols(&st.kv[l], 0, d),
@@ -272,8 +279,8 @@ impl<B: Backend> TextDecoder<B> {
             shape,
             &mut st.attn,
             None,
-        );
-        blk.attn_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
+        )?;
+        blk.attn_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x)
     }
 
     /// Block `l`'s attention over the window's audio, residual added to
@@ -286,10 +293,10 @@ impl<B: Backend> TextDecoder<B> {
         st: &mut DecoderState<B>,
         shape: AttentionShape,
         align: Option<&mut AlignmentOut<'_>>,
-    ) {
+    ) -> Result<(), BackendError> {
         let (d, blk) = (self.d, &self.blocks[l]);
-        blk.cross_ln.forward(b, &st.x, &mut st.h);
-        blk.cross_q.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.q);
+        blk.cross_ln.forward(b, &st.x, &mut st.h)?;
+        blk.cross_q.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.q)?;
         // Empty (no allocation) on decoding steps, which never align.
         let heads: Vec<usize> = match &align {
             Some((pairs, _)) => pairs.iter().filter(|p| p.0 == l).map(|p| p.1).collect(),
@@ -303,11 +310,11 @@ impl<B: Backend> TextDecoder<B> {
             shape,
             &mut st.attn,
             probs,
-        );
+        )?;
         if let Some((pairs, out)) = align {
-            self.copy_alignment(b, l, st, shape.q_len, &heads, pairs, out);
+            self.copy_alignment(b, l, st, shape.q_len, &heads, pairs, out)?;
         }
-        blk.cross_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
+        blk.cross_out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x)
     }
 
     /// Copies layer `l`'s heads to their slots in the caller's order.
@@ -324,33 +331,40 @@ impl<B: Backend> TextDecoder<B> {
         heads: &[usize],
         pairs: &[(usize, usize)],
         out: &mut [f32],
-    ) {
+    ) -> Result<(), BackendError> {
         let block = q_len * st.cross_len;
         if heads.is_empty() {
-            return;
+            return Ok(());
         }
         st.probs_host.resize(heads.len() * q_len * self.audio_ctx, 0.0);
-        b.download(&st.probs, 0..heads.len() * q_len, &mut st.probs_host);
+        b.download(&st.probs, 0..heads.len() * q_len, &mut st.probs_host)?;
         for (slot, &(pl, ph)) in pairs.iter().enumerate() {
             if pl == l {
                 let k = heads.iter().position(|&h| h == ph).unwrap_or(0);
                 out[slot * block..(slot + 1) * block].copy_from_slice(&st.probs_host[k * block..(k + 1) * block]);
             }
         }
+        Ok(())
     }
 
     /// The final norm and the vocabulary projection, for the `select`ed rows
     /// only: the projection is the largest matrix, and a step needs one row
     /// per sequence.
-    fn project(&self, b: &B, st: &mut DecoderState<B>, select: &[usize], logits: &mut Vec<f32>) {
+    fn project(
+        &self,
+        b: &B,
+        st: &mut DecoderState<B>,
+        select: &[usize],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         let d = self.d;
         st.src_rows.clear();
         st.src_rows.extend_from_slice(select);
         st.dst_rows.clear();
         st.dst_rows.extend(0..select.len());
         b.set_rows(&mut st.picked, select.len());
-        b.copy_rows(View::cols(&st.x, 0, d), &st.src_rows, &mut st.picked, &st.dst_rows);
-        self.ln.forward(b, &st.picked, &mut st.last);
+        b.copy_rows(View::cols(&st.x, 0, d), &st.src_rows, &mut st.picked, &st.dst_rows)?;
+        self.ln.forward(b, &st.picked, &mut st.last)?;
         b.linear(
             View::cols(&st.last, 0, d),
             &self.embeddings,
@@ -358,13 +372,13 @@ impl<B: Backend> TextDecoder<B> {
             Activation::None,
             Write::Overwrite,
             &mut st.logits,
-        );
+        )?;
         logits.resize(select.len() * self.vocab, 0.0);
-        b.download(&st.logits, 0..select.len(), logits);
+        b.download(&st.logits, 0..select.len(), logits)
     }
 
     /// Keeps sequence `order[j]` as the new sequence `j` (beam search).
-    pub fn reorder(&self, b: &B, st: &mut DecoderState<B>, order: &[usize]) {
+    pub fn reorder(&self, b: &B, st: &mut DecoderState<B>, order: &[usize]) -> Result<(), BackendError> {
         assert!(order.len() <= st.max_seqs);
         st.src_rows.clear();
         st.dst_rows.clear();
@@ -377,9 +391,10 @@ impl<B: Backend> TextDecoder<B> {
         let w = 2 * self.d;
         for kv in &mut st.kv {
             b.set_rows(&mut st.spare, 0);
-            b.copy_rows(View::cols(kv, 0, w), &st.src_rows, &mut st.spare, &st.dst_rows);
-            b.copy_rows(View::cols(&st.spare, 0, w), &st.dst_rows, kv, &st.dst_rows);
+            b.copy_rows(View::cols(kv, 0, w), &st.src_rows, &mut st.spare, &st.dst_rows)?;
+            b.copy_rows(View::cols(&st.spare, 0, w), &st.dst_rows, kv, &st.dst_rows)?;
         }
         st.seqs = order.len();
+        Ok(())
     }
 }

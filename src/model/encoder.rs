@@ -1,7 +1,7 @@
 //! Whisper's audio encoder: a two-convolution stem over the log-mel
 //! spectrogram, fixed sinusoidal positions, and pre-norm transformer blocks.
 
-use crate::backend::{Activation, AttentionShape, Backend, Precision, View, Write};
+use crate::backend::{Activation, AttentionShape, Backend, BackendError, Precision, View, Write};
 use crate::model::ct2::Ct2File;
 use crate::model::layers::{matrix, vector, LayerNorm, Linear, Mlp};
 use crate::model::{Dims, ModelError};
@@ -86,16 +86,16 @@ impl<B: Backend> AudioEncoder<B> {
     /// Encodes one window of up to `2 · n_audio_ctx` mel frames (an even
     /// number), time-major (`mel[t · n_mels + m]`), into `st.output`, one row
     /// per two frames; a shorter input uses the first positions only.
-    pub fn forward(&self, b: &B, mel: &[f32], st: &mut EncoderState<B>) {
+    pub fn forward(&self, b: &B, mel: &[f32], st: &mut EncoderState<B>) -> Result<(), BackendError> {
         let d = self.d;
-        b.upload(mel, &mut st.mel);
-        b.conv1d_gelu(&st.mel, &self.conv1_w, &self.conv1_b, 1, &mut st.conv);
-        b.conv1d_gelu(&st.conv, &self.conv2_w, &self.conv2_b, 2, &mut st.x);
-        b.add_rows(&mut st.x, &self.positions, 0);
+        b.upload(mel, &mut st.mel)?;
+        b.conv1d_gelu(&st.mel, &self.conv1_w, &self.conv1_b, 1, &mut st.conv)?;
+        b.conv1d_gelu(&st.conv, &self.conv2_w, &self.conv2_b, 2, &mut st.x)?;
+        b.add_rows(&mut st.x, &self.positions, 0)?;
         let t = b.rows(&st.x);
         for blk in &self.blocks {
-            blk.attn_ln.forward(b, &st.x, &mut st.h);
-            blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv);
+            blk.attn_ln.forward(b, &st.x, &mut st.h)?;
+            blk.qkv.forward(b, View::cols(&st.h, 0, d), Activation::None, Write::Overwrite, &mut st.qkv)?;
             let shape =
                 AttentionShape { seqs: 1, q_len: t, kv_len: t, kv_seq_stride: 0, heads: self.heads, causal: false };
             b.attention(
@@ -105,10 +105,10 @@ impl<B: Backend> AudioEncoder<B> {
                 shape,
                 &mut st.attn,
                 None,
-            );
-            blk.out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x);
-            blk.mlp.forward(b, &mut st.x, &mut st.h, &mut st.wide);
+            )?;
+            blk.out.forward(b, View::cols(&st.attn, 0, d), Activation::None, Write::Accumulate, &mut st.x)?;
+            blk.mlp.forward(b, &mut st.x, &mut st.h, &mut st.wide)?;
         }
-        self.ln_post.forward(b, &st.x, &mut st.output);
+        self.ln_post.forward(b, &st.x, &mut st.output)
     }
 }

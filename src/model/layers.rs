@@ -1,7 +1,7 @@
 //! The building blocks shared by the encoder and the decoder, each loaded by
 //! its CT2 variable name.
 
-use crate::backend::{Activation, Backend, HostMatrix, Precision, View, Write};
+use crate::backend::{Activation, Backend, BackendError, HostMatrix, Precision, View, Write};
 use crate::model::ct2::{Ct2File, TensorData};
 use crate::model::ModelError;
 
@@ -67,8 +67,15 @@ impl<B: Backend> Linear<B> {
         Ok(Linear { weight, bias })
     }
 
-    pub fn forward(&self, b: &B, x: View<'_, B>, act: Activation, write: Write, out: &mut B::Buf) {
-        b.linear(x, &self.weight, self.bias.as_ref(), act, write, out);
+    pub fn forward(
+        &self,
+        b: &B,
+        x: View<'_, B>,
+        act: Activation,
+        write: Write,
+        out: &mut B::Buf,
+    ) -> Result<(), BackendError> {
+        b.linear(x, &self.weight, self.bias.as_ref(), act, write, out)
     }
 }
 
@@ -89,8 +96,8 @@ impl<B: Backend> LayerNorm<B> {
         })
     }
 
-    pub fn forward(&self, b: &B, x: &B::Buf, out: &mut B::Buf) {
-        b.layer_norm(x, &self.gamma, &self.beta, LAYER_NORM_EPS, out);
+    pub fn forward(&self, b: &B, x: &B::Buf, out: &mut B::Buf) -> Result<(), BackendError> {
+        b.layer_norm(x, &self.gamma, &self.beta, LAYER_NORM_EPS, out)
     }
 }
 
@@ -113,11 +120,11 @@ impl<B: Backend> Mlp<B> {
     }
 
     /// `x += MLP(LN(x))`, using `h` (width d) and `wide` (width 4d) as scratch.
-    pub fn forward(&self, b: &B, x: &mut B::Buf, h: &mut B::Buf, wide: &mut B::Buf) {
-        self.ln.forward(b, x, h);
+    pub fn forward(&self, b: &B, x: &mut B::Buf, h: &mut B::Buf, wide: &mut B::Buf) -> Result<(), BackendError> {
+        self.ln.forward(b, x, h)?;
         let d = self.d;
-        self.up.forward(b, View::cols(h, 0, d), Activation::Gelu, Write::Overwrite, wide);
+        self.up.forward(b, View::cols(h, 0, d), Activation::Gelu, Write::Overwrite, wide)?;
         let f = 4 * d;
-        self.down.forward(b, View::cols(wide, 0, f), Activation::None, Write::Accumulate, x);
+        self.down.forward(b, View::cols(wide, 0, f), Activation::None, Write::Accumulate, x)
     }
 }

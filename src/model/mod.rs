@@ -16,7 +16,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 pub use config::ModelConfig;
 pub use ct2::{Ct2Error, Ct2File};
 pub use decoder::{DecoderState, TextDecoder};
@@ -210,19 +210,26 @@ impl<B: Backend> Whisper<B> {
     /// Feeds `tokens` (`seqs` sequences of equal length, one after the other)
     /// to the decoder and writes the logits of rows `select` to `logits`
     /// (see [`TextDecoder::forward`]).
-    pub fn decode(&self, st: &mut State<B>, tokens: &[u32], seqs: usize, select: &[usize], logits: &mut Vec<f32>) {
-        self.decoder.forward(&self.backend, &mut st.decoder, tokens, seqs, select, logits);
+    pub fn decode(
+        &self,
+        st: &mut State<B>,
+        tokens: &[u32],
+        seqs: usize,
+        select: &[usize],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        self.decoder.forward(&self.backend, &mut st.decoder, tokens, seqs, select, logits)
     }
 
     /// Keeps sequence `order[j]` of `st` as its new sequence `j` (beam search).
-    pub fn reorder(&self, st: &mut State<B>, order: &[usize]) {
-        self.decoder.reorder(&self.backend, &mut st.decoder, order);
+    pub fn reorder(&self, st: &mut State<B>, order: &[usize]) -> Result<(), BackendError> {
+        self.decoder.reorder(&self.backend, &mut st.decoder, order)
     }
 
     /// The cross-attention weights of the alignment heads over `tokens`, run
     /// from position 0: `heads × tokens` rows of `st`'s encoded frames (see
     /// [`TextDecoder::cross_attention_weights`]).
-    pub fn alignment_weights(&self, st: &mut State<B>, tokens: &[u32]) -> Vec<f32> {
+    pub fn alignment_weights(&self, st: &mut State<B>, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         self.decoder.cross_attention_weights(&self.backend, &mut st.decoder, tokens, &self.config.alignment_heads)
     }
 
@@ -230,7 +237,7 @@ impl<B: Backend> Whisper<B> {
     /// decoder's cross-attention context: `WINDOW_FRAMES` frames, or fewer
     /// (an even number) to encode only the audio that is there, with the
     /// positional embedding and cross-attention shortened to match.
-    pub fn encode(&self, mel: &[f32], st: &mut State<B>) {
+    pub fn encode(&self, mel: &[f32], st: &mut State<B>) -> Result<(), BackendError> {
         let n_mels = self.dims.n_mels;
         let frames = mel.len() / n_mels;
         assert!(
@@ -240,12 +247,13 @@ impl<B: Backend> Whisper<B> {
         );
         // Comparing is three orders of magnitude cheaper than encoding.
         if st.encoded_mel.as_slice() == mel {
-            return;
+            return Ok(());
         }
         st.encoded_mel.clear();
-        self.encoder.forward(&self.backend, mel, &mut st.encoder);
-        self.decoder.set_audio(&self.backend, &mut st.decoder, &st.encoder.output);
+        self.encoder.forward(&self.backend, mel, &mut st.encoder)?;
+        self.decoder.set_audio(&self.backend, &mut st.decoder, &st.encoder.output)?;
         st.encoded_mel.extend_from_slice(mel);
+        Ok(())
     }
 }
 
@@ -258,7 +266,7 @@ mod tests {
     fn first_logits(model: &Whisper<Cpu>, st: &mut State<Cpu>) -> Vec<f32> {
         model.reset(st);
         let mut logits = Vec::new();
-        model.decode(st, &[model.tokenizer().specials().sot], 1, &[0], &mut logits);
+        model.decode(st, &[model.tokenizer().specials().sot], 1, &[0], &mut logits).unwrap();
         logits
     }
 
@@ -276,16 +284,16 @@ mod tests {
         let a: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let b: Vec<f32> = a.iter().rev().copied().collect();
         let mut st = model.state(1).unwrap();
-        model.encode(&a, &mut st);
+        model.encode(&a, &mut st).unwrap();
         let la = first_logits(&model, &mut st);
-        model.encode(&a, &mut st);
+        model.encode(&a, &mut st).unwrap();
         assert_eq!(first_logits(&model, &mut st), la);
-        model.encode(&b, &mut st);
+        model.encode(&b, &mut st).unwrap();
         let lb = first_logits(&model, &mut st);
         assert_ne!(lb, la);
-        model.encode(&a, &mut st);
+        model.encode(&a, &mut st).unwrap();
         assert_eq!(first_logits(&model, &mut st), la);
-        model.encode(&a[..n / 2], &mut st);
+        model.encode(&a[..n / 2], &mut st).unwrap();
         assert_eq!(st.cross_len(), 50);
     }
 }

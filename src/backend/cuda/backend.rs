@@ -20,9 +20,11 @@
 //! that slot, and every operation runs on the stream (and cuBLAS handle) of
 //! the slot its output buffer belongs to.
 //!
-//! Errors: the trait's operations cannot fail, so the first CUDA error of a
-//! slot is kept ([`CudaBackend::slot_error`]), later work on that slot is
-//! skipped and downloads yield zeros; the session checks after each window.
+//! Errors: an operation returns its slot's CUDA error. Launches are
+//! asynchronous, so a failure may surface at a later call (at the latest at
+//! the download that synchronises); the first error of a slot is kept
+//! ([`CudaBackend::slot_error`]) and every later operation on that slot
+//! returns it without touching the device, so the session ends with it.
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -256,18 +258,22 @@ impl CudaBackend {
         self.slots.get(slot).and_then(|s| lock(&s.error).clone())
     }
 
-    /// Runs `f` on slot `slot` unless it already failed; keeps the first error.
-    fn on(&self, slot: usize, f: impl FnOnce(&Slot) -> Result<(), CudaError>) {
-        let Some(s) = self.slots.get(slot) else { return };
-        if lock(&s.error).is_some() {
-            return;
+    /// Runs `f` on slot `slot` unless it already failed. The first error is
+    /// kept: work queued after it on the stream cannot be trusted, so every
+    /// later operation of the slot reports it too.
+    fn on(&self, slot: usize, f: impl FnOnce(&Slot) -> Result<(), CudaError>) -> Result<(), BackendError> {
+        let s = self.slots.get(slot).ok_or_else(|| dev_err(CudaError::Missing(format!("session slot {slot}"))))?;
+        if let Some(e) = lock(&s.error).as_ref() {
+            return Err(BackendError::Device(e.clone()));
         }
         // The driver and cuBLAS act on the thread's current context; session
         // threads are not the one that made it.
-        if let Err(e) = self.ctx.bind_to_thread().map_err(CudaError::from).and_then(|()| f(s)) {
+        self.ctx.bind_to_thread().map_err(CudaError::from).and_then(|()| f(s)).map_err(|e| {
             tracing::error!("GPU slot {slot}: {e}");
-            *lock(&s.error) = Some(e.to_string());
-        }
+            let msg = format!("GPU slot {slot}: {e}");
+            *lock(&s.error) = Some(msg.clone());
+            BackendError::Device(msg)
+        })
     }
 
     /// Attention on slot `s`'s stream, sequence by sequence and, within
@@ -575,7 +581,7 @@ impl Backend for CudaBackend {
         buf.rows = rows;
     }
 
-    fn upload(&self, data: &[f32], dst: &mut CudaBuf) {
+    fn upload(&self, data: &[f32], dst: &mut CudaBuf) -> Result<(), BackendError> {
         let rows = data.len() / dst.cols.max(1);
         self.set_rows(dst, rows);
         let ptr = dst.ptr;
@@ -585,20 +591,17 @@ impl Backend for CudaBackend {
             // SAFETY: `rows ≤ max_rows`, so the copy stays in the buffer.
             unsafe { drv::memcpy_htod_async(ptr, data, s.stream.cu_stream()) }?;
             Ok(())
-        });
+        })
     }
 
-    fn download(&self, src: &CudaBuf, rows: Range<usize>, out: &mut [f32]) {
+    fn download(&self, src: &CudaBuf, rows: Range<usize>, out: &mut [f32]) -> Result<(), BackendError> {
         let from = src.ptr + (rows.start * src.cols * 4) as u64;
         self.on(src.slot, |s| {
             // SAFETY: `out` has `rows.len() × cols` elements (the trait's contract).
             unsafe { drv::memcpy_dtoh_async(out, from, s.stream.cu_stream()) }?;
             s.stream.synchronize()?;
             Ok(())
-        });
-        if self.slot_error(src.slot).is_some() {
-            out.iter_mut().for_each(|x| *x = 0.0);
-        }
+        })
     }
 
     fn linear(
@@ -609,7 +612,7 @@ impl Backend for CudaBackend {
         act: Activation,
         write: Write,
         out: &mut CudaBuf,
-    ) {
+    ) -> Result<(), BackendError> {
         assert_eq!(x.width, w.cols, "linear: input width {} vs weight in-features {}", x.width, w.cols);
         assert_eq!(out.cols, w.rows, "linear: output width {} vs weight out-features {}", out.cols, w.rows);
         let m = x.buf.rows;
@@ -635,10 +638,17 @@ impl Backend for CudaBackend {
                     .launch(l.config())?;
             }
             self.gemm_epilogue(s, m, w, b.map(|v| v.ptr), act, write, op, oc)
-        });
+        })
     }
 
-    fn layer_norm(&self, x: &CudaBuf, gamma: &CudaVector, beta: &CudaVector, eps: f32, out: &mut CudaBuf) {
+    fn layer_norm(
+        &self,
+        x: &CudaBuf,
+        gamma: &CudaVector,
+        beta: &CudaVector,
+        eps: f32,
+        out: &mut CudaBuf,
+    ) -> Result<(), BackendError> {
         assert_eq!(gamma.len, x.cols);
         self.set_rows(out, x.rows);
         let (xp, gp, bp, op, rows, d) = (x.ptr, gamma.ptr, beta.ptr, out.ptr, x.rows as i32, x.cols as i32);
@@ -657,10 +667,17 @@ impl Backend for CudaBackend {
                     .launch(Launch::per_row(x.rows).config())?;
             }
             Ok(())
-        });
+        })
     }
 
-    fn conv1d_gelu(&self, x: &CudaBuf, w: &CudaMatrix, b: &CudaVector, stride: usize, out: &mut CudaBuf) {
+    fn conv1d_gelu(
+        &self,
+        x: &CudaBuf,
+        w: &CudaMatrix,
+        b: &CudaVector,
+        stride: usize,
+        out: &mut CudaBuf,
+    ) -> Result<(), BackendError> {
         let c_in = x.cols;
         assert_eq!(w.cols, 3 * c_in, "conv1d: weight has {} columns for {c_in} input channels", w.cols);
         let t_in = x.rows;
@@ -686,10 +703,10 @@ impl Backend for CudaBackend {
                     .launch(Launch::elementwise(t_out * k3).config())?;
             }
             self.gemm_epilogue(s, t_out, w, Some(bp), Activation::Gelu, Write::Overwrite, op, oc)
-        });
+        })
     }
 
-    fn add_rows(&self, x: &mut CudaBuf, table: &CudaMatrix, offset: usize) {
+    fn add_rows(&self, x: &mut CudaBuf, table: &CudaMatrix, offset: usize) -> Result<(), BackendError> {
         assert!(offset + x.rows <= table.rows, "add_rows: rows {offset}.. past the table's {}", table.rows);
         let (xp, rows, d, tp, off) = (x.ptr, x.rows as i32, x.cols as i32, table.ptr, offset as i32);
         let n = x.rows * x.cols;
@@ -706,7 +723,7 @@ impl Backend for CudaBackend {
                     .launch(Launch::elementwise(n).config())?;
             }
             Ok(())
-        });
+        })
     }
 
     fn embed(
@@ -717,7 +734,7 @@ impl Backend for CudaBackend {
         embeddings: &CudaMatrix,
         positions: &CudaMatrix,
         out: &mut CudaBuf,
-    ) {
+    ) -> Result<(), BackendError> {
         self.set_rows(out, tokens.len());
         let (op, d) = (out.ptr, out.cols as i32);
         let n = tokens.len();
@@ -746,7 +763,7 @@ impl Backend for CudaBackend {
                     .launch(Launch::per_row_across(n, d as usize).config())?;
             }
             Ok(())
-        });
+        })
     }
 
     /// The heads go through cuBLAS in chunks that fit the slot's scores
@@ -759,7 +776,7 @@ impl Backend for CudaBackend {
         sh: AttentionShape,
         out: &mut CudaBuf,
         probs: Option<(&mut CudaBuf, &[usize])>,
-    ) {
+    ) -> Result<(), BackendError> {
         let d = q.width;
         let hd = d / sh.heads;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -789,10 +806,16 @@ impl Backend for CudaBackend {
             probs_ptr,
             slots,
         };
-        self.on(out.slot, |s| self.attention_on(s, &a));
+        self.on(out.slot, |s| self.attention_on(s, &a))
     }
 
-    fn copy_rows(&self, src: View<'_, Self>, src_rows: &[usize], dst: &mut CudaBuf, dst_rows: &[usize]) {
+    fn copy_rows(
+        &self,
+        src: View<'_, Self>,
+        src_rows: &[usize],
+        dst: &mut CudaBuf,
+        dst_rows: &[usize],
+    ) -> Result<(), BackendError> {
         assert_eq!(src.width, dst.cols);
         assert_eq!(src_rows.len(), dst_rows.len());
         let needed = dst_rows.iter().map(|r| r + 1).max().unwrap_or(0);
@@ -801,7 +824,7 @@ impl Backend for CudaBackend {
         }
         let n = src_rows.len();
         if n == 0 {
-            return;
+            return Ok(());
         }
         let s_idx: Vec<u32> = src_rows.iter().map(|&r| r as u32).collect();
         let d_idx: Vec<u32> = dst_rows.iter().map(|&r| r as u32).collect();
@@ -831,6 +854,6 @@ impl Backend for CudaBackend {
                     .launch(Launch::per_row_across(n, w as usize).config())?;
             }
             Ok(())
-        });
+        })
     }
 }
