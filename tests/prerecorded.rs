@@ -131,3 +131,43 @@ fn bad_uploads_get_a_clear_status() {
         expect(code(busy), 503, "TOO_MANY_SESSIONS");
     });
 }
+
+/// A client that leaves before its answer cancels the transcription: its
+/// slot is free again long before the work would have ended, and the next
+/// upload is served.
+#[test]
+fn an_upload_whose_client_leaves_is_cancelled() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let Some(model) = model_dir("tiny.en") else { return };
+    let d = Daemon::start(&model, &["--max-sessions", "1"]);
+    // apollo11.wav three times: 4.5 min of speech in beam search, tens of
+    // seconds of work on two cores.
+    let once = load("apollo11.wav");
+    let body = pcm16(&[once.as_slice(), &once, &once].concat());
+    let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+    let head = format!(
+        "POST /v1/listen?encoding=linear16&sample_rate=16000 HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        d.addr,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let slots_free = || metric(&d.addr, "scribed_slots_free");
+    let wait_for = |free: f64, limit: Duration| {
+        let t = Instant::now();
+        while slots_free() != free {
+            assert!(t.elapsed() < limit, "scribed_slots_free stayed at {} (want {free})", slots_free());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.elapsed()
+    };
+    wait_for(0.0, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    drop(s);
+    let freed = wait_for(1.0, Duration::from_secs(10));
+    println!("slot free {freed:?} after the client left");
+    let r = transcribe(&d, "", &[], &wav_bytes("jfk.wav"));
+    let text = transcript(&r, 0);
+    assert!(wer(&reference("jfk.wav"), &text) <= 0.05, "{text}");
+}

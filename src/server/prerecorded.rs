@@ -6,7 +6,8 @@
 //! byte of it is read), and decoding and transcription run on a blocking
 //! thread, never on the async runtime. The whole recording is decoded as
 //! `scribed transcribe` does it (beam search, long-form windows), not
-//! streamed.
+//! streamed. A client that goes away while its recording is transcribed
+//! cancels the work, which frees the slot (no work outlives its client).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use super::http::{self, Request};
 use super::Shared;
 use crate::audio::file::{decode_bytes, DecodedAudio};
 use crate::audio::resample::resample_to_16k;
-use crate::decode::{DecodeOptions, Transcript};
+use crate::decode::{Cancel, DecodeError, DecodeOptions, Transcript};
 use crate::protocol::{
     Alternative, Channel, ListenParams, ModelInfo, Prerecorded, PrerecordedMetadata, PrerecordedResults, Utterance,
     WireWord,
@@ -54,7 +55,21 @@ pub(super) async fn serve(
     // The slot is free again before the response goes out (the work drops
     // it as it ends): a client that has its answer can upload again at once.
     let answer = match read_body(&mut stream, req, &shared).await {
-        Ok(body) => transcribe_blocking(body, params, shared.clone(), request_id.clone(), slot).await,
+        Ok(body) => {
+            let cancel = Cancel::default();
+            let work = transcribe_blocking(body, params, shared.clone(), request_id.clone(), slot, cancel.clone());
+            tokio::pin!(work);
+            tokio::select! {
+                answer = &mut work => answer,
+                () = client_gone(&mut stream) => {
+                    cancel.cancel();
+                    // The thread stops at its next window or decoder step.
+                    let _ = work.await;
+                    tracing::info!(request_id, "upload cancelled: the client went away");
+                    return;
+                }
+            }
+        }
         Err(refusal) => {
             drop(slot);
             Err(refusal)
@@ -109,6 +124,15 @@ async fn read_body(stream: &mut TcpStream, req: Request, shared: &Shared) -> Res
     Ok(body)
 }
 
+/// Resolves when the client has closed the connection (or it failed) while
+/// it waits for its answer. Bytes it sends meanwhile (a pipelined request)
+/// are not served: the answer closes the connection. A client that shuts
+/// down only its sending side counts as gone; HTTP clients do not.
+async fn client_gone(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    while let Ok(1..) = stream.read(&mut byte).await {}
+}
+
 /// `Content-Length`, within 1 byte and `max`.
 fn body_length(req: &Request, max: usize) -> Result<usize, Refusal> {
     if req.header("transfer-encoding").is_some() {
@@ -135,9 +159,10 @@ async fn transcribe_blocking(
     shared: Arc<Shared>,
     request_id: String,
     slot: OwnedSemaphorePermit,
+    cancel: Cancel,
 ) -> Result<Prerecorded, Refusal> {
     let work = move || {
-        let answer = transcribe(body, &params, &shared, request_id);
+        let answer = transcribe(body, &params, &shared, request_id, cancel);
         drop(slot);
         answer
     };
@@ -153,21 +178,23 @@ fn transcribe(
     params: &ListenParams,
     shared: &Shared,
     request_id: String,
+    cancel: Cancel,
 ) -> Result<Prerecorded, Refusal> {
     // Hashed before the body moves into the decoder (an upload is not copied).
     let sha256 = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
     let audio = decode(body, params)?;
     let tracks = tracks(&audio, params.multichannel)?;
-    let opts = options(params, shared);
+    let opts = DecodeOptions { cancel, ..options(params, shared) };
     let engine = shared.engine.as_ref();
     let mut decoder =
         engine.stream(opts.max_seqs()).map_err(|e| Refusal::new(500, "INTERNAL", format!("decoder state: {e}")))?;
     let mut channels = Vec::with_capacity(tracks.len());
     let mut utterances = Vec::new();
     for (index, samples) in tracks.iter().enumerate() {
-        let transcript = decoder
-            .transcribe(samples, &opts)
-            .map_err(|e| Refusal::new(500, "INTERNAL", format!("transcription: {e}")))?;
+        let transcript = decoder.transcribe(samples, &opts).map_err(|e| match e {
+            DecodeError::Cancelled => Refusal::new(499, "CANCELLED", "the client went away"),
+            e => Refusal::new(500, "INTERNAL", format!("transcription: {e}")),
+        })?;
         let words = wire_words(&transcript);
         if params.utterances {
             utterances.extend(split_utterances(&words, params.utt_split, index as u32, params.punctuate));
