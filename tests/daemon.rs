@@ -418,8 +418,17 @@ fn a_worker_panic_ends_only_its_own_session() {
     assert_eq!(good.close, Some(1000));
     let (errors, n) = word_errors(&reference("jfk.wav"), &good.finals());
     assert!(errors <= 1, "{errors}/{n}: {}", good.finals());
-    // The daemon counts it and keeps serving new sessions.
-    let (_, _, metrics) = http(&d.addr, "/metrics", &[]);
+    // The daemon counts it and keeps serving new sessions. A session is
+    // counted as ended once its connection task returns, just after the
+    // close frame the client has seen: scrape until that has happened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, _, m) = http(&d.addr, "/metrics", &[]);
+        if m.contains("scribed_sessions_active 0") || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(metrics.contains("scribed_worker_panics_total 1"), "{metrics}");
     assert!(metrics.contains("scribed_sessions_active 0"), "{metrics}");
     let again = rt.block_on(session(&lin16, &[], frames16(&audio, 50), FAST));
