@@ -179,13 +179,10 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         rec: &mut Recording<'_>,
     ) -> Result<WindowResult, DecodeError> {
         let (model, opts) = (self.model, rec.opts);
-        let n_mels = model.dims().n_mels;
-        self.fill_window(mel, n_mels, seek, segment_size);
-        let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
-        rec.rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
         let t0 = std::time::Instant::now();
-        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state)?;
+        let encoded_frames = self.encode_window(mel, seek, segment_size, opts)?;
         let encoded = t0.elapsed();
+        rec.rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
 
         let mut result = self.decode(rec)?;
         if encoded_frames < WINDOW_FRAMES && repeats_at_end(&result.tokens) && !opts.cancel.is_cancelled() {
@@ -228,6 +225,21 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         )
     }
 
+    /// Fills and encodes a window in one place, so language detection encodes exactly the window the step reuses.
+    fn encode_window(
+        &mut self,
+        mel: &[f32],
+        seek: usize,
+        len: usize,
+        opts: &DecodeOptions,
+    ) -> Result<usize, BackendError> {
+        let n_mels = self.model.dims().n_mels;
+        self.fill_window(mel, n_mels, seek, len);
+        let frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(len));
+        self.model.encode(&self.window[..frames * n_mels], &mut self.state)?;
+        Ok(frames)
+    }
+
     /// Copies `len` frames from `seek` into the window and pads the rest
     /// with 0.0 in the normalised domain, as faster-whisper does.
     fn fill_window(&mut self, mel: &[f32], n_mels: usize, seek: usize, len: usize) {
@@ -253,13 +265,9 @@ impl<'m, B: Backend> Transcriber<'m, B> {
             return Ok(("en".into(), 1.0));
         }
         let model = self.model;
-        let n_mels = model.dims().n_mels;
-        // The first window exactly as `encode_and_decode` will encode it, so
-        // that its encoding is reused there (a shortened one when streaming).
-        let segment_size = WINDOW_FRAMES.min(content_frames);
-        self.fill_window(mel, n_mels, 0, segment_size);
-        let encoded_frames = opts.audio_ctx.map_or(WINDOW_FRAMES, |c| c.frames(segment_size));
-        model.encode(&self.window[..encoded_frames * n_mels], &mut self.state)?;
+        // The first window as the step will encode it, so that it reuses this
+        // encoding (a shortened one when streaming).
+        self.encode_window(mel, 0, WINDOW_FRAMES.min(content_frames), opts)?;
         let sp = tok.specials();
         model.reset(&mut self.state);
         let mut logits = Vec::new();
