@@ -60,6 +60,7 @@ impl Backend for Flaky {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
     type Buf = CpuBuf;
+    type Lane = ();
 
     fn name(&self) -> &'static str {
         "flaky"
@@ -70,8 +71,11 @@ impl Backend for Flaky {
     fn vector(&self, data: &[f32]) -> Result<Vec<f32>, BackendError> {
         Cpu.vector(data)
     }
-    fn buffer(&self, max_rows: usize, cols: usize) -> Result<CpuBuf, BackendError> {
-        Cpu.buffer(max_rows, cols)
+    fn lane(&self) -> Result<(), BackendError> {
+        Cpu.lane()
+    }
+    fn buffer(&self, lane: &(), max_rows: usize, cols: usize) -> Result<CpuBuf, BackendError> {
+        Cpu.buffer(lane, max_rows, cols)
     }
     fn rows(&self, buf: &CpuBuf) -> usize {
         Cpu.rows(buf)

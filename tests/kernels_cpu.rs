@@ -183,7 +183,7 @@ fn bits(v: &[f16]) -> Vec<u16> {
 }
 
 fn cpu_buf(cpu: &Cpu, rows: usize, cols: usize, data: &[f32]) -> CpuBuf {
-    let mut b = cpu.buffer(rows, cols).unwrap();
+    let mut b = cpu.buffer(&(), rows, cols).unwrap();
     cpu.upload(data, &mut b).unwrap();
     b
 }
@@ -224,7 +224,7 @@ fn layer_norm_matches_cpu() {
         let beta = rng.vec(d, 0.5);
         let (x_ref, gamma_ref, beta_ref) = (x.clone(), gamma.clone(), beta.clone());
         let xb = cpu_buf(&cpu, rows, d, &x);
-        let mut out = cpu.buffer(rows, d).unwrap();
+        let mut out = cpu.buffer(&(), rows, d).unwrap();
         cpu.layer_norm(&xb, &gamma, &beta, 1e-5, &mut out).unwrap();
         let r = run(
             "layer_norm",
@@ -348,7 +348,7 @@ fn conv1d_gelu_recipe_matches_cpu() {
         let wm = cpu.matrix(n, c_in * 3, HostMatrix::F32(&w32), Precision::F32).unwrap();
         let xb = cpu_buf(&cpu, t_in, c_in, &x);
         let t_out = (t_in + 2 - 3) / stride + 1;
-        let mut out = cpu.buffer(t_out, n).unwrap();
+        let mut out = cpu.buffer(&(), t_out, n).unwrap();
         cpu.conv1d_gelu(&xb, &wm, &b, stride, &mut out).unwrap();
 
         let k3 = 3 * c_in;
@@ -401,7 +401,7 @@ fn embed_and_add_rows_match_cpu_exactly() {
     // 3 sequences (beams) of 4 tokens each, from position 7.
     let (seq_len, pos0) = (4, 7);
     let tokens: Vec<u32> = (0..12).map(|_| (rng.next() % vocab as u64) as u32).collect();
-    let mut out = cpu.buffer(12, d).unwrap();
+    let mut out = cpu.buffer(&(), 12, d).unwrap();
     cpu.embed(&tokens, seq_len, pos0, &em, &pm, &mut out).unwrap();
     let r = run(
         "embed",
@@ -476,8 +476,8 @@ fn attention_case(shape: AttentionShape, hd: usize, probs_heads: &[usize], head_
     let kv = rng.vec(kv_rows * 2 * d, 1.5);
     let qb = cpu_buf(&cpu, q_rows, 2 * d, &q);
     let kvb = cpu_buf(&cpu, kv_rows, 2 * d, &kv);
-    let mut out = cpu.buffer(q_rows, d).unwrap();
-    let mut probs_cpu = cpu.buffer(shape.heads * shape.q_len, shape.kv_len).unwrap();
+    let mut out = cpu.buffer(&(), q_rows, d).unwrap();
+    let mut probs_cpu = cpu.buffer(&(), shape.heads * shape.q_len, shape.kv_len).unwrap();
     let probs_arg = if probs_heads.is_empty() { None } else { Some((&mut probs_cpu, probs_heads)) };
     cpu.attention(View::cols(&qb, d, d), View::cols(&kvb, 0, d), View::cols(&kvb, d, d), shape, &mut out, probs_arg)
         .unwrap();

@@ -60,6 +60,10 @@ impl CpuBuf {
         &self.data[..self.rows * self.cols]
     }
 
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     fn set_rows(&mut self, rows: usize) {
         assert!(rows <= self.max_rows, "buffer of {} rows asked for {rows}", self.max_rows);
         self.rows = rows;
@@ -86,6 +90,8 @@ impl Backend for Cpu {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
     type Buf = CpuBuf;
+    /// The CPU has no per-stream resources: buffers are plain vectors.
+    type Lane = ();
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -112,7 +118,11 @@ impl Backend for Cpu {
         Ok(data.to_vec())
     }
 
-    fn buffer(&self, max_rows: usize, cols: usize) -> Result<CpuBuf, BackendError> {
+    fn lane(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn buffer(&self, _lane: &(), max_rows: usize, cols: usize) -> Result<CpuBuf, BackendError> {
         Ok(CpuBuf { data: vec![0.0; max_rows * cols], rows: 0, cols, max_rows })
     }
 

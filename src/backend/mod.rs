@@ -106,6 +106,9 @@ pub enum BackendError {
     Device(String),
     #[error("out of memory: needed {needed} bytes, {available} available")]
     OutOfMemory { needed: u64, available: u64 },
+    /// Every lane is taken (`max_sessions` streams are running).
+    #[error("all {lanes} device lanes (GPU session slots) are in use")]
+    Busy { lanes: usize },
 }
 
 /// Where the numbers are crunched.
@@ -116,6 +119,12 @@ pub trait Backend: Send + Sync + 'static {
     type Vector: Send + Sync;
     /// An activation buffer `[rows, cols]` with a fixed row capacity.
     type Buf: Send;
+    /// One stream's own share of the device, taken when a model `State` is
+    /// made and given back when it drops: on a GPU a slot of the arena with
+    /// its CUDA stream and cuBLAS handle; nothing on the CPU. Every buffer is
+    /// carved from a lane, and an operation runs on the lane of the buffer
+    /// it writes, so sessions never share a stream or scratch memory.
+    type Lane: Send;
 
     fn name(&self) -> &'static str;
 
@@ -127,8 +136,10 @@ pub trait Backend: Send + Sync + 'static {
         precision: Precision,
     ) -> Result<Self::Matrix, BackendError>;
     fn vector(&self, data: &[f32]) -> Result<Self::Vector, BackendError>;
-    /// A zeroed buffer with room for `max_rows` rows of `cols` columns.
-    fn buffer(&self, max_rows: usize, cols: usize) -> Result<Self::Buf, BackendError>;
+    /// A free lane, or [`BackendError::Busy`] at once when every one is taken.
+    fn lane(&self) -> Result<Self::Lane, BackendError>;
+    /// A zeroed buffer in `lane` with room for `max_rows` rows of `cols` columns.
+    fn buffer(&self, lane: &Self::Lane, max_rows: usize, cols: usize) -> Result<Self::Buf, BackendError>;
 
     fn rows(&self, buf: &Self::Buf) -> usize;
     /// Sets the row count (within capacity) without touching the contents.

@@ -117,29 +117,29 @@ impl<B: Backend> TextDecoder<B> {
         })
     }
 
-    pub fn state(&self, b: &B, max_seqs: usize) -> Result<DecoderState<B>, ModelError> {
+    pub fn state(&self, b: &B, lane: &B::Lane, max_seqs: usize) -> Result<DecoderState<B>, ModelError> {
         let d = self.d;
         let rows = self.text_ctx.max(max_seqs);
         let picks = max_seqs.max(2);
         let cache_rows = max_seqs * self.text_ctx;
         Ok(DecoderState {
             max_seqs,
-            cross: (0..self.blocks.len()).map(|_| b.buffer(self.audio_ctx, 2 * d)).collect::<Result<_, _>>()?,
+            cross: (0..self.blocks.len()).map(|_| b.buffer(lane, self.audio_ctx, 2 * d)).collect::<Result<_, _>>()?,
             cross_len: 0,
-            kv: (0..self.blocks.len()).map(|_| b.buffer(cache_rows, 2 * d)).collect::<Result<_, _>>()?,
-            spare: b.buffer(cache_rows, 2 * d)?,
+            kv: (0..self.blocks.len()).map(|_| b.buffer(lane, cache_rows, 2 * d)).collect::<Result<_, _>>()?,
+            spare: b.buffer(lane, cache_rows, 2 * d)?,
             len: 0,
             seqs: 1,
-            x: b.buffer(rows, d)?,
-            h: b.buffer(rows, d)?,
-            qkv: b.buffer(rows, 3 * d)?,
-            q: b.buffer(rows, d)?,
-            attn: b.buffer(rows, d)?,
-            wide: b.buffer(rows, 4 * d)?,
-            picked: b.buffer(picks, d)?,
-            last: b.buffer(picks, d)?,
-            logits: b.buffer(picks, self.vocab)?,
-            probs: b.buffer(self.heads * self.text_ctx, self.audio_ctx)?,
+            x: b.buffer(lane, rows, d)?,
+            h: b.buffer(lane, rows, d)?,
+            qkv: b.buffer(lane, rows, 3 * d)?,
+            q: b.buffer(lane, rows, d)?,
+            attn: b.buffer(lane, rows, d)?,
+            wide: b.buffer(lane, rows, 4 * d)?,
+            picked: b.buffer(lane, picks, d)?,
+            last: b.buffer(lane, picks, d)?,
+            logits: b.buffer(lane, picks, self.vocab)?,
+            probs: b.buffer(lane, self.heads * self.text_ctx, self.audio_ctx)?,
             src_rows: Vec::with_capacity(cache_rows),
             dst_rows: Vec::with_capacity(cache_rows),
             probs_host: Vec::new(),

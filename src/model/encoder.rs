@@ -69,17 +69,17 @@ impl<B: Backend> AudioEncoder<B> {
         })
     }
 
-    pub fn state(&self, b: &B, dims: &Dims) -> Result<EncoderState<B>, ModelError> {
+    pub fn state(&self, b: &B, lane: &B::Lane, dims: &Dims) -> Result<EncoderState<B>, ModelError> {
         let (t, d) = (dims.audio_ctx, self.d);
         Ok(EncoderState {
-            mel: b.buffer(2 * t, dims.n_mels)?,
-            conv: b.buffer(2 * t, d)?,
-            x: b.buffer(t, d)?,
-            h: b.buffer(t, d)?,
-            qkv: b.buffer(t, 3 * d)?,
-            attn: b.buffer(t, d)?,
-            wide: b.buffer(t, 4 * d)?,
-            output: b.buffer(t, d)?,
+            mel: b.buffer(lane, 2 * t, dims.n_mels)?,
+            conv: b.buffer(lane, 2 * t, d)?,
+            x: b.buffer(lane, t, d)?,
+            h: b.buffer(lane, t, d)?,
+            qkv: b.buffer(lane, t, 3 * d)?,
+            attn: b.buffer(lane, t, d)?,
+            wide: b.buffer(lane, t, 4 * d)?,
+            output: b.buffer(lane, t, d)?,
         })
     }
 

@@ -105,12 +105,20 @@ pub struct State<B: Backend> {
     /// step that retries without its prefix does, or a multilingual window
     /// after language detection, skips the encoder. Empty when unknown.
     encoded_mel: Vec<f32>,
+    /// Where the buffers above live; declared last so that it is given back
+    /// after them.
+    lane: B::Lane,
 }
 
 impl<B: Backend> State<B> {
     /// Sequences decoded at once (the beam, or best-of when sampling).
     pub fn max_seqs(&self) -> usize {
         self.decoder.max_seqs()
+    }
+
+    /// The backend lane (on a GPU, the arena slot) this state lives in.
+    pub fn lane(&self) -> &B::Lane {
+        &self.lane
     }
 
     /// Encoder positions of the current window (1500 unless shortened).
@@ -162,12 +170,15 @@ impl<B: Backend> Whisper<B> {
     }
 
     /// Working memory for one stream decoding up to `max_seqs` sequences at
-    /// once (the beam size, or best-of for sampling).
+    /// once (the beam size, or best-of for sampling), in a lane of its own:
+    /// `ModelError::Backend(Busy)` when the backend has none free.
     pub fn state(&self, max_seqs: usize) -> Result<State<B>, ModelError> {
+        let lane = self.backend.lane()?;
         Ok(State {
-            encoder: self.encoder.state(&self.backend, &self.dims)?,
-            decoder: self.decoder.state(&self.backend, max_seqs.max(1))?,
+            encoder: self.encoder.state(&self.backend, &lane, &self.dims)?,
+            decoder: self.decoder.state(&self.backend, &lane, max_seqs.max(1))?,
             encoded_mel: Vec::with_capacity(WINDOW_FRAMES * self.dims.n_mels),
+            lane,
         })
     }
 

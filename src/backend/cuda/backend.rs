@@ -15,8 +15,8 @@
 //! synchronised before any session stream runs; a slot is used by one
 //! session thread at a time).
 //!
-//! Sessions: the `Backend` methods carry no session, so a session thread
-//! first [`CudaBackend::bind`]s its slot lease; `buffer()` then carves from
+//! Sessions: each model `State` takes a [`CudaLane`] (a lease on one slot of
+//! the arena, given back when the state drops); its buffers are carved from
 //! that slot, and every operation runs on the stream (and cuBLAS handle) of
 //! the slot its output buffer belongs to.
 //!
@@ -26,7 +26,6 @@
 //! ([`CudaBackend::slot_error`]) and every later operation on that slot
 //! returns it without touching the device, so the session ends with it.
 
-use std::cell::Cell;
 use std::ffi::c_void;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -181,17 +180,14 @@ pub struct CudaBackend {
     pool: Arc<SlotPool>,
 }
 
-thread_local! {
-    /// The slot the current session thread is bound to.
-    static BOUND: Cell<Option<usize>> = const { Cell::new(None) };
+/// One model `State`'s slot of the arena: free again when this drops.
+pub struct CudaLane {
+    lease: SlotLease,
 }
 
-/// Unbinds the thread when dropped.
-pub struct Bound(());
-
-impl Drop for Bound {
-    fn drop(&mut self) {
-        BOUND.with(|b| b.set(None));
+impl CudaLane {
+    pub fn slot(&self) -> usize {
+        self.lease.index()
     }
 }
 
@@ -240,17 +236,6 @@ impl CudaBackend {
     /// Admission: a free slot or `PoolFull` at once.
     pub fn pool(&self) -> &Arc<SlotPool> {
         &self.pool
-    }
-
-    /// Binds the calling thread to `lease`'s slot, and empties the slot for
-    /// the `State` the session is about to create.
-    pub fn bind(&self, lease: &SlotLease) -> Bound {
-        if let Some(s) = self.slots.get(lease.index()) {
-            lock(&s.cursor).reset();
-            *lock(&s.error) = None;
-        }
-        BOUND.with(|b| b.set(Some(lease.index())));
-        Bound(())
     }
 
     /// The first CUDA error on slot `slot` since it was bound, if any.
@@ -523,6 +508,7 @@ impl Backend for CudaBackend {
     type Matrix = CudaMatrix;
     type Vector = CudaVector;
     type Buf = CudaBuf;
+    type Lane = CudaLane;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -552,10 +538,18 @@ impl Backend for CudaBackend {
         Ok(CudaVector { ptr: self.upload_weights(data)?, len: data.len() })
     }
 
-    fn buffer(&self, max_rows: usize, cols: usize) -> Result<CudaBuf, BackendError> {
-        let slot = BOUND.with(|b| b.get()).ok_or_else(|| {
-            BackendError::Device("CUDA buffers are made by a session thread bound to a slot (CudaBackend::bind)".into())
-        })?;
+    /// A free slot, emptied for the `State` about to be carved from it (the
+    /// previous lease's work on its stream precedes anything queued now).
+    fn lane(&self) -> Result<CudaLane, BackendError> {
+        let lease = self.pool.try_acquire().map_err(|e| BackendError::Busy { lanes: e.capacity })?;
+        let s = self.slots.get(lease.index()).ok_or_else(|| dev_err(format!("no slot {}", lease.index())))?;
+        lock(&s.cursor).reset();
+        *lock(&s.error) = None;
+        Ok(CudaLane { lease })
+    }
+
+    fn buffer(&self, lane: &CudaLane, max_rows: usize, cols: usize) -> Result<CudaBuf, BackendError> {
+        let slot = lane.slot();
         let s = self.slots.get(slot).ok_or_else(|| dev_err(format!("no slot {slot}")))?;
         let bytes = (max_rows as u64).checked_mul(cols as u64 * 4).ok_or_else(|| dev_err("buffer size overflows"))?;
         let off = lock(&s.cursor).take(bytes).map_err(|e| BackendError::OutOfMemory {
@@ -567,8 +561,11 @@ impl Backend for CudaBackend {
         })?;
         let ptr = s.base + off;
         // Zeroed, as the trait promises.
-        // SAFETY: the range lies in this slot.
-        unsafe { drv::memset_d8_async(ptr, 0, bytes as usize, s.stream.cu_stream()) }.map_err(dev_err)?;
+        self.on(slot, |s| {
+            // SAFETY: the range lies in this slot.
+            unsafe { drv::memset_d8_async(ptr, 0, bytes as usize, s.stream.cu_stream()) }?;
+            Ok(())
+        })?;
         Ok(CudaBuf { ptr, rows: 0, cols, max_rows, slot })
     }
 
