@@ -1,0 +1,479 @@
+//! The CUDA backend, unchanged, on the fake CUDA device of `tests/fake_cuda`:
+//! every `Backend` operation of `CudaBackend` against `Cpu` on random inputs,
+//! and a whole tiny.en window decoding the CPU's tokens.
+//!
+//! The fake (driver API, NVRTC, cuBLAS in one library, see its header) is
+//! built once per source version and preloaded by absolute path, so that
+//! cudarc's later `dlopen("libcuda.so")` (and the NVRTC and cuBLAS names)
+//! find it without touching `LD_LIBRARY_PATH`. It runs each stream's work at
+//! its synchronisation point, so a missing synchronisation gives wrong
+//! numbers here, and it fails any call that breaks CUDA's rules; every test
+//! ends by asserting its report: no violation, and one device allocation per
+//! `CudaBackend` (the arena), freed when the backend drops.
+//!
+//! Bounds: where the GPU narrows activations to f16 for a GEMM, each output
+//! may differ from the CPU's by 2⁻¹⁰·Σ|xᵢwᵢ| (f16's unit round-off, twice,
+//! over the dot product's terms); f32 operations agree to float rounding;
+//! copies, gathers and embeddings exactly. Without g++ one SKIP line is
+//! printed and the tests pass.
+
+mod common;
+
+use std::ffi::{c_char, CStr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use half::f16;
+use scribed::backend::cpu::{Cpu, CpuBuf};
+use scribed::backend::cuda::arena::ArenaConfig;
+use scribed::backend::cuda::backend::CudaBuf;
+use scribed::backend::cuda::CudaBackend;
+use scribed::backend::{Activation, AttentionShape, Backend, HostMatrix, Precision, View, Write};
+use scribed::decode::{DecodeOptions, Transcriber};
+use scribed::model::{Dims, Whisper};
+
+// ------------------------------------------------------------- the fake --
+
+struct Fake {
+    _libs: Vec<libloading::os::unix::Library>,
+    report: unsafe extern "C" fn() -> *const c_char,
+}
+
+/// The fake device, loaded into this process; `None` (after one SKIP line)
+/// where it cannot be built.
+fn fake() -> Option<&'static Fake> {
+    static FAKE: OnceLock<Option<Fake>> = OnceLock::new();
+    FAKE.get_or_init(|| {
+        let Some(dir) = build_fake() else {
+            eprintln!("SKIP cuda_fake: g++ (C++20) is not available to build the fake CUDA device");
+            return None;
+        };
+        use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+        // libcuda.so first: the others depend on it by that name.
+        let libs: Vec<Library> = ["libcuda.so", "libnvrtc.so", "libcublas.so", "libcublasLt.so"]
+            .iter()
+            // SAFETY: our own library; its initialisers only set up statics.
+            .map(|n| unsafe { Library::open(Some(dir.join(n)), RTLD_NOW | RTLD_GLOBAL) }.expect("load the fake"))
+            .collect();
+        // SAFETY: the symbol is `const char* fake_cuda_report()`.
+        let report = unsafe { *libs[0].get::<unsafe extern "C" fn() -> *const c_char>(b"fake_cuda_report\0").unwrap() };
+        Some(Fake { _libs: libs, report })
+    })
+    .as_ref()
+}
+
+/// Builds the fake into a directory named by the hash of its sources and
+/// the shim's, so an unchanged fake is built once.
+fn build_fake() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for d in ["tests/fake_cuda", "kernels/shim"] {
+        files.extend(std::fs::read_dir(root.join(d)).ok()?.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    files.sort();
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for f in &files {
+        for b in std::fs::read(f).ok()? {
+            hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-cuda-{hash:016x}"));
+    if dir.join("libcublasLt.so").is_file() {
+        return Some(dir);
+    }
+    Command::new("g++").arg("--version").output().ok()?;
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    let out = Command::new("bash").arg(root.join("tests/fake_cuda/build.sh")).arg(&tmp).output().expect("run build.sh");
+    assert!(out.status.success(), "building the fake CUDA device failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another test process built it first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Some(dir)
+}
+
+fn report(f: &Fake) -> serde_json::Value {
+    // SAFETY: returns a NUL-terminated JSON string valid until the next call
+    // on this thread.
+    let text = unsafe { CStr::from_ptr((f.report)()) }.to_string_lossy().into_owned();
+    serde_json::from_str(&text).expect("the fake's report is JSON")
+}
+
+/// Backends made and dropped by this process's tests: each owns exactly one
+/// device allocation, its arena.
+static BACKENDS_MADE: AtomicUsize = AtomicUsize::new(0);
+static BACKENDS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+/// Tests that make backends run one at a time, so the counts above can be
+/// compared with the fake's at the end of each.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A backend on the fake device, counted (see [`assert_clean`]); call
+/// [`dropped`] once it (or the model owning it) is gone.
+fn backend(dims: &Dims, max_sessions: usize) -> CudaBackend {
+    let cfg = ArenaConfig { max_sessions, ..ArenaConfig::default() };
+    let b = CudaBackend::new(0, dims, cfg).expect("CudaBackend on the fake device");
+    BACKENDS_MADE.fetch_add(1, Ordering::SeqCst);
+    b
+}
+
+fn dropped() {
+    BACKENDS_DROPPED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Every rule kept, and the arena the only allocation, freed with its backend.
+fn assert_clean(f: &Fake) {
+    let r = report(f);
+    assert_eq!(r["violations"], 0, "the fake device saw violations: {}", r["violation_list"]);
+    let made = BACKENDS_MADE.load(Ordering::SeqCst) as u64;
+    assert_eq!(r["allocs"], made, "one device allocation per backend (the arena), no other: {r}");
+    assert_eq!(r["frees"], BACKENDS_DROPPED.load(Ordering::SeqCst) as u64, "the arena is freed with its backend: {r}");
+    eprintln!("fake device report: {r}");
+}
+
+// ---------------------------------------------------------------- helpers --
+
+/// xorshift64*: reproducible inputs without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn uniform(&mut self, a: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+    }
+    fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(a)).collect()
+    }
+    /// Values exactly representable in f16, so both backends hold the same weights.
+    fn vec16(&mut self, n: usize, a: f32) -> Vec<f16> {
+        (0..n).map(|_| f16::from_f32(self.uniform(a))).collect()
+    }
+}
+
+/// A small model shape: every operation of every kind, quickly.
+fn small_dims() -> Dims {
+    Dims {
+        n_mels: 80,
+        audio_ctx: 100,
+        d_model: 64,
+        encoder_heads: 4,
+        encoder_layers: 1,
+        vocab: 200,
+        text_ctx: 16,
+        decoder_heads: 4,
+        decoder_layers: 1,
+    }
+}
+
+/// The same data in a buffer of each backend.
+struct Pair {
+    cpu: CpuBuf,
+    gpu: CudaBuf,
+}
+
+struct Both<'a> {
+    gpu: &'a CudaBackend,
+    lane: &'a <CudaBackend as Backend>::Lane,
+}
+
+impl Both<'_> {
+    fn pair(&self, rows: usize, cols: usize, data: &[f32]) -> Pair {
+        let mut cpu = Cpu.buffer(&(), rows, cols).unwrap();
+        let mut gpu = self.gpu.buffer(self.lane, rows, cols).unwrap();
+        if !data.is_empty() {
+            Cpu.upload(data, &mut cpu).unwrap();
+            self.gpu.upload(data, &mut gpu).unwrap();
+        }
+        Pair { cpu, gpu }
+    }
+
+    fn down(&self, p: &Pair) -> (Vec<f32>, Vec<f32>) {
+        let rows = Cpu.rows(&p.cpu);
+        assert_eq!(rows, self.gpu.rows(&p.gpu), "row counts differ");
+        let mut g = vec![f32::NAN; rows * p.cpu.cols()];
+        self.gpu.download(&p.gpu, 0..rows, &mut g).unwrap();
+        (g, p.cpu.as_slice().to_vec())
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(err <= tol(i), "{what}: element {i}: got {g}, want {w} (|err| {err} > {})", tol(i));
+        if err > worst.1 {
+            worst = (i, err);
+        }
+    }
+    eprintln!("{what}: {} values, max |err| {:.2e}", got.len(), worst.1);
+}
+
+/// Σ|xᵢwᵢ| per output of `x · Wᵀ` (rows of x against rows of w), the scale
+/// of f16 rounding's effect on each.
+fn magnitudes(x: &[f32], w: &[f16], k: usize) -> Vec<f32> {
+    let n = w.len() / k;
+    let mut m = Vec::with_capacity(x.len() / k * n);
+    for xr in x.chunks(k) {
+        for wr in w.chunks(k) {
+            m.push(xr.iter().zip(wr).map(|(a, b)| (a * b.to_f32()).abs()).sum());
+        }
+    }
+    m
+}
+
+// ------------------------------------------------------------------ tests --
+
+#[test]
+fn every_backend_op_matches_the_cpu_on_random_inputs() {
+    let Some(f) = fake() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dims = small_dims();
+    let g = backend(&dims, 2);
+    let gpu = &g;
+    let lane = gpu.lane().unwrap();
+    let both = Both { gpu, lane: &lane };
+    let mut rng = Rng(7);
+    let d = dims.d_model;
+
+    // upload / download
+    let data = rng.vec(5 * d, 3.0);
+    let p = both.pair(5, d, &data);
+    let (got, want) = both.down(&p);
+    assert_eq!(got, want, "upload then download");
+
+    // linear: a band of a wider buffer, every activation and write mode, a
+    // decoding step's few rows and an encoder's many.
+    for m in [3, 37] {
+        let (k, n, x_cols, col) = (d, 4 * d, 3 * d, d);
+        let x = rng.vec(m * x_cols, 2.0);
+        let w = rng.vec16(n * k, 0.3);
+        let bias = rng.vec(n, 0.5);
+        let resid = rng.vec(m * n, 1.0);
+        let band: Vec<f32> = x.chunks(x_cols).flat_map(|r| r[col..col + k].to_vec()).collect();
+        let mag = magnitudes(&band, &w, k);
+        let (wc, wg) = (
+            Cpu.matrix(n, k, HostMatrix::F16(&w), Precision::F16).unwrap(),
+            gpu.matrix(n, k, HostMatrix::F16(&w), Precision::F16).unwrap(),
+        );
+        let (bc, bg) = (Cpu.vector(&bias).unwrap(), gpu.vector(&bias).unwrap());
+        let xp = both.pair(m, x_cols, &x);
+        for (act, write) in [
+            (Activation::None, Write::Overwrite),
+            (Activation::Gelu, Write::Overwrite),
+            (Activation::None, Write::Accumulate),
+            (Activation::Gelu, Write::Accumulate),
+        ] {
+            if act == Activation::Gelu && write == Write::Accumulate && m > 8 {
+                // The CPU's GEMM path computes gelu(out + x·Wᵀ + b) here (see
+                // tests/kernels_cpu.rs); the model never asks for it.
+                continue;
+            }
+            let mut out = both.pair(m, n, &resid);
+            Cpu.linear(View::cols(&xp.cpu, col, k), &wc, Some(&bc), act, write, &mut out.cpu).unwrap();
+            gpu.linear(View::cols(&xp.gpu, col, k), &wg, Some(&bg), act, write, &mut out.gpu).unwrap();
+            let (got, want) = both.down(&out);
+            assert_close(&format!("linear m={m} {act:?} {write:?}"), &got, &want, |i| mag[i] / 1024.0 + 1e-5);
+        }
+    }
+
+    // layer norm, with an offset mean
+    let x: Vec<f32> = rng.vec(7 * d, 3.0).iter().map(|v| v + 20.0).collect();
+    let (gamma, beta) = (rng.vec(d, 1.5), rng.vec(d, 0.5));
+    let xp = both.pair(7, d, &x);
+    let mut out = both.pair(7, d, &[]);
+    Cpu.layer_norm(&xp.cpu, &Cpu.vector(&gamma).unwrap(), &Cpu.vector(&beta).unwrap(), 1e-5, &mut out.cpu).unwrap();
+    let (gg, bg) = (gpu.vector(&gamma).unwrap(), gpu.vector(&beta).unwrap());
+    gpu.layer_norm(&xp.gpu, &gg, &bg, 1e-5, &mut out.gpu).unwrap();
+    let (got, want) = both.down(&out);
+    assert_close("layer_norm", &got, &want, |_| 2e-4);
+
+    // conv stem: stride 1 (mel → d) then stride 2 (d → d), as the encoder
+    for (c_in, stride, t_in) in [(dims.n_mels, 1, 2 * dims.audio_ctx), (d, 2, 2 * dims.audio_ctx)] {
+        let x = rng.vec(t_in * c_in, 1.0);
+        let w = rng.vec16(d * 3 * c_in, 0.2);
+        let b = rng.vec(d, 0.3);
+        let t_out = (t_in + 2 - 3) / stride + 1;
+        // The im2col rows the GEMM sees, for each output's error budget.
+        let mut cols = vec![0f32; t_out * 3 * c_in];
+        for t in 0..t_out {
+            for c in 0..c_in {
+                for j in 0..3 {
+                    let src = (t * stride + j) as isize - 1;
+                    if (0..t_in as isize).contains(&src) {
+                        cols[t * 3 * c_in + c * 3 + j] = x[src as usize * c_in + c];
+                    }
+                }
+            }
+        }
+        let mag = magnitudes(&cols, &w, 3 * c_in);
+        let xp = both.pair(t_in, c_in, &x);
+        let mut out = both.pair(t_out, d, &[]);
+        let wc = Cpu.matrix(d, 3 * c_in, HostMatrix::F16(&w), Precision::F32).unwrap();
+        let wg = gpu.matrix(d, 3 * c_in, HostMatrix::F16(&w), Precision::F16).unwrap();
+        Cpu.conv1d_gelu(&xp.cpu, &wc, &Cpu.vector(&b).unwrap(), stride, &mut out.cpu).unwrap();
+        gpu.conv1d_gelu(&xp.gpu, &wg, &gpu.vector(&b).unwrap(), stride, &mut out.gpu).unwrap();
+        let (got, want) = both.down(&out);
+        assert_close(&format!("conv1d_gelu stride {stride}"), &got, &want, |i| mag[i] / 1024.0 + 1e-5);
+    }
+
+    // positional rows added, and token embeddings: exact
+    let table = rng.vec16(dims.audio_ctx * d, 1.0);
+    let x = rng.vec(7 * d, 1.0);
+    let mut xp = both.pair(7, d, &x);
+    Cpu.add_rows(&mut xp.cpu, &Cpu.matrix(dims.audio_ctx, d, HostMatrix::F16(&table), Precision::F16).unwrap(), 3)
+        .unwrap();
+    gpu.add_rows(&mut xp.gpu, &gpu.matrix(dims.audio_ctx, d, HostMatrix::F16(&table), Precision::F16).unwrap(), 3)
+        .unwrap();
+    let (got, want) = both.down(&xp);
+    assert_eq!(got, want, "add_rows");
+
+    let emb = rng.vec16(dims.vocab * d, 1.0);
+    let pos = rng.vec16(dims.text_ctx * d, 1.0);
+    let tokens = [5u32, 199, 0, 17, 42, 3];
+    let mut out = both.pair(6, d, &[]);
+    let (ec, pc) = (
+        Cpu.matrix(dims.vocab, d, HostMatrix::F16(&emb), Precision::F16).unwrap(),
+        Cpu.matrix(dims.text_ctx, d, HostMatrix::F16(&pos), Precision::F16).unwrap(),
+    );
+    let (eg, pg) = (
+        gpu.matrix(dims.vocab, d, HostMatrix::F16(&emb), Precision::F16).unwrap(),
+        gpu.matrix(dims.text_ctx, d, HostMatrix::F16(&pos), Precision::F16).unwrap(),
+    );
+    Cpu.embed(&tokens, 3, 4, &ec, &pc, &mut out.cpu).unwrap();
+    gpu.embed(&tokens, 3, 4, &eg, &pg, &mut out.gpu).unwrap();
+    let (got, want) = both.down(&out);
+    assert_eq!(got, want, "embed");
+
+    // attention: the encoder's (one long sequence), the decoder's causal
+    // self-attention over a cache of two beams, cross-attention shared by
+    // the beams (stride 0), and cross-attention returning alignment heads.
+    let heads = dims.encoder_heads;
+    let t = dims.audio_ctx;
+    let qkv = rng.vec(t * 3 * d, 1.0);
+    let qkv = both.pair(t, 3 * d, &qkv);
+    let cache = rng.vec(2 * dims.text_ctx * 2 * d, 1.0);
+    let cache = both.pair(2 * dims.text_ctx, 2 * d, &cache);
+    let q = rng.vec(8 * d, 1.0);
+    let q = both.pair(8, d, &q);
+    let cases = [
+        (
+            "encoder",
+            &qkv,
+            &qkv,
+            0,
+            d,
+            2 * d,
+            AttentionShape { seqs: 1, q_len: t, kv_len: t, kv_seq_stride: t, heads, causal: false },
+        ),
+        (
+            "decoder self",
+            &q,
+            &cache,
+            0,
+            0,
+            d,
+            AttentionShape { seqs: 2, q_len: 3, kv_len: 5, kv_seq_stride: dims.text_ctx, heads, causal: true },
+        ),
+        (
+            "cross shared",
+            &q,
+            &qkv,
+            0,
+            d,
+            2 * d,
+            AttentionShape { seqs: 2, q_len: 4, kv_len: t, kv_seq_stride: 0, heads, causal: false },
+        ),
+    ];
+    for (what, qb, kvb, qc, kc, vc, sh) in cases {
+        let mut out = both.pair(sh.seqs * sh.q_len, d, &[]);
+        Cpu.attention(
+            View::cols(&qb.cpu, qc, d),
+            View::cols(&kvb.cpu, kc, d),
+            View::cols(&kvb.cpu, vc, d),
+            sh,
+            &mut out.cpu,
+            None,
+        )
+        .unwrap();
+        gpu.attention(
+            View::cols(&qb.gpu, qc, d),
+            View::cols(&kvb.gpu, kc, d),
+            View::cols(&kvb.gpu, vc, d),
+            sh,
+            &mut out.gpu,
+            None,
+        )
+        .unwrap();
+        let (got, want) = both.down(&out);
+        assert_close(&format!("attention {what}"), &got, &want, |i| 2e-5 * (1.0 + want[i].abs()));
+    }
+    let sh = AttentionShape { seqs: 1, q_len: 4, kv_len: t, kv_seq_stride: 0, heads, causal: false };
+    let align = [1usize, 3];
+    let mut out = both.pair(4, d, &[]);
+    let mut probs = both.pair(align.len() * 4, t, &[]);
+    Cpu.attention(
+        View::cols(&q.cpu, 0, d),
+        View::cols(&qkv.cpu, d, d),
+        View::cols(&qkv.cpu, 2 * d, d),
+        sh,
+        &mut out.cpu,
+        Some((&mut probs.cpu, &align)),
+    )
+    .unwrap();
+    gpu.attention(
+        View::cols(&q.gpu, 0, d),
+        View::cols(&qkv.gpu, d, d),
+        View::cols(&qkv.gpu, 2 * d, d),
+        sh,
+        &mut out.gpu,
+        Some((&mut probs.gpu, &align)),
+    )
+    .unwrap();
+    let (got, want) = both.down(&out);
+    assert_close("attention with alignment heads", &got, &want, |i| 2e-5 * (1.0 + want[i].abs()));
+    let (got, want) = both.down(&probs);
+    assert_close("alignment heads' weights", &got, &want, |_| 1e-6);
+
+    // row copies into a cache: exact
+    let mut dst = both.pair(2 * dims.text_ctx, 2 * d, &vec![0.5; 2 * dims.text_ctx * 2 * d]);
+    let (src_rows, dst_rows) = ([4usize, 0, 7], [16usize, 3, 20]);
+    Cpu.copy_rows(View::cols(&qkv.cpu, d, 2 * d), &src_rows, &mut dst.cpu, &dst_rows).unwrap();
+    gpu.copy_rows(View::cols(&qkv.gpu, d, 2 * d), &src_rows, &mut dst.gpu, &dst_rows).unwrap();
+    let (got, want) = both.down(&dst);
+    assert_eq!(got, want, "copy_rows");
+
+    drop(lane);
+    drop(g);
+    dropped();
+    assert_clean(f);
+}
+
+#[test]
+fn a_tiny_en_window_decodes_the_cpus_tokens() {
+    let Some(f) = fake() else { return };
+    let Some(dir) = common::model_dir("tiny.en") else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let audio = scribed::audio::file::load_mono_16k(&common::shared_audio("jfk.wav")).unwrap();
+    let opts = DecodeOptions { beam_size: 1, temperatures: vec![0.0], vad: false, ..DecodeOptions::default() };
+
+    let cpu_model = Whisper::load(&dir, Cpu).unwrap();
+    let want = Transcriber::new(&cpu_model, 1).unwrap().transcribe(&audio, &opts, &mut |_| {}).unwrap();
+
+    let started = std::time::Instant::now();
+    let got = {
+        let model = Whisper::load(&dir, backend(cpu_model.dims(), 1)).unwrap();
+        let mut t = Transcriber::new(&model, 1).unwrap();
+        t.transcribe(&audio, &opts, &mut |_| {}).unwrap()
+    };
+    dropped();
+    eprintln!("fake GPU: {:.1} s for jfk.wav; text: {}", started.elapsed().as_secs_f64(), got.text());
+    let tokens = |t: &scribed::decode::Transcript| t.segments.iter().flat_map(|s| s.tokens.clone()).collect::<Vec<_>>();
+    assert_eq!(tokens(&got), tokens(&want), "tokens: fake GPU {:?} vs CPU {:?}", got.text(), want.text());
+    assert_clean(f);
+}
