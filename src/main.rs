@@ -9,8 +9,11 @@ use clap::{Args, Parser, Subcommand};
 
 use scribed::audio::load_mono_16k;
 use scribed::backend::cpu::Cpu;
-use scribed::backend::cuda::{resolve_device, DeviceChoice, Resolved};
+use scribed::backend::cuda::arena::ArenaConfig;
+use scribed::backend::cuda::{resolve_device, CudaBackend, DeviceChoice, Resolved};
+use scribed::backend::{Backend, BackendError};
 use scribed::decode::{DecodeOptions, Task, Transcriber};
+use scribed::engine::{Engine, WhisperEngine};
 use scribed::model::Whisper;
 use scribed::render::{render, Format};
 
@@ -244,9 +247,26 @@ fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
 }
 
 fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
-    choose_device(args.model.device, args.model.gpu)?;
+    let device = choose_device(args.model.device, args.model.gpu)?;
     init_threads(args.model.threads)?;
-    let model = Whisper::load(&args.model.model, Cpu).context("loading the model")?;
+    let dir = args.model.model.clone();
+    let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
+    match device {
+        Resolved::Cpu { .. } => transcribe_on(&Whisper::load(&dir, Cpu).map_err(loaded)?, &args),
+        Resolved::Cuda(info) => {
+            let model = Whisper::load_with(&dir, |dims| cuda_backend(info.index, dims, 1)).map_err(loaded)?;
+            transcribe_on(&model, &args)
+        }
+    }
+}
+
+/// The CUDA backend for a model of shape `dims` with `sessions` slots.
+fn cuda_backend(gpu: usize, dims: &scribed::model::Dims, sessions: usize) -> Result<CudaBackend, BackendError> {
+    let config = ArenaConfig { max_sessions: sessions, ..ArenaConfig::default() };
+    CudaBackend::new(gpu, dims, config).map_err(|e| BackendError::Device(e.to_string()))
+}
+
+fn transcribe_on<B: Backend>(model: &Whisper<B>, args: &TranscribeArgs) -> anyhow::Result<ExitCode> {
     let opts = DecodeOptions {
         beam_size: args.beam as usize,
         best_of: args.best_of as usize,
@@ -258,7 +278,7 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         temperatures: if args.no_fallback { vec![0.0] } else { DecodeOptions::default().temperatures },
         ..DecodeOptions::default()
     };
-    let mut transcriber = Transcriber::new(&model, opts.max_seqs())?;
+    let mut transcriber = Transcriber::new(model, opts.max_seqs())?;
     let mut failed = 0;
     let stdout = std::io::stdout();
     for file in &args.files {
@@ -298,16 +318,33 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// Resolves `--device`/`--gpu`. Only the CPU backend runs models so far:
-/// `cuda` says why it cannot be used (no driver, no device, or the backend
-/// still incomplete) and `auto` falls back to the CPU with that reason logged.
-fn choose_device(choice: DeviceChoice, gpu: usize) -> anyhow::Result<()> {
-    match resolve_device(choice, gpu).context("--device cuda")? {
-        Resolved::Cpu { .. } => Ok(()),
-        Resolved::Cuda(info) => {
-            anyhow::bail!("--device cuda: {info} is usable, but this build runs models on the CPU only")
+/// Resolves `--device`/`--gpu`: `cuda` says why a GPU cannot be used (no
+/// driver, no device, no NVRTC or cuBLAS), `auto` falls back to the CPU with
+/// that reason logged.
+fn choose_device(choice: DeviceChoice, gpu: usize) -> anyhow::Result<Resolved> {
+    resolve_device(choice, gpu).context("--device cuda")
+}
+
+/// The model on the chosen device, as the daemon's engine. With `auto`, a
+/// GPU whose backend cannot start (the arena does not fit, a kernel does
+/// not compile) falls back to the CPU, saying why.
+fn load_engine(
+    dir: &std::path::Path,
+    device: Resolved,
+    choice: DeviceChoice,
+    sessions: usize,
+) -> anyhow::Result<std::sync::Arc<dyn Engine>> {
+    let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
+    if let Resolved::Cuda(info) = device {
+        match Whisper::load_with(dir, |dims| cuda_backend(info.index, dims, sessions)) {
+            Ok(model) => return Ok(std::sync::Arc::new(WhisperEngine::new(model))),
+            Err(e) if choice == DeviceChoice::Auto => {
+                tracing::warn!("device auto: {info} could not run the model ({e}); using the CPU");
+            }
+            Err(e) => return Err(loaded(e)),
         }
     }
+    Ok(std::sync::Arc::new(WhisperEngine::new(Whisper::load(dir, Cpu).map_err(loaded)?)))
 }
 
 /// A progress bar on stderr for long files, only when a person watches.
@@ -335,10 +372,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let load = move || scribed::config::Config::load(args.config.as_deref(), flags.clone(), "models/tiny.en".into());
     let mut config = load()?;
     config.fault_injection = std::env::var_os("SCRIBED_FAULT_INJECTION").is_some();
-    choose_device(args.device, args.gpu)?;
+    let device = choose_device(args.device, args.gpu)?;
     init_threads(config.threads)?;
-    let model = Whisper::load(&config.model, Cpu)
-        .with_context(|| format!("loading the model from {}", config.model.display()))?;
+    let engine = load_engine(&config.model, device, args.device, config.max_sessions)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("scribed-net")
@@ -352,7 +388,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Scripts and tests read the bound address (port 0 picks one) here.
         println!("listening on {addr}");
         std::io::stdout().flush()?;
-        let engine = std::sync::Arc::new(scribed::engine::WhisperEngine::new(model));
         let (shared, stop) = scribed::server::Shared::new(engine, config);
         tokio::spawn(reload_on_sighup(shared.clone(), load));
         scribed::server::run(listener, shared, stop, shutdown_signal()).await;

@@ -229,8 +229,7 @@ fn device_choice_without_a_gpu() {
         assert!(o.status.success(), "--device {device}: {}", String::from_utf8_lossy(&o.stderr));
         assert!(word_errors(&reference("jfk.wav"), &stdout(&o)).0 == 0, "--device {device}: {}", stdout(&o));
     }
-    // `cuda` where none can be used: one line saying why, exit 2. On a GPU
-    // machine the CUDA backend is not complete yet, which is said the same way.
+    // `cuda` where none can be used: one line saying why, exit 2.
     let o = transcribe(&model, &["--device", "cuda", jfk]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");

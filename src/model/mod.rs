@@ -131,6 +131,15 @@ impl<B: Backend> Whisper<B> {
     /// Loads a CTranslate2 Whisper directory. Every inconsistency between its
     /// files is reported here, naming the file, never later as garbage text.
     pub fn load(dir: impl AsRef<Path>, backend: B) -> Result<Self, ModelError> {
+        Self::load_with(dir, |_| Ok(backend))
+    }
+
+    /// [`Whisper::load`] with a backend made for the model's shape once it
+    /// is known (a GPU backend sizes its arena from it).
+    pub fn load_with(
+        dir: impl AsRef<Path>,
+        make_backend: impl FnOnce(&Dims) -> Result<B, BackendError>,
+    ) -> Result<Self, ModelError> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
             return Err(ModelError::NotADirectory(dir));
@@ -164,6 +173,7 @@ impl<B: Backend> Whisper<B> {
                 ),
             });
         }
+        let backend = make_backend(&dims)?;
         let encoder = AudioEncoder::load(&backend, &file, &dims)?;
         let decoder = TextDecoder::load(&backend, &file, &dims)?;
         Ok(Whisper { backend, dims, encoder, decoder, tokenizer, config, dir })

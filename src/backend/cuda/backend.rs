@@ -1,11 +1,10 @@
 //! `CudaBackend`: the [`Backend`] operations on a GPU, on top of the arena.
 //!
-//! UNTESTED ON A GPU: this file has only been type-checked (no GPU was
-//! available when it was written). The kernels it launches are checked in CI
-//! (NVRTC compile, CPU runs against the CPU backend), and its GEMM/launch
-//! recipe per operation is the one `tests/kernels_cpu.rs` replays; the cuBLAS
-//! argument mapping, streams and the arena itself wait for a GPU run. It is
-//! why `device::BACKEND_READY` is false.
+//! Not yet run on a real GPU: in CI it runs, unchanged, on the fake CUDA
+//! device of `tests/fake_cuda` (driver, NVRTC and cuBLAS on the CPU, strict
+//! about pointers, contexts, streams and cuBLAS's argument rules), where
+//! every operation matches the CPU backend and tiny.en decodes the CPU's
+//! tokens (`tests/cuda_fake.rs`).
 //!
 //! Memory: one `cuMemAlloc` at start-up ([`Layout`]), nothing after. Buffers
 //! are raw device pointers into it, never cudarc `CudaSlice`s: a carved slice

@@ -14,10 +14,6 @@ use cudarc::driver::{result, sys, CudaContext};
 use super::error::CudaError;
 use super::kernels;
 
-/// Whether the CUDA backend can run models yet. Until it can, `auto` picks
-/// the CPU (saying so) even where a GPU is found, and `cuda` is an error.
-pub const BACKEND_READY: bool = false;
-
 /// `--device`: where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DeviceChoice {
@@ -164,20 +160,13 @@ pub fn open(index: usize) -> Result<(Arc<CudaContext>, DeviceInfo, u64), CudaErr
 pub fn resolve_device(choice: DeviceChoice, gpu: usize) -> Result<Resolved, CudaError> {
     match choice {
         DeviceChoice::Cpu => Ok(Resolved::Cpu { reason: None }),
-        DeviceChoice::Cuda => {
-            let info = check_usable(gpu)?;
-            if !BACKEND_READY {
-                return Err(CudaError::NotReady(info.to_string()));
-            }
-            Ok(Resolved::Cuda(info))
-        }
+        DeviceChoice::Cuda => Ok(Resolved::Cuda(check_usable(gpu)?)),
         DeviceChoice::Auto => {
             let reason = match check_usable(gpu) {
-                Ok(info) if BACKEND_READY => {
+                Ok(info) => {
                     tracing::info!("device auto: using {info}");
                     return Ok(Resolved::Cuda(info));
                 }
-                Ok(info) => format!("{info} found, but the CUDA backend is not complete yet"),
                 Err(e) => e.to_string(),
             };
             tracing::info!("device auto: using the CPU ({reason})");

@@ -24,8 +24,6 @@ pub enum CudaError {
     NoCublas,
     #[error("GPU {index} has compute capability {major}.{minor}; scribed's kernels need 7.5 (Turing) or newer")]
     UnsupportedArch { index: usize, major: i32, minor: i32 },
-    #[error("{0} is usable, but the CUDA backend is not complete yet: use --device cpu (or auto)")]
-    NotReady(String),
     /// An operation larger than the session slot was sized for: the arena
     /// layout and the model disagree (a bug, never a client's doing).
     #[error("{0}: larger than the session slot was sized for")]

@@ -5,13 +5,14 @@
 //!   compiled with NVRTC for the device's architecture at start-up;
 //! - [`arena`]: the layout of the one device allocation (weights, one fixed
 //!   slot per session, shared scratch) and the slot pool that admits sessions;
-//! - [`backend`]: `CudaBackend`, the `Backend` operations on the GPU
-//!   (type-checked only so far: see its module doc);
+//! - [`backend`]: `CudaBackend`, the `Backend` operations on the GPU;
 //! - [`device`]: probing for a driver and a GPU, and `--device auto|cpu|cuda`;
 //! - [`error`]: one error type for all of it.
 //!
-//! Everything here except the actual kernel launches and GEMMs can be, and
-//! is, tested on a machine without a GPU (see `kernels/README.md`).
+//! All of it runs in CI without a GPU, on the fake CUDA device of
+//! `tests/fake_cuda` (`tests/cuda_fake.rs`: every operation against the CPU,
+//! a whole model, the daemon); what only a GPU shows (speed, PTX, tensor-core
+//! rounding, real concurrency) waits for `benches/gpu.sh` on a lent one.
 
 pub mod arena;
 pub mod backend;
