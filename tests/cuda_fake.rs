@@ -34,6 +34,8 @@ use scribed::backend::{Activation, AttentionShape, Backend, HostMatrix, Precisio
 use scribed::decode::{DecodeOptions, Transcriber};
 use scribed::model::{Dims, Whisper};
 
+use common::daemon::{self, Daemon};
+
 // ------------------------------------------------------------- the fake --
 
 struct Fake {
@@ -41,15 +43,25 @@ struct Fake {
     report: unsafe extern "C" fn() -> *const c_char,
 }
 
-/// The fake device, loaded into this process; `None` (after one SKIP line)
-/// where it cannot be built.
+/// The directory the fake is built in; `None` (after one SKIP line) where
+/// it cannot be built.
+fn fake_dir() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = build_fake();
+        if dir.is_none() {
+            eprintln!("SKIP cuda_fake: g++ (C++20) is not available to build the fake CUDA device");
+        }
+        dir
+    })
+    .as_deref()
+}
+
+/// The fake device, loaded into this process.
 fn fake() -> Option<&'static Fake> {
     static FAKE: OnceLock<Option<Fake>> = OnceLock::new();
     FAKE.get_or_init(|| {
-        let Some(dir) = build_fake() else {
-            eprintln!("SKIP cuda_fake: g++ (C++20) is not available to build the fake CUDA device");
-            return None;
-        };
+        let dir = fake_dir()?;
         use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
         // libcuda.so first: the others depend on it by that name.
         let libs: Vec<Library> = ["libcuda.so", "libnvrtc.so", "libcublas.so", "libcublasLt.so"]
@@ -476,4 +488,136 @@ fn a_tiny_en_window_decodes_the_cpus_tokens() {
     let tokens = |t: &scribed::decode::Transcript| t.segments.iter().flat_map(|s| s.tokens.clone()).collect::<Vec<_>>();
     assert_eq!(tokens(&got), tokens(&want), "tokens: fake GPU {:?} vs CPU {:?}", got.text(), want.text());
     assert_clean(f);
+}
+
+/// Sessions opening and closing from many threads at once, more of them
+/// than there are slots: each takes a lane (retrying while all are busy),
+/// carves buffers, computes on its stream and checks the result. The fake
+/// fails any stream used by two threads at once; afterwards every slot is
+/// free and the arena is still the only allocation.
+#[test]
+fn a_thousand_sessions_from_64_threads_share_the_slots() {
+    let Some(f) = fake() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dims = small_dims();
+    let g = backend(&dims, 4);
+    let d = dims.d_model;
+    let (gamma, beta) = (g.vector(&vec![1.0; d]).unwrap(), g.vector(&vec![0.0; d]).unwrap());
+    let opened = AtomicUsize::new(0);
+    let busy = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..64 {
+            let (g, gamma, beta, opened, busy) = (&g, &gamma, &beta, &opened, &busy);
+            s.spawn(move || {
+                let mut rng = Rng(t + 1);
+                while opened.fetch_add(1, Ordering::SeqCst) < 1000 {
+                    let lane = loop {
+                        match g.lane() {
+                            Ok(l) => break l,
+                            Err(scribed::backend::BackendError::Busy { .. }) => {
+                                busy.fetch_add(1, Ordering::Relaxed);
+                                std::thread::yield_now();
+                            }
+                            Err(e) => panic!("lane: {e}"),
+                        }
+                    };
+                    let x = rng.vec(2 * d, 2.0);
+                    let mut xb = g.buffer(&lane, 2, d).unwrap();
+                    let mut out = g.buffer(&lane, 2, d).unwrap();
+                    g.upload(&x, &mut xb).unwrap();
+                    g.layer_norm(&xb, gamma, beta, 1e-5, &mut out).unwrap();
+                    let mut y = vec![0f32; 2 * d];
+                    g.download(&out, 0..2, &mut y).unwrap();
+                    for row in y.chunks(d) {
+                        let mean: f32 = row.iter().sum::<f32>() / d as f32;
+                        assert!(mean.abs() < 1e-4, "a normalised row has mean {mean}");
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(g.pool().available(), 4, "every slot is free again");
+    eprintln!("1000 sessions on 4 slots; {} tries found every slot busy", busy.load(Ordering::Relaxed));
+    drop(g);
+    dropped();
+    assert_clean(f);
+}
+
+/// Sends the daemon SIGTERM and waits for it to exit (it writes the fake's
+/// report as it does).
+fn stop(mut d: Daemon) {
+    let pid = d.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = d.child.wait().expect("daemon exits");
+    assert!(status.success(), "daemon exit: {status}");
+}
+
+fn report_file(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("the fake wrote its report");
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+/// The real binary with `--device cuda` on the fake (found by the library
+/// path, as a driver would be): two concurrent sessions transcribe jfk.wav.
+#[test]
+fn the_daemon_on_cuda_serves_two_sessions_at_once() {
+    let Some(dir) = fake_dir() else { return };
+    let Some(model) = common::model_dir("tiny.en") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let rep = tmp.path().join("report.json");
+    let env = [("LD_LIBRARY_PATH", dir.to_str().unwrap()), ("SCRIBED_FAKE_CUDA_REPORT", rep.to_str().unwrap())];
+    let d = Daemon::start_with_env(&model, &["--device", "cuda", "--max-sessions", "2"], &env);
+    let audio = daemon::load("jfk.wav");
+    let url = d.ws("encoding=linear16&sample_rate=16000");
+    let runs = daemon::rt().block_on(async {
+        // Four times real time: the fake computes slowly, and a session
+        // that falls behind merges its steps.
+        let one = || {
+            daemon::session_within(
+                &url,
+                &[],
+                daemon::frames16(&audio, 100),
+                std::time::Duration::from_millis(25),
+                std::time::Duration::from_secs(300),
+            )
+        };
+        tokio::join!(one(), one())
+    });
+    let reference = daemon::reference("jfk.wav");
+    for run in [&runs.0, &runs.1] {
+        assert_eq!(run.close, Some(1000), "closed normally: {:?}", run.msgs.last());
+        let (errors, words) = common::word_errors(&reference, &run.finals());
+        eprintln!("fake GPU session: {errors} of {words} words wrong: {}", run.finals());
+        assert!(errors <= 1, "at most one word wrong: {:?}", run.finals());
+    }
+    stop(d);
+    let r = report_file(&rep);
+    assert_eq!(r["violations"], 0, "violations: {}", r["violation_list"]);
+    assert_eq!((r["allocs"].as_u64(), r["frees"].as_u64()), (Some(1), Some(1)), "the arena only: {r}");
+}
+
+/// An arena that does not fit: `cuda` refuses to start and says what would
+/// fit; `auto` says so and serves on the CPU.
+#[test]
+fn an_arena_that_does_not_fit_is_refused_or_falls_back() {
+    let Some(dir) = fake_dir() else { return };
+    let Some(model) = common::model_dir("tiny.en") else { return };
+    // 1 GiB: 256 MiB reserved, so about 768 MiB free, less than the 512 MiB
+    // reserve plus weights plus 8 slots need.
+    let env = [("LD_LIBRARY_PATH", dir.to_str().unwrap()), ("SCRIBED_FAKE_CUDA_MEM", "1073741824")];
+    let out = Command::new(common::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--device", "cuda", "--max-sessions", "8", "--model"])
+        .arg(&model)
+        .envs(env)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused to start");
+    assert!(err.contains("does not fit") || err.contains("needs"), "says the arena does not fit: {err}");
+    assert!(err.contains("at most") || err.contains("not even one"), "says what fits: {err}");
+    eprintln!("--device cuda: {}", err.lines().last().unwrap_or(""));
+
+    let d = Daemon::start_with_env(&model, &["--device", "auto", "--max-sessions", "8"], &env);
+    let (status, _, body) = daemon::http(&d.addr, "/readyz", &[]);
+    assert_eq!(status, 200, "auto fell back to the CPU and serves: {body}");
 }
