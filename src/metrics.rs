@@ -159,23 +159,6 @@ impl Default for Metrics {
     }
 }
 
-/// Adds one to a gauge for as long as it lives: the gauge is right whether
-/// its owner returns, errs or panics.
-pub struct GaugeGuard<'a>(&'a AtomicU64);
-
-impl<'a> GaugeGuard<'a> {
-    pub fn inc(gauge: &'a AtomicU64) -> Self {
-        gauge.fetch_add(1, Relaxed);
-        GaugeGuard(gauge)
-    }
-}
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
 impl Metrics {
     pub fn set_lag(&self, key: u64, lag_ms: u64) {
         if let Ok(mut l) = self.lags.lock() {

@@ -25,7 +25,7 @@ use crate::audio::resample::Resampler;
 use crate::audio::vad::VadConfig;
 use crate::config::CommitRule;
 use crate::decode::Cancel;
-use crate::metrics::GaugeGuard;
+use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
 use crate::protocol::{
     close, ClientMessage, Configure, Encoding, ListenParams, ModelInfo, ServerMessage, SessionError, Thresholds,
@@ -108,8 +108,6 @@ pub async fn serve(
 ) {
     let mut shutdown = shared.shutdown.clone();
     let m = shared.metrics.clone();
-    m.sessions_started_total.fetch_add(1, Ordering::Relaxed);
-    let _active = GaugeGuard::inc(&m.sessions_active);
     let started = Instant::now();
     tracing::info!(
         request_id,
@@ -130,7 +128,7 @@ pub async fn serve(
             s.fail(SessionError::Internal(format!("the connection task panicked: {what}"))).await
         }
     };
-    m.session_ended(end.close_code(), end.error_kind());
+    s.tally.end(&end);
     let sum = s.summary;
     tracing::info!(
         request_id,
@@ -144,10 +142,44 @@ pub async fn serve(
     );
 }
 
+/// The session's place in `scribed_sessions_active` and its end in the
+/// counters. Given up just before the close frame goes out (and at the
+/// latest when the session is dropped, however it ends), so that a client
+/// which has seen its close never scrapes its session as still running.
+struct Tally {
+    metrics: Arc<Metrics>,
+    open: bool,
+}
+
+impl Tally {
+    fn open(metrics: Arc<Metrics>) -> Tally {
+        metrics.sessions_started_total.fetch_add(1, Ordering::Relaxed);
+        metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        Tally { metrics, open: true }
+    }
+
+    /// Counts the session's end, once.
+    fn end(&mut self, end: &End) {
+        if std::mem::replace(&mut self.open, false) {
+            self.metrics.session_ended(end.close_code(), end.error_kind());
+            self.metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if self.open {
+            self.metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What one turn of the session loop decided.
 type Turn = Option<End>;
 
 struct Session<S: WsSink> {
+    tally: Tally,
     sink: S,
     params: ListenParams,
     shared: Arc<Shared>,
@@ -205,6 +237,7 @@ impl<S: WsSink> Session<S> {
         let keyterms = Keyterms::new(params.keyterms.clone());
         let turns = params.turns.then(|| SharedThresholds::new(params.thresholds));
         Session {
+            tally: Tally::open(shared.metrics.clone()),
             keyterms,
             turns,
             sequence: 0,
@@ -320,9 +353,11 @@ impl<S: WsSink> Session<S> {
             Some(Ok(Message::Close(frame))) => {
                 // tungstenite has queued the echo of the client's Close; send it now.
                 let code = frame.map_or(close::NO_STATUS, |f| u16::from(f.code));
+                let end = End::ClientClosed(code);
+                self.tally.end(&end);
                 let limit = self.shared.config.write_timeout;
                 let _ = tokio::time::timeout(limit, self.sink.flush()).await;
-                return Some(End::ClientClosed(code));
+                return Some(end);
             }
             Some(Ok(_)) => {
                 // A ping: tungstenite queued the pong; flush it now, not at our next write.
@@ -604,8 +639,10 @@ impl<S: WsSink> Session<S> {
 
     async fn close_with(&mut self, code: u16) -> End {
         let reason = if code == close::GOING_AWAY { "server shutting down" } else { "stream closed" };
+        let end = End::Closed(code);
+        self.tally.end(&end);
         self.close(code, reason).await;
-        End::Closed(code)
+        end
     }
 
     /// Sends the error message and closes with its code.
@@ -616,11 +653,14 @@ impl<S: WsSink> Session<S> {
         } else {
             e.message().to_json()
         };
-        if self.send_json(json).await {
-            let reason: String = e.to_string().chars().take(100).collect();
-            self.close(e.close_code(), &reason).await;
+        let sent = self.send_json(json).await;
+        let (code, reason): (u16, String) = (e.close_code(), e.to_string().chars().take(100).collect());
+        let end = End::Error(e);
+        self.tally.end(&end);
+        if sent {
+            self.close(code, &reason).await;
         }
-        End::Error(e)
+        end
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
