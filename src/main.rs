@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use scribed::audio::load_mono_16k;
 use scribed::backend::cpu::Cpu;
 use scribed::backend::cuda::arena::ArenaConfig;
-use scribed::backend::cuda::{resolve_device, CudaBackend, DeviceChoice, Resolved};
+use scribed::backend::cuda::{resolve_device, ArenaSizer, CudaBackend, DeviceChoice, Resolved};
 use scribed::backend::{Backend, BackendError};
 use scribed::decode::{DecodeOptions, Task, Transcriber};
 use scribed::engine::{Engine, WhisperEngine};
@@ -253,17 +253,21 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
     match device {
         Resolved::Cpu { .. } => transcribe_on(&Whisper::load(&dir, Cpu).map_err(loaded)?, &args),
-        Resolved::Cuda(info) => {
-            let model = Whisper::load_with(&dir, |dims| cuda_backend(info.index, dims, 1)).map_err(loaded)?;
-            transcribe_on(&model, &args)
-        }
+        Resolved::Cuda(info) => transcribe_on(&cuda_model(&dir, info.index, 1).map_err(loaded)?, &args),
     }
 }
 
-/// The CUDA backend for a model of shape `dims` with `sessions` slots.
-fn cuda_backend(gpu: usize, dims: &scribed::model::Dims, sessions: usize) -> Result<CudaBackend, BackendError> {
+/// The model on GPU `gpu`, its arena sized (by a dry run of the model's own
+/// load) for `sessions` streams at once.
+fn cuda_model(
+    dir: &std::path::Path,
+    gpu: usize,
+    sessions: usize,
+) -> Result<Whisper<CudaBackend>, scribed::model::ModelError> {
     let config = ArenaConfig { max_sessions: sessions, ..ArenaConfig::default() };
-    CudaBackend::new(gpu, dims, config).map_err(|e| BackendError::Device(e.to_string()))
+    Whisper::load_measured(dir, ArenaSizer::default(), config.max_seqs, |dims, sizer| {
+        CudaBackend::new(gpu, dims, &sizer.footprint(), config).map_err(|e| BackendError::Device(e.to_string()))
+    })
 }
 
 fn transcribe_on<B: Backend>(model: &Whisper<B>, args: &TranscribeArgs) -> anyhow::Result<ExitCode> {
@@ -336,7 +340,7 @@ fn load_engine(
 ) -> anyhow::Result<std::sync::Arc<dyn Engine>> {
     let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
     if let Resolved::Cuda(info) = device {
-        match Whisper::load_with(dir, |dims| cuda_backend(info.index, dims, sessions)) {
+        match cuda_model(dir, info.index, sessions) {
             Ok(model) => return Ok(std::sync::Arc::new(WhisperEngine::new(model))),
             Err(e) if choice == DeviceChoice::Auto => {
                 tracing::warn!("device auto: {info} could not run the model ({e}); using the CPU");

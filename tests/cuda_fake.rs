@@ -29,7 +29,7 @@ use half::f16;
 use scribed::backend::cpu::{Cpu, CpuBuf};
 use scribed::backend::cuda::arena::ArenaConfig;
 use scribed::backend::cuda::backend::CudaBuf;
-use scribed::backend::cuda::CudaBackend;
+use scribed::backend::cuda::{ArenaSizer, CudaBackend, Footprint};
 use scribed::backend::{Activation, AttentionShape, Backend, HostMatrix, Precision, View, Write};
 use scribed::decode::{DecodeOptions, Transcriber};
 use scribed::model::{Dims, Whisper};
@@ -121,13 +121,19 @@ static BACKENDS_DROPPED: AtomicUsize = AtomicUsize::new(0);
 /// compared with the fake's at the end of each.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A backend on the fake device, counted (see [`assert_clean`]); call
-/// [`dropped`] once it (or the model owning it) is gone.
-fn backend(dims: &Dims, max_sessions: usize) -> CudaBackend {
+/// A backend on the fake device with room for `footprint`, counted (see
+/// [`assert_clean`]); call [`dropped`] once it (or the model owning it) is gone.
+fn backend(dims: &Dims, footprint: &Footprint, max_sessions: usize) -> CudaBackend {
     let cfg = ArenaConfig { max_sessions, ..ArenaConfig::default() };
-    let b = CudaBackend::new(0, dims, cfg).expect("CudaBackend on the fake device");
+    let b = CudaBackend::new(0, dims, footprint, cfg).expect("CudaBackend on the fake device");
     BACKENDS_MADE.fetch_add(1, Ordering::SeqCst);
     b
+}
+
+/// Room for the operation tests' weights and buffers (there is no model to
+/// measure): 4 MiB of weights, 8 MiB of buffers per slot.
+fn room() -> Footprint {
+    Footprint { weights: vec![4 << 20], largest_weight: 1 << 20, state: vec![8 << 20] }
 }
 
 fn dropped() {
@@ -246,7 +252,7 @@ fn every_backend_op_matches_the_cpu_on_random_inputs() {
     let Some(f) = fake() else { return };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dims = small_dims();
-    let g = backend(&dims, 2);
+    let g = backend(&dims, &room(), 2);
     let gpu = &g;
     let lane = gpu.lane().unwrap();
     let both = Both { gpu, lane: &lane };
@@ -479,7 +485,10 @@ fn a_tiny_en_window_decodes_the_cpus_tokens() {
 
     let started = std::time::Instant::now();
     let got = {
-        let model = Whisper::load(&dir, backend(cpu_model.dims(), 1)).unwrap();
+        let model = Whisper::load_measured(&dir, ArenaSizer::default(), 1, |dims, sizer| {
+            Ok(backend(dims, &sizer.footprint(), 1))
+        })
+        .unwrap();
         let mut t = Transcriber::new(&model, 1).unwrap();
         t.transcribe(&audio, &opts, &mut |_| {}).unwrap()
     };
@@ -500,7 +509,7 @@ fn a_thousand_sessions_from_64_threads_share_the_slots() {
     let Some(f) = fake() else { return };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dims = small_dims();
-    let g = backend(&dims, 4);
+    let g = backend(&dims, &room(), 4);
     let d = dims.d_model;
     let (gamma, beta) = (g.vector(&vec![1.0; d]).unwrap(), g.vector(&vec![0.0; d]).unwrap());
     let opened = AtomicUsize::new(0);
@@ -620,4 +629,51 @@ fn an_arena_that_does_not_fit_is_refused_or_falls_back() {
     let d = Daemon::start_with_env(&model, &["--device", "auto", "--max-sessions", "8"], &env);
     let (status, _, body) = daemon::http(&d.addr, "/readyz", &[]);
     assert_eq!(status, 200, "auto fell back to the CPU and serves: {body}");
+}
+
+/// The arena is laid out from the model itself: loading tiny.en against
+/// `ArenaSizer` counts every weight (37.8 M parameters at 2 bytes, ~75 MB)
+/// and every buffer of a `State`, and a beam's state needs more than one
+/// sequence's. No fake device needed.
+#[test]
+fn the_arena_is_measured_from_the_model() {
+    let Some(dir) = common::model_dir("tiny.en") else { return };
+    let measure = |max_seqs| {
+        let mut seen = None;
+        let r = Whisper::<Cpu>::load_measured(&dir, ArenaSizer::default(), max_seqs, |_, sizer| {
+            seen = Some(sizer.footprint());
+            Err(scribed::backend::BackendError::Device("measured only".into()))
+        });
+        assert!(r.is_err());
+        seen.expect("the sizer was handed over")
+    };
+    let beam = measure(5);
+    let mb = beam.weights.iter().sum::<u64>() as f64 / 1e6;
+    assert!((74.0..80.0).contains(&mb), "tiny.en weights {mb} MB");
+    assert_eq!(beam.largest_weight, 51864 * 384, "the token embedding is the largest tensor");
+    // Whisper::state: the encoder's mel window (2 × 1500 frames × 80 bands)
+    // first, and the decoder's logits for 5 sequences among the rest.
+    assert_eq!(beam.state[0], 3000 * 80 * 4);
+    assert!(beam.state.contains(&(5 * 51864 * 4)), "logits for 5 sequences");
+    let greedy = measure(1);
+    assert_eq!(greedy.weights, beam.weights);
+    assert!(greedy.state.iter().sum::<u64>() < beam.state.iter().sum::<u64>());
+}
+
+/// The same operations with each stream's work run at once, as it is
+/// enqueued (the other execution order CUDA allows), in a child process
+/// (the fake reads its mode once).
+#[test]
+fn the_operations_also_match_when_work_runs_at_enqueue() {
+    if std::env::var_os("SCRIBED_FAKE_CUDA_MODE").is_some() || fake_dir().is_none() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["every_backend_op_matches_the_cpu_on_random_inputs", "--exact", "--nocapture"])
+        .env("SCRIBED_FAKE_CUDA_MODE", "enqueue")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "enqueue mode:\n{text}");
+    assert!(text.contains(r#""mode":"enqueue""#), "the child ran in enqueue mode:\n{text}");
 }

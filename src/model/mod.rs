@@ -131,14 +131,35 @@ impl<B: Backend> Whisper<B> {
     /// Loads a CTranslate2 Whisper directory. Every inconsistency between its
     /// files is reported here, naming the file, never later as garbage text.
     pub fn load(dir: impl AsRef<Path>, backend: B) -> Result<Self, ModelError> {
-        Self::load_with(dir, |_| Ok(backend))
+        Self::load_inner(dir, |_, _| Ok(backend))
     }
 
-    /// [`Whisper::load`] with a backend made for the model's shape once it
-    /// is known (a GPU backend sizes its arena from it).
-    pub fn load_with(
+    /// [`Whisper::load`] onto a backend that must know its memory needs
+    /// before it exists (a GPU's one arena): the weights, and one `State`
+    /// for `max_seqs` sequences, are first made against `sizer`, a backend
+    /// that only counts; `make` then turns the model's shape and the sizer
+    /// into the real backend. The model file is read once.
+    pub fn load_measured<S: Backend>(
         dir: impl AsRef<Path>,
-        make_backend: impl FnOnce(&Dims) -> Result<B, BackendError>,
+        sizer: S,
+        max_seqs: usize,
+        make: impl FnOnce(&Dims, S) -> Result<B, BackendError>,
+    ) -> Result<Self, ModelError> {
+        Self::load_inner(dir, |dims, file| {
+            {
+                let encoder = AudioEncoder::load(&sizer, file, dims)?;
+                let decoder = TextDecoder::load(&sizer, file, dims)?;
+                let lane = sizer.lane()?;
+                encoder.state(&sizer, &lane, dims)?;
+                decoder.state(&sizer, &lane, max_seqs.max(1))?;
+            }
+            Ok(make(dims, sizer)?)
+        })
+    }
+
+    fn load_inner(
+        dir: impl AsRef<Path>,
+        make_backend: impl FnOnce(&Dims, &Ct2File) -> Result<B, ModelError>,
     ) -> Result<Self, ModelError> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
@@ -173,7 +194,7 @@ impl<B: Backend> Whisper<B> {
                 ),
             });
         }
-        let backend = make_backend(&dims)?;
+        let backend = make_backend(&dims, &file)?;
         let encoder = AudioEncoder::load(&backend, &file, &dims)?;
         let decoder = TextDecoder::load(&backend, &file, &dims)?;
         Ok(Whisper { backend, dims, encoder, decoder, tokenizer, config, dir })

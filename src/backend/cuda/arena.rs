@@ -21,12 +21,15 @@
 //!
 //! Every part starts at a multiple of [`ALIGN`] bytes (what cuMemAlloc
 //! guarantees, and what cuBLAS and vector loads want), and parts never
-//! overlap. The sizes follow the model's [`Dims`] and the worst case the
-//! model's `State` is sized for, so a session can never need more.
+//! overlap. The weights and a slot's state buffers are laid out as the
+//! sizing pass measured them (`sizing.rs`: the model's own load and `State`,
+//! at the worst case `max_seqs`), so a session can never need more; the GPU's
+//! own scratch follows the model's [`Dims`].
 
 use std::sync::{Arc, Mutex};
 
-use crate::model::{Dims, WINDOW_FRAMES};
+use super::sizing::Footprint;
+use crate::model::Dims;
 
 /// Alignment of every part, in bytes.
 pub const ALIGN: u64 = 256;
@@ -135,7 +138,7 @@ pub fn align_up(x: u64) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub config: ArenaConfig,
-    /// Every weight tensor, in the order the model loads them.
+    /// Every weight tensor (`weight/i`), in the order the model loads them.
     pub weights: Vec<Part>,
     pub weights_bytes: u64,
     /// The parts of one slot, offsets relative to the slot's start.
@@ -145,16 +148,22 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Plans the arena for a model of shape `dims`.
-    pub fn plan(dims: &Dims, config: ArenaConfig) -> Result<Layout, ArenaError> {
+    /// Plans the arena for a model of shape `dims` whose weights and one
+    /// `State` (for `config.max_seqs` sequences) take `footprint`.
+    pub fn plan(dims: &Dims, footprint: &Footprint, config: ArenaConfig) -> Result<Layout, ArenaError> {
         if config.max_sessions == 0 {
             return Err(ArenaError::NoSessions);
         }
         if config.max_seqs == 0 || config.heads_per_pass == 0 {
             return Err(ArenaError::NoSequences);
         }
-        let (weights, weights_bytes, largest) = plan_weights(dims)?;
-        let (slot, slot_bytes) = plan_slot(dims, &config)?;
+        let mut w = Planner::default();
+        for (i, &bytes) in footprint.weights.iter().enumerate() {
+            w.add(format!("weight/{i}"), bytes)?;
+        }
+        let (weights, weights_bytes) = w.finish()?;
+        let largest = footprint.largest_weight;
+        let (slot, slot_bytes) = plan_slot(dims, &footprint.state, &config)?;
         let shared_bytes = align_up(largest.checked_mul(4).ok_or(ArenaError::Overflow)?).ok_or(ArenaError::Overflow)?;
         let layout = Layout { config, weights, weights_bytes, slot, slot_bytes, shared_bytes };
         layout.total_bytes()?;
@@ -231,108 +240,16 @@ impl Layout {
     }
 }
 
-/// Every weight as the CUDA backend stores it: matrices in f16, vectors
-/// (biases, LayerNorm gains and shifts) in f32. Mirrors `AudioEncoder::load`
-/// and `TextDecoder::load`; biases are counted for every linear layer (CT2
-/// files omit some, e.g. the key projection's, which only wastes a little).
-/// Returns the parts, the region's size and the largest tensor's elements.
-fn plan_weights(d: &Dims) -> Result<(Vec<Part>, u64, u64), ArenaError> {
-    let dm = d.d_model;
-    let mut p = Planner::default();
-    let mut largest = 0u64;
-    let mut mat = |p: &mut Planner, name: String, rows: usize, cols: usize| {
-        largest = largest.max(rows as u64 * cols as u64);
-        p.add_2d(name, rows, cols, 2)
-    };
-    let vec = |p: &mut Planner, name: String, len: usize| p.add_2d(name, 1, len, 4);
-    let ln = |p: &mut Planner, prefix: &str| -> Result<(), ArenaError> {
-        vec(p, format!("{prefix}/gamma"), dm)?;
-        vec(p, format!("{prefix}/beta"), dm)
-    };
-
-    mat(&mut p, "encoder/conv1/weight".into(), dm, d.n_mels * 3)?;
-    vec(&mut p, "encoder/conv1/bias".into(), dm)?;
-    mat(&mut p, "encoder/conv2/weight".into(), dm, dm * 3)?;
-    vec(&mut p, "encoder/conv2/bias".into(), dm)?;
-    mat(&mut p, "encoder/position_encodings".into(), d.audio_ctx, dm)?;
-    for i in 0..d.encoder_layers {
-        let l = format!("encoder/layer_{i}");
-        ln(&mut p, &format!("{l}/self_attention/layer_norm"))?;
-        for (name, out, inp) in [
-            ("self_attention/linear_0", 3 * dm, dm),
-            ("self_attention/linear_1", dm, dm),
-            ("ffn/linear_0", 4 * dm, dm),
-            ("ffn/linear_1", dm, 4 * dm),
-        ] {
-            mat(&mut p, format!("{l}/{name}/weight"), out, inp)?;
-            vec(&mut p, format!("{l}/{name}/bias"), out)?;
-        }
-        ln(&mut p, &format!("{l}/ffn/layer_norm"))?;
-    }
-    ln(&mut p, "encoder/layer_norm")?;
-
-    mat(&mut p, "decoder/embeddings".into(), d.vocab, dm)?;
-    mat(&mut p, "decoder/position_encodings".into(), d.text_ctx, dm)?;
-    for i in 0..d.decoder_layers {
-        let l = format!("decoder/layer_{i}");
-        ln(&mut p, &format!("{l}/self_attention/layer_norm"))?;
-        ln(&mut p, &format!("{l}/attention/layer_norm"))?;
-        ln(&mut p, &format!("{l}/ffn/layer_norm"))?;
-        for (name, out, inp) in [
-            ("self_attention/linear_0", 3 * dm, dm),
-            ("self_attention/linear_1", dm, dm),
-            ("attention/linear_0", dm, dm),
-            ("attention/linear_1", 2 * dm, dm),
-            ("attention/linear_2", dm, dm),
-            ("ffn/linear_0", 4 * dm, dm),
-            ("ffn/linear_1", dm, 4 * dm),
-        ] {
-            mat(&mut p, format!("{l}/{name}/weight"), out, inp)?;
-            vec(&mut p, format!("{l}/{name}/bias"), out)?;
-        }
-    }
-    ln(&mut p, "decoder/layer_norm")?;
-    let (parts, size) = p.finish()?;
-    Ok((parts, size, largest))
-}
-
-/// One session's slot: the buffers of `EncoderState` and `DecoderState`
-/// (f32, at the sizes `AudioEncoder::state` / `TextDecoder::state` give
-/// them), plus what only the GPU needs.
-fn plan_slot(d: &Dims, c: &ArenaConfig) -> Result<(Vec<Part>, u64), ArenaError> {
+/// One session's slot: the buffers of one model `State`, as measured, plus
+/// what only the GPU needs, sized from the model's shape.
+fn plan_slot(d: &Dims, state: &[u64], c: &ArenaConfig) -> Result<(Vec<Part>, u64), ArenaError> {
     let (t, dm, s) = (d.audio_ctx, d.d_model, c.max_seqs);
     let mut p = Planner::default();
-    // Encoder activations.
-    p.add_2d("mel", WINDOW_FRAMES.max(2 * t), d.n_mels, 4)?;
-    p.add_2d("enc/conv", 2 * t, dm, 4)?;
-    for name in ["enc/x", "enc/h", "enc/attn", "enc/output"] {
-        p.add_2d(name, t, dm, 4)?;
+    for (i, &bytes) in state.iter().enumerate() {
+        p.add(format!("state/{i}"), bytes)?;
     }
-    p.add_2d("enc/qkv", t, 3 * dm, 4)?;
-    p.add_2d("enc/wide", t, 4 * dm, 4)?;
-    // Cross-attention K/V of the current window, one per decoder layer.
-    for l in 0..d.decoder_layers {
-        p.add_2d(format!("dec/cross_kv/{l}"), t, 2 * dm, 4)?;
-    }
-    // Self-attention KV cache: every sequence's text_ctx positions, per layer,
-    // and the spare that beam reordering copies through.
-    let cache_rows = s.checked_mul(d.text_ctx).ok_or(ArenaError::Overflow)?;
-    for l in 0..d.decoder_layers {
-        p.add_2d(format!("dec/kv_cache/{l}"), cache_rows, 2 * dm, 4)?;
-    }
-    p.add_2d("dec/kv_spare", cache_rows, 2 * dm, 4)?;
-    // Decoder activations.
     let rows = d.text_ctx.max(s);
-    let picks = s.max(2);
-    for name in ["dec/x", "dec/h", "dec/q", "dec/attn"] {
-        p.add_2d(name, rows, dm, 4)?;
-    }
-    p.add_2d("dec/qkv", rows, 3 * dm, 4)?;
-    p.add_2d("dec/wide", rows, 4 * dm, 4)?;
-    p.add_2d("dec/picked", picks, dm, 4)?;
-    p.add_2d("dec/last", picks, dm, 4)?;
-    p.add_2d("dec/logits", picks, d.vocab, 4)?;
-    p.add_2d("dec/align_probs", d.decoder_heads * d.text_ctx, t, 4)?;
+    let cache_rows = s.checked_mul(d.text_ctx).ok_or(ArenaError::Overflow)?;
     // GPU scratch. The f16 GEMM operand: the widest input of any linear
     // layer or convolution (im2col) over its most rows.
     let gemm_in = [t * 4 * dm, t * 3 * dm, 2 * t * 3 * d.n_mels, rows * 4 * dm].into_iter().max().unwrap_or(0);
@@ -488,6 +405,16 @@ mod tests {
         }
     }
 
+    /// A measured footprint's shape (the real one comes from loading a
+    /// model against `ArenaSizer`: tests/cuda_fake.rs).
+    fn fp() -> Footprint {
+        Footprint {
+            weights: vec![2 * 51864 * 384, 4 * 384, 3, 2 * 1536 * 384],
+            largest_weight: 51864 * 384,
+            state: vec![3000 * 80 * 4, 1500 * 4 * 384 * 4, 5 * 448 * 2 * 384 * 4, 17],
+        }
+    }
+
     fn no_overlap(parts: &[Part], size: u64) {
         for p in parts {
             assert_eq!(p.offset % ALIGN, 0, "{} misaligned", p.name);
@@ -503,7 +430,7 @@ mod tests {
     #[test]
     fn parts_are_aligned_and_disjoint() {
         for dims in [tiny(), large_v3()] {
-            let l = Layout::plan(&dims, ArenaConfig::default()).unwrap();
+            let l = Layout::plan(&dims, &fp(), ArenaConfig::default()).unwrap();
             no_overlap(&l.weights, l.weights_bytes);
             no_overlap(&l.slot, l.slot_bytes);
             assert_eq!(l.weights_bytes % ALIGN, 0);
@@ -519,41 +446,28 @@ mod tests {
     }
 
     #[test]
-    fn weights_match_the_model_size() {
-        // Whisper tiny has 37.8 M parameters (39 M with the tied embedding
-        // counted once): at 2 bytes each, ~75 MB plus alignment.
-        let l = Layout::plan(&tiny(), ArenaConfig::default()).unwrap();
-        let mb = l.weights_bytes as f64 / 1e6;
-        assert!((74.0..80.0).contains(&mb), "tiny weights {mb} MB");
-        // large-v3: 1.55 G parameters → ~3.1 GB.
-        let l = Layout::plan(&large_v3(), ArenaConfig::default()).unwrap();
-        let gb = l.weights_bytes as f64 / 1e9;
-        assert!((3.0..3.3).contains(&gb), "large-v3 weights {gb} GB");
-        assert!(l.weights.iter().any(|p| p.name == "decoder/layer_31/ffn/linear_1/weight"));
-    }
-
-    #[test]
-    fn slot_holds_every_state_buffer_at_its_worst_case() {
+    fn the_footprint_is_laid_out_part_by_part_then_the_scratch() {
         let cfg = ArenaConfig { max_seqs: 5, heads_per_pass: 6, ..ArenaConfig::default() };
-        let l = Layout::plan(&tiny(), cfg).unwrap();
+        let f = fp();
+        let l = Layout::plan(&tiny(), &f, cfg).unwrap();
+        let weights: Vec<u64> = l.weights.iter().map(|p| p.bytes).collect();
+        assert_eq!(weights, f.weights, "every weight, in load order");
+        let state: Vec<u64> = l.slot.iter().filter(|p| p.name.starts_with("state/")).map(|p| p.bytes).collect();
+        assert_eq!(state, f.state, "every state buffer, in order");
+        // The scratch comes after the state (CudaBackend carves the state
+        // from the slot's front up to the first scratch part).
+        let first_scratch = l.slot_part("scratch/gemm_in_f16").unwrap().offset;
+        assert!(l.slot.iter().filter(|p| p.name.starts_with("state/")).all(|p| p.offset + p.bytes <= first_scratch));
         let bytes = |n: &str| l.slot_part(n).unwrap_or_else(|| panic!("no part {n}")).bytes;
-        assert_eq!(bytes("mel"), 3000 * 80 * 4);
-        assert_eq!(bytes("enc/wide"), 1500 * 4 * 384 * 4);
-        assert_eq!(bytes("dec/kv_cache/3"), 5 * 448 * 2 * 384 * 4);
-        assert_eq!(bytes("dec/cross_kv/0"), 1500 * 2 * 384 * 4);
-        assert_eq!(bytes("dec/logits"), 5 * 51864 * 4);
         assert_eq!(bytes("scratch/scores"), 6 * 1500 * 1500 * 4);
         assert_eq!(bytes("cublas_workspace"), 32 << 20);
-        assert!(l.slot_part("dec/kv_cache/4").is_none());
-        // Beam size drives the caches: one sequence needs a smaller slot.
-        let greedy = Layout::plan(&tiny(), ArenaConfig { max_seqs: 1, ..l.config.clone() }).unwrap();
-        assert!(greedy.slot_bytes < l.slot_bytes);
+        assert_eq!(l.shared_bytes, align_up(f.largest_weight * 4).unwrap());
     }
 
     #[test]
     fn does_not_fit_says_needed_free_and_what_fits() {
         let cfg = ArenaConfig { max_sessions: 8, ..ArenaConfig::default() };
-        let l = Layout::plan(&tiny(), cfg).unwrap();
+        let l = Layout::plan(&tiny(), &fp(), cfg).unwrap();
         let needed = l.needed_bytes().unwrap();
         assert_eq!(l.check_fits(needed), Ok(()));
         let free = needed - 1;
@@ -570,7 +484,7 @@ mod tests {
             "{msg}"
         );
         // The advice is right: 7 sessions do fit in that memory.
-        let seven = Layout::plan(&tiny(), ArenaConfig { max_sessions: 7, ..l.config.clone() }).unwrap();
+        let seven = Layout::plan(&tiny(), &fp(), ArenaConfig { max_sessions: 7, ..l.config.clone() }).unwrap();
         assert_eq!(seven.check_fits(free), Ok(()));
         // Not even the weights: say so.
         let err = l.check_fits(l.weights_bytes).unwrap_err();
@@ -580,9 +494,9 @@ mod tests {
 
     #[test]
     fn sessions_that_fit_is_exact() {
-        let l = Layout::plan(&tiny(), ArenaConfig::default()).unwrap();
+        let l = Layout::plan(&tiny(), &fp(), ArenaConfig::default()).unwrap();
         for n in 1..20 {
-            let at_n = Layout::plan(&tiny(), ArenaConfig { max_sessions: n, ..l.config.clone() }).unwrap();
+            let at_n = Layout::plan(&tiny(), &fp(), ArenaConfig { max_sessions: n, ..l.config.clone() }).unwrap();
             let needed = at_n.needed_bytes().unwrap();
             assert_eq!(l.sessions_that_fit(needed), n);
             assert_eq!(l.sessions_that_fit(needed - 1), n - 1);
@@ -593,22 +507,22 @@ mod tests {
     #[test]
     fn bad_configs_are_errors_not_panics() {
         assert_eq!(
-            Layout::plan(&tiny(), ArenaConfig { max_sessions: 0, ..Default::default() }),
+            Layout::plan(&tiny(), &fp(), ArenaConfig { max_sessions: 0, ..Default::default() }),
             Err(ArenaError::NoSessions)
         );
         assert_eq!(
-            Layout::plan(&tiny(), ArenaConfig { max_seqs: 0, ..Default::default() }),
+            Layout::plan(&tiny(), &fp(), ArenaConfig { max_seqs: 0, ..Default::default() }),
             Err(ArenaError::NoSequences)
         );
-        let absurd = Dims { vocab: usize::MAX / 2, ..tiny() };
-        assert_eq!(Layout::plan(&absurd, ArenaConfig::default()), Err(ArenaError::Overflow));
+        let absurd = Footprint { weights: vec![u64::MAX / 2, u64::MAX / 2], ..fp() };
+        assert_eq!(Layout::plan(&tiny(), &absurd, ArenaConfig::default()), Err(ArenaError::Overflow));
         let many = ArenaConfig { max_sessions: usize::MAX, ..Default::default() };
-        assert_eq!(Layout::plan(&tiny(), many), Err(ArenaError::Overflow));
+        assert_eq!(Layout::plan(&tiny(), &fp(), many), Err(ArenaError::Overflow));
     }
 
     #[test]
     fn weights_cursor_fills_the_planned_region_exactly() {
-        let l = Layout::plan(&tiny(), ArenaConfig::default()).unwrap();
+        let l = Layout::plan(&tiny(), &fp(), ArenaConfig::default()).unwrap();
         let mut c = Cursor::new("weights", l.weights_bytes);
         for p in &l.weights {
             assert_eq!(c.take(p.bytes).unwrap(), p.offset, "{}", p.name);

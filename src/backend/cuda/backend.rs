@@ -37,6 +37,7 @@ use super::arena::{ArenaConfig, Cursor, Layout, SlotLease, SlotPool};
 use super::device::{self, DeviceInfo};
 use super::error::CudaError;
 use super::kernels::{self, HeadSlots, Kernel, Launch};
+use super::sizing::Footprint;
 use crate::backend::{Activation, AttentionShape, Backend, BackendError, HostMatrix, Precision, View, Write};
 use crate::model::Dims;
 
@@ -191,17 +192,18 @@ impl CudaLane {
 }
 
 impl CudaBackend {
-    /// Opens GPU `gpu`, plans and allocates the arena for `dims` and
-    /// `config` (or says what would fit), compiles the kernels for the
-    /// device, and makes each slot's stream and cuBLAS handle.
-    pub fn new(gpu: usize, dims: &Dims, config: ArenaConfig) -> Result<CudaBackend, CudaError> {
+    /// Opens GPU `gpu`, plans and allocates the arena for a model of shape
+    /// `dims` that takes `footprint` (measured by `ArenaSizer`) and `config`
+    /// (or says what would fit), compiles the kernels for the device, and
+    /// makes each slot's stream and cuBLAS handle.
+    pub fn new(gpu: usize, dims: &Dims, footprint: &Footprint, config: ArenaConfig) -> Result<CudaBackend, CudaError> {
         // Before any cuBLAS handle exists: each handle's own allocation is
         // then 4 MiB instead of 64 MiB (the arena provides the workspace).
         if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
             std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:1");
         }
         let (ctx, info, free) = device::open(gpu)?;
-        let layout = Layout::plan(dims, config)?;
+        let layout = Layout::plan(dims, footprint, config)?;
         layout.check_fits(free)?;
         tracing::info!("{info}: {}", layout.summary());
         // SAFETY: no CudaSlice is ever made from the arena; ordering between

@@ -5,6 +5,7 @@
 //!   compiled with NVRTC for the device's architecture at start-up;
 //! - [`arena`]: the layout of the one device allocation (weights, one fixed
 //!   slot per session, shared scratch) and the slot pool that admits sessions;
+//! - [`sizing`]: the dry run that measures what the model takes (`ArenaSizer`);
 //! - [`backend`]: `CudaBackend`, the `Backend` operations on the GPU;
 //! - [`device`]: probing for a driver and a GPU, and `--device auto|cpu|cuda`;
 //! - [`error`]: one error type for all of it.
@@ -19,7 +20,9 @@ pub mod backend;
 pub mod device;
 pub mod error;
 pub mod kernels;
+pub mod sizing;
 
 pub use backend::CudaBackend;
 pub use device::{check_usable, open, probe, resolve_device, DeviceChoice, DeviceInfo, Resolved};
 pub use error::CudaError;
+pub use sizing::{ArenaSizer, Footprint};
