@@ -394,9 +394,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Scripts and tests read the bound address (port 0 picks one) here.
         println!("listening on {addr}");
         std::io::stdout().flush()?;
+        let failed = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+        let until = {
+            let (engine, failed) = (engine.clone(), failed.clone());
+            async move {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    e = device_failure(engine) => {
+                        tracing::error!("{e}: no session can be served on this device any more; stopping");
+                        let _ = failed.set(e);
+                    }
+                }
+            }
+        };
         let (shared, stop) = scribed::server::Shared::new(engine, config);
         tokio::spawn(reload_on_sighup(shared.clone(), load));
-        scribed::server::run(listener, shared, stop, shutdown_signal()).await;
+        scribed::server::run(listener, shared, stop, until).await;
+        if let Some(e) = failed.get() {
+            anyhow::bail!("the compute device failed: {e}");
+        }
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
@@ -438,6 +454,17 @@ async fn reload_on_sighup(
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// Resolves with the engine's fatal error once it has one (a lost CUDA
+/// context): the daemon then stops, and its supervisor restarts it.
+async fn device_failure(engine: std::sync::Arc<dyn Engine>) -> String {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Some(e) = engine.fatal_error() {
+            return e;
+        }
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

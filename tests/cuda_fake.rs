@@ -677,3 +677,36 @@ fn the_operations_also_match_when_work_runs_at_enqueue() {
     assert!(out.status.success() && text.contains("1 passed"), "enqueue mode:\n{text}");
     assert!(text.contains(r#""mode":"enqueue""#), "the child ran in enqueue mode:\n{text}");
 }
+
+/// A lost CUDA context (the fake's injected illegal access, sticky as on a
+/// GPU) ends the session with an error, and stops the daemon with a failure
+/// status, so that its supervisor restarts it, instead of refusing every
+/// later session with the same error.
+#[test]
+fn a_lost_context_ends_the_session_and_stops_the_daemon() {
+    let Some(dir) = fake_dir() else { return };
+    let Some(model) = common::model_dir("tiny.en") else { return };
+    let env = [("LD_LIBRARY_PATH", dir.to_str().unwrap()), ("SCRIBED_FAKE_CUDA_STICKY_AFTER", "50")];
+    let mut d = Daemon::start_with_env(&model, &["--device", "cuda", "--max-sessions", "2"], &env);
+    let audio = daemon::load("jfk.wav");
+    let url = d.ws("encoding=linear16&sample_rate=16000");
+    let gap = std::time::Duration::from_millis(25);
+    let run = daemon::rt().block_on(daemon::session_within(
+        &url,
+        &[],
+        daemon::frames16(&audio, 100),
+        gap,
+        std::time::Duration::from_secs(120),
+    ));
+    assert_eq!(run.close, Some(1011), "the session ends with an internal error: {:?}", run.msgs.last());
+    assert!(run.of_type("Error").iter().any(|e| e.to_string().contains("GPU")), "{:?}", run.msgs);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the daemon kept running on a lost context");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.success(), "a failure status for the supervisor: {status}");
+}

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use common::daemon::{http, session, try_upgrade, Step};
 use scribed::config::{Config, FileConfig, Overrides};
+use scribed::decode::DecodeError;
 use scribed::engine::tones::{self, ToneEngine};
+use scribed::engine::{Engine, EngineStream};
+use scribed::model::ModelError;
 use tokio::sync::oneshot;
 
 /// A running in-process server; dropping `stop` (or sending on it) shuts it
@@ -23,12 +26,16 @@ struct Server {
 }
 
 async fn start_server(file: FileConfig) -> Server {
+    start_server_with(Arc::new(ToneEngine), file).await
+}
+
+async fn start_server_with(engine: Arc<dyn Engine>, file: FileConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free loopback port");
     let addr = listener.local_addr().expect("bound").to_string();
     let mut config = Config::merge(file, Overrides::default(), "tones".into()).expect("valid test config");
     // Tones are not voices: the energy gate hears them.
     config.vad = scribed::audio::vad::VadKind::Energy;
-    let (shared, stop_sessions) = scribed::server::Shared::new(Arc::new(ToneEngine), config);
+    let (shared, stop_sessions) = scribed::server::Shared::new(engine, config);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(scribed::server::run(listener, shared, stop_sessions, async {
         let _ = stopped.await;
@@ -103,5 +110,41 @@ async fn beyond_max_sessions_is_503_until_the_slot_frees() {
     assert_eq!(status, 200, "the slot of a vanished client is free again");
     let run = session(&url, &[], steps(&[7]), Duration::ZERO).await;
     assert_eq!(run.finals(), "seven");
+    server.shut_down().await;
+}
+
+/// The tone engine on a device that has failed for good (a lost CUDA
+/// context): what `/readyz` says then.
+struct FailedDevice;
+
+impl Engine for FailedDevice {
+    fn name(&self) -> &str {
+        ToneEngine.name()
+    }
+    fn uuid(&self) -> &str {
+        ToneEngine.uuid()
+    }
+    fn is_multilingual(&self) -> bool {
+        false
+    }
+    fn resolve_language(&self, code_or_name: &str) -> Result<&'static str, DecodeError> {
+        ToneEngine.resolve_language(code_or_name)
+    }
+    fn stream(&self, max_seqs: usize) -> Result<Box<dyn EngineStream + '_>, ModelError> {
+        static TONES: ToneEngine = ToneEngine;
+        TONES.stream(max_seqs)
+    }
+    fn fatal_error(&self) -> Option<String> {
+        Some("CUDA_ERROR_ILLEGAL_ADDRESS (injected)".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_device_is_not_ready_and_says_why() {
+    let server = start_server_with(Arc::new(FailedDevice), FileConfig::default()).await;
+    let (status, _, body) = server.get("/readyz", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("device failed") && body.contains("CUDA_ERROR_ILLEGAL_ADDRESS"), "{body}");
+    assert_eq!(server.get("/healthz", &[]).await.0, 200, "alive, though not ready");
     server.shut_down().await;
 }

@@ -128,6 +128,12 @@ pub trait Backend: Send + Sync + 'static {
 
     fn name(&self) -> &'static str;
 
+    /// An error that leaves the device unusable for every stream (a sticky
+    /// CUDA error): nothing more can be served until the process restarts.
+    fn fatal_error(&self) -> Option<String> {
+        None
+    }
+
     fn matrix(
         &self,
         rows: usize,

@@ -30,6 +30,11 @@ pub trait Engine: Send + Sync + 'static {
     /// for greedy streaming; the beam for offline decoding), sized once: one
     /// per session worker or upload.
     fn stream(&self, max_seqs: usize) -> Result<Box<dyn EngineStream + '_>, ModelError>;
+    /// Why the engine can serve nothing more (its device failed for good);
+    /// `/readyz` reports it and the daemon stops.
+    fn fatal_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One stream's decoder over the shared model.
@@ -73,6 +78,10 @@ impl<B: Backend + Send + Sync + 'static> Engine for WhisperEngine<B> {
 
     fn stream(&self, max_seqs: usize) -> Result<Box<dyn EngineStream + '_>, ModelError> {
         Ok(Box::new(Transcriber::new(&self.model, max_seqs)?))
+    }
+
+    fn fatal_error(&self) -> Option<String> {
+        self.model.fatal_error()
     }
 }
 

@@ -213,6 +213,11 @@ impl<B: Backend> Whisper<B> {
         })
     }
 
+    /// The backend's [`Backend::fatal_error`], if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.backend.fatal_error()
+    }
+
     pub fn is_multilingual(&self) -> bool {
         self.tokenizer.is_multilingual()
     }

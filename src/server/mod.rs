@@ -178,7 +178,10 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
         "/" | "/index.html" => http::respond(&mut stream, 200, "text/html; charset=utf-8", &[], CAPTIONS_PAGE).await,
         "/healthz" => http::respond(&mut stream, 200, "text/plain", &[], "ok\n").await,
         "/readyz" => {
-            if shared.slots.available_permits() > 0 && !shared.shutting_down() {
+            if let Some(e) = shared.engine.fatal_error() {
+                let body = format!("device failed: {e}\n");
+                http::respond(&mut stream, 503, "text/plain", &[], &body).await
+            } else if shared.slots.available_permits() > 0 && !shared.shutting_down() {
                 http::respond(&mut stream, 200, "text/plain", &[], "ready\n").await
             } else {
                 http::respond(&mut stream, 503, "text/plain", &[("Retry-After", "1".into())], "busy\n").await

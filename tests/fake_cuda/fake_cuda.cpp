@@ -30,6 +30,10 @@
 // loudly with "not modelled". The report also counts allocations and frees,
 // which is how tests check that the arena is the only allocation.
 //
+// Fault injection: SCRIBED_FAKE_CUDA_STICKY_AFTER=N makes the Nth kernel
+// launch lose the context, as an illegal address in a kernel does: every
+// later call that needs the context returns CUDA_ERROR_ILLEGAL_ADDRESS.
+//
 // Environment: SCRIBED_FAKE_CUDA_MODE (deferred|enqueue),
 // SCRIBED_FAKE_CUDA_MEM (device bytes, default 16 GiB), SCRIBED_FAKE_CUDA_REPORT,
 // SCRIBED_FAKE_CUDA_CACHE (where compiled kernel modules are kept).
@@ -116,6 +120,7 @@ struct Config {
     size_t total = size_t(16) << 30;
     std::string report;
     std::string cache;
+    uint64_t sticky_after = 0;  // 0: never
 
     Config() {
         if (const char* m = std::getenv("SCRIBED_FAKE_CUDA_MODE")) {
@@ -124,6 +129,7 @@ struct Config {
         }
         if (const char* m = std::getenv("SCRIBED_FAKE_CUDA_MEM")) total = std::strtoull(m, nullptr, 10);
         if (const char* r = std::getenv("SCRIBED_FAKE_CUDA_REPORT")) report = r;
+        if (const char* n = std::getenv("SCRIBED_FAKE_CUDA_STICKY_AFTER")) sticky_after = std::strtoull(n, nullptr, 10);
         const char* c = std::getenv("SCRIBED_FAKE_CUDA_CACHE");
         cache = c ? c : "/tmp/scribed-fake-cuda-" + std::to_string(getuid());
     }
@@ -227,8 +233,11 @@ namespace {
 
 Ctx primary;
 thread_local Ctx* current = nullptr;
+// The error a lost context returns from every call (fault injection).
+std::atomic<int> sticky{0};
 
 int need_context(const char* call) {
+    if (int e = sticky.load()) return e;
     if (current == &primary && primary.refs > 0) return CUDA_SUCCESS;
     return violation(CUDA_ERROR_INVALID_CONTEXT, "%s without a current context on this thread", call);
 }
@@ -543,6 +552,7 @@ CUresult cuStreamCreate(CUstream* out, unsigned flags) {
 }
 
 CUresult cuStreamSynchronize(CUstream s) {
+    if (int e = sticky.load()) return e;
     if (CUresult r = check_stream(s, "cuStreamSynchronize")) return r;
     {
         Use use(s, "cuStreamSynchronize");
@@ -663,7 +673,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         k->drop(bound);
     });
     std::lock_guard<std::mutex> g(dev().m);
-    dev().n.launches++;
+    if (++dev().n.launches == dev().cfg.sticky_after) sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
     return CUDA_SUCCESS;
 }
 

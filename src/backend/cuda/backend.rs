@@ -178,6 +178,28 @@ pub struct CudaBackend {
     functions: Vec<CudaFunction>,
     slots: Vec<Slot>,
     pool: Arc<SlotPool>,
+    /// A sticky error: the context is lost for every slot (`fatal_error`).
+    fatal: Mutex<Option<String>>,
+}
+
+/// Whether a driver error leaves the whole context unusable (CUDA then
+/// returns it from every later call, whatever the stream): a kernel's
+/// illegal access, a launch failure, an uncorrectable ECC error.
+fn is_sticky(e: &CudaError) -> bool {
+    use cudarc::driver::sys::CUresult::*;
+    matches!(
+        e,
+        CudaError::Driver(drv::DriverError(
+            CUDA_ERROR_ILLEGAL_ADDRESS
+                | CUDA_ERROR_HARDWARE_STACK_ERROR
+                | CUDA_ERROR_ILLEGAL_INSTRUCTION
+                | CUDA_ERROR_MISALIGNED_ADDRESS
+                | CUDA_ERROR_INVALID_ADDRESS_SPACE
+                | CUDA_ERROR_INVALID_PC
+                | CUDA_ERROR_LAUNCH_FAILED
+                | CUDA_ERROR_ECC_UNCORRECTABLE
+        ))
+    )
 }
 
 /// One model `State`'s slot of the arena: free again when this drops.
@@ -231,6 +253,7 @@ impl CudaBackend {
             functions,
             slots,
             pool,
+            fatal: Mutex::new(None),
         })
     }
 
@@ -258,8 +281,24 @@ impl CudaBackend {
             tracing::error!("GPU slot {slot}: {e}");
             let msg = format!("GPU slot {slot}: {e}");
             *lock(&s.error) = Some(msg.clone());
+            self.check_context(&e);
             BackendError::Device(msg)
         })
+    }
+
+    /// After a slot's error: whether the context itself is lost. A sticky
+    /// error may first show up as another library's failure (cuBLAS's), so
+    /// the context is asked too.
+    fn check_context(&self, e: &CudaError) {
+        let sticky = if is_sticky(e) {
+            Some(e.to_string())
+        } else {
+            self.ctx.synchronize().err().map(CudaError::from).filter(is_sticky).map(|e| e.to_string())
+        };
+        if let Some(msg) = sticky {
+            tracing::error!("GPU {}: the CUDA context is lost: {msg}", self.info.index);
+            lock(&self.fatal).get_or_insert(msg);
+        }
     }
 
     /// Attention on slot `s`'s stream, sequence by sequence and, within
@@ -513,6 +552,10 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn fatal_error(&self) -> Option<String> {
+        lock(&self.fatal).clone()
     }
 
     /// Every matrix is stored in f16 whatever `precision` asks: cuBLAS
