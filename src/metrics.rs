@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::engine::DeviceMemory;
+
 /// Latency buckets, seconds: the streaming targets (final p50 1.2 s, p95
 /// 2 s; `Finalize` reply 0.4 / 0.8 s) fall between bounds.
 const LATENCY_BUCKETS: &[f64] = &[0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
@@ -85,6 +87,8 @@ pub struct Capacity {
     pub slots_free: usize,
     pub max_sessions: usize,
     pub compute_waiting: usize,
+    /// The GPU's arena and slots, when the model runs on one.
+    pub device: Option<DeviceMemory>,
 }
 
 #[derive(Debug)]
@@ -226,6 +230,19 @@ impl Metrics {
             ("scribed_compute_waiting", "Hypotheses waiting for a compute turn.", GAUGE, now.compute_waiting as f64),
         ] {
             write_sample(s, name, help, kind, v);
+        }
+        let Some(d) = now.device else { return };
+        for (name, help, v) in [
+            ("scribed_gpu_arena_bytes", "Bytes of the GPU arena, allocated once at start-up.", d.arena_bytes as f64),
+            (
+                "scribed_gpu_arena_used_bytes",
+                "Bytes of the arena in use: the weights and the session slots taken.",
+                d.arena_used_bytes as f64,
+            ),
+            ("scribed_gpu_slots", "Session slots in the arena.", d.lanes as f64),
+            ("scribed_gpu_slots_free", "Arena session slots free now.", d.lanes_free as f64),
+        ] {
+            write_sample(s, name, help, GAUGE, v);
         }
     }
 

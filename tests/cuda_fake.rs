@@ -599,10 +599,21 @@ fn the_daemon_on_cuda_serves_two_sessions_at_once() {
         eprintln!("fake GPU session: {errors} of {words} words wrong: {}", run.finals());
         assert!(errors <= 1, "at most one word wrong: {:?}", run.finals());
     }
+    // The arena gauges: both slots free again once the workers let go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while daemon::metric(&d.addr, "scribed_gpu_slots_free") < 2.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(daemon::metric(&d.addr, "scribed_gpu_slots_free"), 2.0);
+    assert_eq!(daemon::metric(&d.addr, "scribed_gpu_slots"), 2.0);
+    let arena = daemon::metric(&d.addr, "scribed_gpu_arena_bytes");
+    let used = daemon::metric(&d.addr, "scribed_gpu_arena_used_bytes");
+    assert!(used > 0.0 && used < arena, "weights in use, slots not: {used} of {arena}");
     stop(d);
     let r = report_file(&rep);
     assert_eq!(r["violations"], 0, "violations: {}", r["violation_list"]);
     assert_eq!((r["allocs"].as_u64(), r["frees"].as_u64()), (Some(1), Some(1)), "the arena only: {r}");
+    assert_eq!(r["alloc_sizes"][0].as_f64(), Some(arena), "the gauge is the one allocation's size");
 }
 
 /// An arena that does not fit: `cuda` refuses to start and says what would

@@ -98,6 +98,18 @@ impl<B: Backend + ?Sized> Clone for View<'_, B> {
 }
 impl<B: Backend + ?Sized> Copy for View<'_, B> {}
 
+/// A device backend's memory at a glance (for `/metrics`): the one arena
+/// and the lanes (session slots) carved from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes of the arena, allocated once at start-up.
+    pub arena_bytes: u64,
+    /// Of those, in use now: the weights and the lanes taken.
+    pub arena_used_bytes: u64,
+    pub lanes: usize,
+    pub lanes_free: usize,
+}
+
 /// Errors a backend can report. The CPU backend only fails on programming
 /// errors; device backends report their driver's errors here.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +143,11 @@ pub trait Backend: Send + Sync + 'static {
     /// An error that leaves the device unusable for every stream (a sticky
     /// CUDA error): nothing more can be served until the process restarts.
     fn fatal_error(&self) -> Option<String> {
+        None
+    }
+
+    /// The device's arena and lanes; `None` for a backend without either.
+    fn memory(&self) -> Option<DeviceMemory> {
         None
     }
 

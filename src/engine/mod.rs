@@ -11,6 +11,7 @@ pub mod tones;
 use std::path::Path;
 
 use crate::backend::Backend;
+pub use crate::backend::DeviceMemory;
 use crate::decode::{DecodeError, DecodeOptions, Transcriber, Transcript};
 use crate::model::{ModelError, Whisper};
 
@@ -33,6 +34,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Why the engine can serve nothing more (its device failed for good);
     /// `/readyz` reports it and the daemon stops.
     fn fatal_error(&self) -> Option<String> {
+        None
+    }
+    /// The device's arena and session slots, where it has them (a GPU).
+    fn device_memory(&self) -> Option<DeviceMemory> {
         None
     }
 }
@@ -82,6 +87,10 @@ impl<B: Backend + Send + Sync + 'static> Engine for WhisperEngine<B> {
 
     fn fatal_error(&self) -> Option<String> {
         self.model.fatal_error()
+    }
+
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        self.model.device_memory()
     }
 }
 

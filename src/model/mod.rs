@@ -218,6 +218,11 @@ impl<B: Backend> Whisper<B> {
         self.backend.fatal_error()
     }
 
+    /// The backend's [`Backend::memory`].
+    pub fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
+        self.backend.memory()
+    }
+
     pub fn is_multilingual(&self) -> bool {
         self.tokenizer.is_multilingual()
     }

@@ -192,6 +192,7 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
                 slots_free: shared.slots.available_permits(),
                 max_sessions: shared.config.max_sessions,
                 compute_waiting: shared.scheduler.waiting(),
+                device: shared.engine.device_memory(),
             });
             http::respond(&mut stream, 200, "text/plain; version=0.0.4", &[], &body).await
         }

@@ -38,7 +38,9 @@ use super::device::{self, DeviceInfo};
 use super::error::CudaError;
 use super::kernels::{self, HeadSlots, Kernel, Launch};
 use super::sizing::Footprint;
-use crate::backend::{Activation, AttentionShape, Backend, BackendError, HostMatrix, Precision, View, Write};
+use crate::backend::{
+    Activation, AttentionShape, Backend, BackendError, DeviceMemory, HostMatrix, Precision, View, Write,
+};
 use crate::model::Dims;
 
 /// A weight matrix `[rows, cols]` in f16 in the weights region.
@@ -556,6 +558,18 @@ impl Backend for CudaBackend {
 
     fn fatal_error(&self) -> Option<String> {
         lock(&self.fatal).clone()
+    }
+
+    fn memory(&self) -> Option<DeviceMemory> {
+        let l = &self.layout;
+        let (lanes, free) = (self.pool.capacity(), self.pool.available());
+        let taken = (lanes - free) as u64 * l.slot_bytes;
+        Some(DeviceMemory {
+            arena_bytes: l.total_bytes().unwrap_or(0),
+            arena_used_bytes: l.weights_bytes + l.shared_bytes + taken,
+            lanes,
+            lanes_free: free,
+        })
     }
 
     /// Every matrix is stored in f16 whatever `precision` asks: cuBLAS
