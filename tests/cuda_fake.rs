@@ -35,6 +35,7 @@ use scribed::decode::{DecodeOptions, Transcriber};
 use scribed::model::{Dims, Whisper};
 
 use common::daemon::{self, Daemon};
+use common::numeric::{assert_close, Rng};
 
 // ------------------------------------------------------------- the fake --
 
@@ -152,27 +153,6 @@ fn assert_clean(f: &Fake) {
 
 // ---------------------------------------------------------------- helpers --
 
-/// xorshift64*: reproducible inputs without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn uniform(&mut self, a: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-    }
-    fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(a)).collect()
-    }
-    /// Values exactly representable in f16, so both backends hold the same weights.
-    fn vec16(&mut self, n: usize, a: f32) -> Vec<f16> {
-        (0..n).map(|_| f16::from_f32(self.uniform(a))).collect()
-    }
-}
-
 /// A small model shape: every operation of every kind, quickly.
 fn small_dims() -> Dims {
     Dims {
@@ -217,19 +197,6 @@ impl Both<'_> {
         self.gpu.download(&p.gpu, 0..rows, &mut g).unwrap();
         (g, p.cpu.as_slice().to_vec())
     }
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0usize, 0.0f32);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err <= tol(i), "{what}: element {i}: got {g}, want {w} (|err| {err} > {})", tol(i));
-        if err > worst.1 {
-            worst = (i, err);
-        }
-    }
-    eprintln!("{what}: {} values, max |err| {:.2e}", got.len(), worst.1);
 }
 
 /// Σ|xᵢwᵢ| per output of `x · Wᵀ` (rows of x against rows of w), the scale

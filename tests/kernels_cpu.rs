@@ -16,11 +16,14 @@
 //!
 //! Where g++ is missing, one SKIP line is printed and the tests pass.
 
+mod common;
+
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Once, OnceLock};
 
+use common::numeric::{assert_close, Rng};
 use half::f16;
 use scribed::backend::cpu::{Cpu, CpuBuf};
 use scribed::backend::cuda::kernels::{HeadSlots, Launch, MAX_HEADS};
@@ -156,28 +159,6 @@ fn run(op: &str, launch: Launch, params: &[f64], arrays: Vec<Arr>) -> Vec<Arr> {
 
 // ---------------------------------------------------------------- helpers --
 
-/// xorshift64*: reproducible inputs without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [-a, a).
-    fn uniform(&mut self, a: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-    }
-    fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(a)).collect()
-    }
-    /// Values exactly representable in f16, so f16 and f32 weights agree.
-    fn vec16(&mut self, n: usize, a: f32) -> Vec<f16> {
-        (0..n).map(|_| f16::from_f32(self.uniform(a))).collect()
-    }
-}
-
 fn bits(v: &[f16]) -> Vec<u16> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -186,19 +167,6 @@ fn cpu_buf(cpu: &Cpu, rows: usize, cols: usize, data: &[f32]) -> CpuBuf {
     let mut b = cpu.buffer(&(), rows, cols).unwrap();
     cpu.upload(data, &mut b).unwrap();
     b
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0usize, 0.0f32);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err <= tol(i), "{what}: element {i}: got {g}, want {w} (|err| {err} > tol {})", tol(i));
-        if err > worst.1 {
-            worst = (i, err);
-        }
-    }
-    eprintln!("{what}: {} values, max |err| {:.3e} at {}", got.len(), worst.1, worst.0);
 }
 
 macro_rules! need_harness {

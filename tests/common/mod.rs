@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod numeric;
 
 use std::fs;
 use std::io::{self, Write};
