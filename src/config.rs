@@ -52,6 +52,10 @@ pub struct FileConfig {
     pub write_timeout_s: Option<f64>,
     /// Seconds given to sessions to flush on shutdown.
     pub shutdown_grace_s: Option<f64>,
+    /// On a GPU: seconds with no session after which the arena's device
+    /// memory is given back (the next session takes it again, waiting for
+    /// the weights to be copied back). Unset: held while the daemon runs.
+    pub idle_release_s: Option<f64>,
 }
 
 /// When a streaming step's words become final (see `policy`).
@@ -103,6 +107,8 @@ pub struct Config {
     pub vad: VadKind,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// `idle_release_s` (GPU only).
+    pub idle_release: Option<Duration>,
     /// A session whose keyterms include `session::PANIC_KEYTERM` panics in
     /// its worker. Never from the config file: `main` sets it from
     /// `SCRIBED_FAULT_INJECTION`, which only tests set, to prove that one
@@ -208,6 +214,7 @@ impl Config {
             vad: f.vad.unwrap_or_default(),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
+            idle_release: f.idle_release_s.map(|v| secs("idle_release_s", Some(v), 0.0)).transpose()?,
             fault_injection: false,
         })
     }

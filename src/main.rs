@@ -255,18 +255,20 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
     match device {
         Resolved::Cpu { .. } => transcribe_on(&Whisper::load(&dir, Cpu).map_err(loaded)?, &args),
-        Resolved::Cuda(info) => transcribe_on(&cuda_model(&dir, info.index, 1).map_err(loaded)?, &args),
+        Resolved::Cuda(info) => transcribe_on(&cuda_model(&dir, info.index, 1, None).map_err(loaded)?, &args),
     }
 }
 
 /// The model on GPU `gpu`, its arena sized (by a dry run of the model's own
-/// load) for `sessions` streams at once.
+/// load) for `sessions` streams at once, given back after `idle_release`
+/// with none.
 fn cuda_model(
     dir: &std::path::Path,
     gpu: usize,
     sessions: usize,
+    idle_release: Option<std::time::Duration>,
 ) -> Result<Whisper<CudaBackend>, scribed::model::ModelError> {
-    let config = ArenaConfig { max_sessions: sessions, ..ArenaConfig::default() };
+    let config = ArenaConfig { max_sessions: sessions, idle_release, ..ArenaConfig::default() };
     Whisper::load_measured(dir, ArenaSizer::default(), config.max_seqs, |dims, sizer| {
         CudaBackend::new(gpu, dims, &sizer.footprint(), config).map_err(|e| BackendError::Device(e.to_string()))
     })
@@ -335,14 +337,14 @@ fn choose_device(choice: DeviceChoice, gpu: usize) -> anyhow::Result<Resolved> {
 /// GPU whose backend cannot start (the arena does not fit, a kernel does
 /// not compile) falls back to the CPU, saying why.
 fn load_engine(
-    dir: &std::path::Path,
+    config: &scribed::config::Config,
     device: Resolved,
     choice: DeviceChoice,
-    sessions: usize,
 ) -> anyhow::Result<std::sync::Arc<dyn Engine>> {
+    let dir = &config.model;
     let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
     if let Resolved::Cuda(info) = device {
-        match cuda_model(dir, info.index, sessions) {
+        match cuda_model(dir, info.index, config.max_sessions, config.idle_release) {
             Ok(model) => return Ok(std::sync::Arc::new(WhisperEngine::new(model))),
             Err(e) if choice == DeviceChoice::Auto => {
                 tracing::warn!("device auto: {info} could not run the model ({e}); using the CPU");
@@ -380,7 +382,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.fault_injection = std::env::var_os("SCRIBED_FAULT_INJECTION").is_some();
     let device = choose_device(args.device, args.gpu)?;
     init_threads(config.threads)?;
-    let engine = load_engine(&config.model, device, args.device, config.max_sessions)?;
+    let engine = load_engine(&config, device, args.device)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("scribed-net")

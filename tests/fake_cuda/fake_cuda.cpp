@@ -9,7 +9,11 @@
 //
 // The model:
 // - device memory is host memory: each cuMemAlloc is its own mapping with an
-//   inaccessible page after it, in a registry of live allocations;
+//   inaccessible page after it, in a registry of live allocations; virtual
+//   memory management (cuMemAddressReserve, cuMemCreate, cuMemMap,
+//   cuMemSetAccess, cuMemUnmap, cuMemRelease) is address space reserved
+//   inaccessible, a memfd per physical allocation mapped into it, and a
+//   mapping becomes a live allocation only once access is granted;
 // - "NVRTC" compiles the unchanged kernel source with g++ and the fiber shim
 //   (kernels/shim/cuda_shim.h) into a shared library, cached by the hash of
 //   everything that goes into it; the "CUBIN" names that library, and
@@ -103,6 +107,26 @@ enum : CUresult {
     CUDA_ERROR_NOT_SUPPORTED = 801,
 };
 
+// Virtual memory management's structs, as CUDA 13.0's cuda.h lays them out.
+enum { CU_MEM_ALLOCATION_TYPE_PINNED = 1, CU_MEM_LOCATION_TYPE_DEVICE = 1, CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3 };
+struct CUmemLocation {
+    int type;
+    int id;
+};
+struct CUmemAllocationProp {
+    int type;
+    int requestedHandleTypes;
+    CUmemLocation location;
+    void* win32HandleMetaData;
+    unsigned char compressionType, gpuDirectRDMACapable;
+    unsigned short usage;
+    unsigned char reserved[4];
+};
+struct CUmemAccessDesc {
+    CUmemLocation location;
+    int flags;
+};
+
 enum { NVRTC_SUCCESS = 0, NVRTC_ERROR_INVALID_INPUT = 3, NVRTC_ERROR_INVALID_PROGRAM = 4,
        NVRTC_ERROR_INVALID_OPTION = 5, NVRTC_ERROR_COMPILATION = 6 };
 enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_NOT_INITIALIZED = 1, CUBLAS_STATUS_INVALID_VALUE = 7,
@@ -144,6 +168,21 @@ struct Alloc {
     size_t bytes;
     void* map;
     size_t map_bytes;
+    bool vmm;  // a cuMemMap'ed range: unmapped with cuMemUnmap, not cuMemFree
+};
+
+// Virtual memory management: reserved ranges, physical allocations (a memfd
+// each) and the mappings of the one into the other.
+struct Phys {
+    int fd;
+    size_t bytes;
+    int maps = 0;
+    bool released = false;
+};
+
+struct Mapping {
+    size_t bytes;
+    uint64_t handle;
 };
 
 struct Counters {
@@ -157,6 +196,10 @@ struct Device {
     Config cfg;
     std::mutex m;
     std::map<uint64_t, Alloc> allocs;  // by device address
+    std::map<uint64_t, size_t> reservations;  // start → bytes
+    std::map<uint64_t, Phys> phys;            // by handle
+    std::map<uint64_t, Mapping> mappings;     // by start address
+    uint64_t next_handle = 1;
     size_t used = 0;
     Counters n;
     std::vector<std::string> violations;  // the first 100
@@ -476,7 +519,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     mprotect(static_cast<char*>(map) + pages, PAGE, PROT_NONE);
     const uint64_t addr = reinterpret_cast<uint64_t>(map) + (pages - body);
     std::lock_guard<std::mutex> g(d.m);
-    d.allocs[addr] = Alloc{bytes, map, pages + PAGE};
+    d.allocs[addr] = Alloc{bytes, map, pages + PAGE, false};
     d.used += bytes;
     d.n.allocs++;
     d.n.alloc_sizes.push_back(bytes);
@@ -490,13 +533,197 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
     Device& d = dev();
     std::lock_guard<std::mutex> g(d.m);
     auto it = d.allocs.find(p);
-    if (it == d.allocs.end())
+    if (it == d.allocs.end() || it->second.vmm)
         return violation(CUDA_ERROR_INVALID_VALUE, "cuMemFree(0x%llx): not the start of a live allocation",
                          (unsigned long long)p);
     munmap(it->second.map, it->second.map_bytes);
     d.used -= it->second.bytes;
     d.allocs.erase(it);
     d.n.frees++;
+    return CUDA_SUCCESS;
+}
+
+// ------------------------------------------------ virtual memory management --
+
+// The allocation granularity this device reports (a real GPU's is 2 MiB).
+const size_t GRANULARITY = size_t(2) << 20;
+
+static CUresult check_prop(const CUmemAllocationProp* prop, const char* call) {
+    if (prop == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    if (prop->type != CU_MEM_ALLOCATION_TYPE_PINNED || prop->requestedHandleTypes != 0 ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        not_modelled("%s with other than pinned device memory and no shareable handle", call);
+    if (prop->location.id != 0) return CUDA_ERROR_INVALID_DEVICE;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemGetAllocationGranularity(size_t* g, const CUmemAllocationProp* prop, int option) {
+    if (CUresult r = check_prop(prop, "cuMemGetAllocationGranularity")) return r;
+    (void)option;  // minimum and recommended are the same here
+    *g = GRANULARITY;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAddressReserve(CUdeviceptr* p, size_t bytes, size_t alignment, CUdeviceptr addr,
+                             unsigned long long flags) {
+    if (CUresult r = need_context("cuMemAddressReserve")) return r;
+    if (addr != 0 || flags != 0) not_modelled("cuMemAddressReserve at a requested address or with flags");
+    if (bytes == 0 || bytes % GRANULARITY != 0)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemAddressReserve(%zu): not a multiple of the granularity", bytes);
+    const size_t align = std::max(alignment, GRANULARITY);
+    if (align % GRANULARITY != 0 || (align & (align - 1)) != 0) return CUDA_ERROR_INVALID_VALUE;
+    // Inaccessible until mapped; one more inaccessible page after the range.
+    const size_t span = bytes + align + PAGE;
+    void* map = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    const uint64_t raw = reinterpret_cast<uint64_t>(map), start = (raw + align - 1) / align * align;
+    if (start > raw) munmap(map, start - raw);
+    const uint64_t end = start + bytes + PAGE;
+    if (raw + span > end) munmap(reinterpret_cast<void*>(end), raw + span - end);
+    std::lock_guard<std::mutex> g(dev().m);
+    dev().reservations[start] = bytes;
+    *p = start;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAddressFree(CUdeviceptr p, size_t bytes) {
+    if (CUresult r = need_context("cuMemAddressFree")) return r;
+    Device& d = dev();
+    std::lock_guard<std::mutex> g(d.m);
+    auto it = d.reservations.find(p);
+    if (it == d.reservations.end() || it->second != bytes)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemAddressFree(0x%llx, %zu): not a reserved range",
+                         (unsigned long long)p, bytes);
+    auto m = d.mappings.lower_bound(p);
+    if (m != d.mappings.end() && m->first < p + bytes)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemAddressFree(0x%llx): the range is still mapped",
+                         (unsigned long long)p);
+    munmap(reinterpret_cast<void*>(p), bytes + PAGE);
+    d.reservations.erase(it);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemCreate(uint64_t* handle, size_t bytes, const CUmemAllocationProp* prop, unsigned long long flags) {
+    if (CUresult r = need_context("cuMemCreate")) return r;
+    if (CUresult r = check_prop(prop, "cuMemCreate")) return r;
+    if (flags != 0) not_modelled("cuMemCreate flags");
+    if (bytes == 0 || bytes % GRANULARITY != 0)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemCreate(%zu): not a multiple of the granularity", bytes);
+    Device& d = dev();
+    {
+        std::lock_guard<std::mutex> g(d.m);
+        if (RESERVED + d.used + bytes > d.cfg.total) return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    const int fd = memfd_create("scribed-fake-cuda", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)bytes) != 0) {
+        if (fd >= 0) close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    std::lock_guard<std::mutex> g(d.m);
+    const uint64_t h = d.next_handle++;
+    d.phys[h] = Phys{fd, bytes};
+    d.used += bytes;
+    d.n.allocs++;
+    d.n.alloc_sizes.push_back(bytes);
+    *handle = h;
+    return CUDA_SUCCESS;
+}
+
+// Frees physical memory once it is released and no longer mapped, as CUDA
+// does. Called with the device lock held.
+static void free_phys_if_done(Device& d, uint64_t handle) {
+    auto it = d.phys.find(handle);
+    if (it == d.phys.end() || !it->second.released || it->second.maps > 0) return;
+    close(it->second.fd);
+    d.used -= it->second.bytes;
+    d.n.frees++;
+    d.phys.erase(it);
+}
+
+CUresult cuMemRelease(uint64_t handle) {
+    if (CUresult r = need_context("cuMemRelease")) return r;
+    Device& d = dev();
+    std::lock_guard<std::mutex> g(d.m);
+    auto it = d.phys.find(handle);
+    if (it == d.phys.end() || it->second.released)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemRelease(%llu): not a live allocation handle",
+                         (unsigned long long)handle);
+    it->second.released = true;
+    free_phys_if_done(d, handle);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemMap(CUdeviceptr p, size_t bytes, size_t offset, uint64_t handle, unsigned long long flags) {
+    if (CUresult r = need_context("cuMemMap")) return r;
+    if (flags != 0) not_modelled("cuMemMap flags");
+    Device& d = dev();
+    std::lock_guard<std::mutex> g(d.m);
+    auto r = d.reservations.upper_bound(p);
+    const bool reserved = r != d.reservations.begin() && (--r, p >= r->first && p + bytes <= r->first + r->second);
+    if (!reserved || bytes == 0 || p % GRANULARITY != 0 || bytes % GRANULARITY != 0)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemMap(0x%llx, %zu): not a granular part of a reserved range",
+                         (unsigned long long)p, bytes);
+    auto m = d.mappings.lower_bound(p);
+    const bool overlaps = (m != d.mappings.end() && m->first < p + bytes) ||
+                          (m != d.mappings.begin() && (--m, m->first + m->second.bytes > p));
+    if (overlaps)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemMap(0x%llx): the range is already mapped",
+                         (unsigned long long)p);
+    auto ph = d.phys.find(handle);
+    if (ph == d.phys.end() || ph->second.released || offset + bytes > ph->second.bytes)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemMap: handle %llu cannot back %zu bytes at offset %zu",
+                         (unsigned long long)handle, bytes, offset);
+    void* at = mmap(reinterpret_cast<void*>(p), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED, ph->second.fd, (off_t)offset);
+    if (at == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    ph->second.maps++;
+    d.mappings[p] = Mapping{bytes, handle};
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemSetAccess(CUdeviceptr p, size_t bytes, const CUmemAccessDesc* desc, size_t count) {
+    if (CUresult r = need_context("cuMemSetAccess")) return r;
+    if (count != 1 || desc == nullptr || desc->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+        desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+        not_modelled("cuMemSetAccess other than read-write for the one device");
+    if (desc->location.id != 0) return CUDA_ERROR_INVALID_DEVICE;
+    Device& d = dev();
+    std::lock_guard<std::mutex> g(d.m);
+    auto m = d.mappings.find(p);
+    if (m == d.mappings.end() || m->second.bytes != bytes)
+        not_modelled("cuMemSetAccess on other than exactly one mapping");
+    mprotect(reinterpret_cast<void*>(p), bytes, PROT_READ | PROT_WRITE);
+    d.allocs[p] = Alloc{bytes, nullptr, 0, true};
+    return CUDA_SUCCESS;
+}
+
+// Whether any stream has work queued (deferred mode), with the lock held.
+static bool work_queued(Device& d) {
+    for (Stream* s : d.streams) {
+        std::lock_guard<std::mutex> g(s->m);
+        if (!s->queue.empty()) return true;
+    }
+    return false;
+}
+
+CUresult cuMemUnmap(CUdeviceptr p, size_t bytes) {
+    if (CUresult r = need_context("cuMemUnmap")) return r;
+    Device& d = dev();
+    std::lock_guard<std::mutex> g(d.m);
+    auto m = d.mappings.find(p);
+    if (m == d.mappings.end() || m->second.bytes != bytes)
+        return violation(CUDA_ERROR_INVALID_VALUE, "cuMemUnmap(0x%llx, %zu): not exactly one mapped range",
+                         (unsigned long long)p, bytes);
+    // Unmapping does not wait for the device: work still queued that may
+    // use the range is the caller's mistake (synchronise first).
+    if (work_queued(d))
+        return violation(CUDA_ERROR_ILLEGAL_STATE, "cuMemUnmap(0x%llx) while work is queued on a stream",
+                         (unsigned long long)p);
+    mmap(reinterpret_cast<void*>(p), bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    const uint64_t handle = m->second.handle;
+    d.mappings.erase(m);
+    d.allocs.erase(p);
+    d.phys[handle].maps--;
+    free_phys_if_done(d, handle);
     return CUDA_SUCCESS;
 }
 

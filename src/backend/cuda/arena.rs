@@ -6,7 +6,7 @@
 //! that allocation and touches no GPU, so all of it is unit-tested in CI:
 //!
 //! ```text
-//! | weights | slot 0 | slot 1 | … | slot max_sessions−1 | shared |
+//! | weights | slot 0 | slot 1 | … | slot max_sessions−1 |
 //! ```
 //!
 //! - **weights**: every tensor as the CUDA backend stores it (matrices f16,
@@ -15,9 +15,7 @@
 //!   session's encoder activations, cross-attention K/V, self-attention KV
 //!   caches, mel window, scratch (f16 GEMM operands, attention scores, token
 //!   and row-index lists) and its cuBLAS workspace — nothing of one session
-//!   is ever written by another;
-//! - **shared**: start-up scratch only (an f32 weight is uploaded there and
-//!   narrowed to f16 in place in the weights region), idle afterwards.
+//!   is ever written by another.
 //!
 //! Every part starts at a multiple of [`ALIGN`] bytes (what cuMemAlloc
 //! guarantees, and what cuBLAS and vector loads want), and parts never
@@ -26,7 +24,8 @@
 //! at the worst case `max_seqs`), so a session can never need more; the GPU's
 //! own scratch follows the model's [`Dims`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::sizing::Footprint;
 use crate::model::Dims;
@@ -54,6 +53,10 @@ pub struct ArenaConfig {
     /// Outside the arena per session: each cuBLAS handle's own allocation
     /// (4 MiB with `CUBLAS_WORKSPACE_CONFIG=:4096:1`) and its stream.
     pub per_session_outside: u64,
+    /// After this long with no session the arena's memory is given back to
+    /// the device, and the same size is taken again when the next session
+    /// arrives (`None`: held for the daemon's life).
+    pub idle_release: Option<Duration>,
 }
 
 impl Default for ArenaConfig {
@@ -65,6 +68,7 @@ impl Default for ArenaConfig {
             cublas_workspace: 32 * MIB,
             reserve: 512 * MIB,
             per_session_outside: 8 * MIB,
+            idle_release: None,
         }
     }
 }
@@ -144,7 +148,6 @@ pub struct Layout {
     /// The parts of one slot, offsets relative to the slot's start.
     pub slot: Vec<Part>,
     pub slot_bytes: u64,
-    pub shared_bytes: u64,
 }
 
 impl Layout {
@@ -162,10 +165,8 @@ impl Layout {
             w.add(format!("weight/{i}"), bytes)?;
         }
         let (weights, weights_bytes) = w.finish()?;
-        let largest = footprint.largest_weight;
         let (slot, slot_bytes) = plan_slot(dims, &footprint.state, &config)?;
-        let shared_bytes = align_up(largest.checked_mul(4).ok_or(ArenaError::Overflow)?).ok_or(ArenaError::Overflow)?;
-        let layout = Layout { config, weights, weights_bytes, slot, slot_bytes, shared_bytes };
+        let layout = Layout { config, weights, weights_bytes, slot, slot_bytes };
         layout.total_bytes()?;
         Ok(layout)
     }
@@ -175,16 +176,11 @@ impl Layout {
         self.weights_bytes + i as u64 * self.slot_bytes
     }
 
-    pub fn shared_offset(&self) -> u64 {
-        self.slot_offset(self.config.max_sessions)
-    }
-
     /// Bytes of the one allocation.
     pub fn total_bytes(&self) -> Result<u64, ArenaError> {
         (self.config.max_sessions as u64)
             .checked_mul(self.slot_bytes)
             .and_then(|s| s.checked_add(self.weights_bytes))
-            .and_then(|s| s.checked_add(self.shared_bytes))
             .ok_or(ArenaError::Overflow)
     }
 
@@ -199,7 +195,7 @@ impl Layout {
 
     /// The most sessions that fit in `free` bytes of device memory.
     pub fn sessions_that_fit(&self, free: u64) -> usize {
-        let fixed = self.weights_bytes.saturating_add(self.shared_bytes).saturating_add(self.config.reserve);
+        let fixed = self.weights_bytes.saturating_add(self.config.reserve);
         let per = self.slot_bytes.saturating_add(self.config.per_session_outside).max(1);
         (free.saturating_sub(fixed) / per).min(usize::MAX as u64) as usize
     }
@@ -229,13 +225,12 @@ impl Layout {
     pub fn summary(&self) -> String {
         let total = self.total_bytes().unwrap_or(u64::MAX);
         format!(
-            "arena {:.1} MiB: weights {:.1} MiB ({} tensors), {} slot(s) × {:.1} MiB, shared {:.1} MiB",
+            "arena {:.1} MiB: weights {:.1} MiB ({} tensors), {} slot(s) × {:.1} MiB",
             total as f64 / MIB as f64,
             self.weights_bytes as f64 / MIB as f64,
             self.weights.len(),
             self.config.max_sessions,
             self.slot_bytes as f64 / MIB as f64,
-            self.shared_bytes as f64 / MIB as f64
         )
     }
 }
@@ -313,11 +308,23 @@ impl Cursor {
 /// The session slots: admission is taking a free slot. `try_acquire` never
 /// waits — when every slot is taken it fails at once, and the server answers
 /// 503 before the websocket upgrade. Taking and returning a slot is O(1) (a
-/// free stack), whatever `max_sessions` is.
+/// free stack), whatever `max_sessions` is. The pool also knows since when
+/// no slot has been taken, which is what releases an idle arena
+/// ([`SlotPool::wait_idle`]).
 #[derive(Debug)]
 pub struct SlotPool {
-    free: Mutex<Vec<usize>>,
+    state: Mutex<PoolState>,
+    changed: Condvar,
     capacity: usize,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    free: Vec<usize>,
+    /// When the last taken slot came back (or the pool was made), while
+    /// none is taken; taken by `wait_idle` once it has waited it out.
+    idle_since: Option<Instant>,
+    closed: bool,
 }
 
 /// Every slot is taken.
@@ -330,7 +337,8 @@ pub struct PoolFull {
 impl SlotPool {
     pub fn new(capacity: usize) -> Arc<SlotPool> {
         // Reversed so that slot 0 is handed out first (lowest addresses).
-        Arc::new(SlotPool { free: Mutex::new((0..capacity).rev().collect()), capacity })
+        let state = PoolState { free: (0..capacity).rev().collect(), idle_since: Some(Instant::now()), closed: false };
+        Arc::new(SlotPool { state: Mutex::new(state), changed: Condvar::new(), capacity })
     }
 
     pub fn capacity(&self) -> usize {
@@ -338,18 +346,55 @@ impl SlotPool {
     }
 
     pub fn available(&self) -> usize {
-        self.lock().len()
+        self.lock().free.len()
     }
 
     /// A free slot, held until the lease drops.
     pub fn try_acquire(self: &Arc<Self>) -> Result<SlotLease, PoolFull> {
-        let index = self.lock().pop().ok_or(PoolFull { capacity: self.capacity })?;
+        let mut st = self.lock();
+        let index = st.free.pop().ok_or(PoolFull { capacity: self.capacity })?;
+        st.idle_since = None;
         Ok(SlotLease { pool: Arc::clone(self), index })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
-        // The list is valid after any panic (push/pop are single steps).
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    /// Blocks until no slot has been taken for `idle` (true; the idle
+    /// period is then used up, so the next `true` needs a session to come
+    /// and go first) or the pool is closed (false).
+    pub fn wait_idle(&self, idle: Duration) -> bool {
+        let mut st = self.lock();
+        loop {
+            if st.closed {
+                return false;
+            }
+            st = match st.idle_since.map(|t| t.elapsed()) {
+                Some(waited) if waited >= idle => {
+                    st.idle_since = None;
+                    return true;
+                }
+                Some(waited) => self.changed.wait_timeout(st, idle - waited).unwrap_or_else(|e| e.into_inner()).0,
+                None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+
+    /// Wakes `wait_idle` for good (the backend is going away).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    fn give_back(&self, index: usize) {
+        let mut st = self.lock();
+        st.free.push(index);
+        if st.free.len() == self.capacity {
+            st.idle_since = Some(Instant::now());
+            self.changed.notify_all();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // The state is valid after any panic (each change is one step).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -369,7 +414,7 @@ impl SlotLease {
 
 impl Drop for SlotLease {
     fn drop(&mut self) {
-        self.pool.lock().push(self.index);
+        self.pool.give_back(self.index);
     }
 }
 
@@ -410,7 +455,6 @@ mod tests {
     fn fp() -> Footprint {
         Footprint {
             weights: vec![2 * 51864 * 384, 4 * 384, 3, 2 * 1536 * 384],
-            largest_weight: 51864 * 384,
             state: vec![3000 * 80 * 4, 1500 * 4 * 384 * 4, 5 * 448 * 2 * 384 * 4, 17],
         }
     }
@@ -441,7 +485,7 @@ mod tests {
                 assert!(l.slot_offset(i) >= l.weights_bytes);
                 assert_eq!(l.slot_offset(i + 1) - l.slot_offset(i), l.slot_bytes);
             }
-            assert_eq!(l.shared_offset() + l.shared_bytes, l.total_bytes().unwrap());
+            assert_eq!(l.slot_offset(l.config.max_sessions), l.total_bytes().unwrap());
         }
     }
 
@@ -461,7 +505,6 @@ mod tests {
         let bytes = |n: &str| l.slot_part(n).unwrap_or_else(|| panic!("no part {n}")).bytes;
         assert_eq!(bytes("scratch/scores"), 6 * 1500 * 1500 * 4);
         assert_eq!(bytes("cublas_workspace"), 32 << 20);
-        assert_eq!(l.shared_bytes, align_up(f.largest_weight * 4).unwrap());
     }
 
     #[test]
@@ -578,5 +621,43 @@ mod tests {
         let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert!(admitted > 0);
         assert_eq!(pool.available(), 4);
+    }
+
+    #[test]
+    fn the_pool_is_idle_only_after_the_last_session_has_been_gone_long_enough() {
+        let pool = SlotPool::new(2);
+        let idle = Duration::from_millis(150);
+        // A new pool counts as idle from its start: an unused daemon lets go.
+        let t = Instant::now();
+        assert!(pool.wait_idle(idle));
+        assert!(t.elapsed() >= idle);
+        // Used up: the next idle period starts when the last session leaves.
+        let (a, b) = (pool.try_acquire().unwrap(), pool.try_acquire().unwrap());
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let r = pool.wait_idle(idle);
+                (r, Instant::now())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        drop(a);
+        std::thread::sleep(Duration::from_millis(100));
+        let last_left = Instant::now();
+        drop(b);
+        let (r, when) = waiter.join().unwrap();
+        assert!(r);
+        assert!(when.duration_since(last_left) >= idle, "idle is counted from the last session's end");
+        // Closing the pool (the backend is dropped) wakes a waiter with false.
+        drop(pool.try_acquire().unwrap());
+        let closer = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                pool.close();
+            })
+        };
+        assert!(!pool.wait_idle(Duration::from_secs(60)));
+        closer.join().unwrap();
     }
 }

@@ -6,7 +6,9 @@
 //! every operation matches the CPU backend and tiny.en decodes the CPU's
 //! tokens (`tests/cuda_fake.rs`).
 //!
-//! Memory: one `cuMemAlloc` at start-up ([`Layout`]), nothing after. Buffers
+//! Memory: one allocation at start-up ([`Layout`], [`ArenaMemory`]), nothing
+//! after; with `idle_release`, given back when no session has run for that
+//! long and taken again, at the same addresses, for the next. Buffers
 //! are raw device pointers into it, never cudarc `CudaSlice`s: a carved slice
 //! would free an interior pointer on drop and, with event tracking on, make
 //! sessions' streams wait on each other. Event tracking is disabled anyway,
@@ -28,6 +30,8 @@
 use std::ffi::c_void;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result as drv, CudaContext, CudaFunction, CudaStream, PushKernelArg};
@@ -37,6 +41,7 @@ use super::arena::{ArenaConfig, Cursor, Layout, SlotLease, SlotPool};
 use super::device::{self, DeviceInfo};
 use super::error::CudaError;
 use super::kernels::{self, HeadSlots, Kernel, Launch};
+use super::memory::ArenaMemory;
 use super::sizing::Footprint;
 use crate::backend::{
     Activation, AttentionShape, Backend, BackendError, DeviceMemory, HostMatrix, Precision, View, Write,
@@ -174,12 +179,16 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     pub info: DeviceInfo,
     pub layout: Layout,
+    memory: Arc<ArenaMemory>,
+    /// `memory.base()`, fixed for the backend's life.
     base: u64,
     load_stream: Arc<CudaStream>,
     weights: Mutex<Cursor>,
     functions: Vec<CudaFunction>,
     slots: Vec<Slot>,
     pool: Arc<SlotPool>,
+    /// Gives the arena back after `idle_release` with no session.
+    releaser: Option<JoinHandle<()>>,
     /// A sticky error: the context is lost for every slot (`fatal_error`).
     fatal: Mutex<Option<String>>,
 }
@@ -202,6 +211,26 @@ fn is_sticky(e: &CudaError) -> bool {
                 | CUDA_ERROR_ECC_UNCORRECTABLE
         ))
     )
+}
+
+/// The thread that gives the arena back once `pool` has had no session for
+/// `idle` (until the pool is closed, when the backend drops).
+fn spawn_releaser(
+    memory: &Arc<ArenaMemory>,
+    pool: &Arc<SlotPool>,
+    idle: Duration,
+) -> Result<JoinHandle<()>, CudaError> {
+    let (memory, pool) = (Arc::clone(memory), Arc::clone(pool));
+    std::thread::Builder::new()
+        .name("scribed-gpu-idle".into())
+        .spawn(move || {
+            while pool.wait_idle(idle) {
+                if let Err(e) = memory.release_if_idle(&pool) {
+                    tracing::error!("GPU arena: giving it back failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| CudaError::Missing(format!("idle-release thread ({e})")))
 }
 
 /// One model `State`'s slot of the arena: free again when this drops.
@@ -234,27 +263,29 @@ impl CudaBackend {
         // streams is explicit (see the module doc).
         unsafe { ctx.disable_event_tracking() };
         ctx.bind_to_thread()?;
-        let total = layout.total_bytes()?;
-        // SAFETY: a plain allocation, freed in Drop after synchronising.
-        let base = unsafe { drv::malloc_sync(total as usize) }?;
-
         let functions = load_kernels(&ctx, &info)?;
         // The weights' stream exists before any session stream.
         let load_stream = ctx.new_stream()?;
+        let memory =
+            Arc::new(ArenaMemory::new(ctx.clone(), load_stream.clone(), layout.total_bytes()?, layout.weights_bytes)?);
+        let base = memory.base();
         let slots = (0..layout.config.max_sessions)
             .map(|i| Slot::new(&ctx, &layout, base + layout.slot_offset(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let pool = SlotPool::new(slots.len());
+        let releaser = layout.config.idle_release.map(|idle| spawn_releaser(&memory, &pool, idle)).transpose()?;
         Ok(CudaBackend {
             ctx,
             info,
             weights: Mutex::new(Cursor::new("weights", layout.weights_bytes)),
             layout,
+            memory,
             base,
             load_stream,
             functions,
             slots,
             pool,
+            releaser,
             fatal: Mutex::new(None),
         })
     }
@@ -537,12 +568,13 @@ fn dev_err(e: impl std::fmt::Display) -> BackendError {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
-        // Every stream idle before the arena goes.
-        let _ = self.ctx.synchronize();
-        // SAFETY: allocated in `new`; no work on it remains.
-        unsafe {
-            let _ = drv::free_sync(self.base);
+        // The releaser first, so the arena is not given back under our feet;
+        // the arena's memory goes when `memory` drops.
+        self.pool.close();
+        if let Some(t) = self.releaser.take() {
+            let _ = t.join();
         }
+        let _ = self.ctx.synchronize();
     }
 }
 
@@ -557,16 +589,18 @@ impl Backend for CudaBackend {
     }
 
     fn fatal_error(&self) -> Option<String> {
-        lock(&self.fatal).clone()
+        lock(&self.fatal).clone().or_else(|| self.memory.failure())
     }
 
+    /// Zero bytes while the arena is given back (idle release).
     fn memory(&self) -> Option<DeviceMemory> {
         let l = &self.layout;
         let (lanes, free) = (self.pool.capacity(), self.pool.available());
         let taken = (lanes - free) as u64 * l.slot_bytes;
+        let resident = self.memory.is_resident();
         Some(DeviceMemory {
-            arena_bytes: l.total_bytes().unwrap_or(0),
-            arena_used_bytes: l.weights_bytes + l.shared_bytes + taken,
+            arena_bytes: if resident { self.memory.bytes() } else { 0 },
+            arena_used_bytes: if resident { l.weights_bytes + taken } else { 0 },
             lanes,
             lanes_free: free,
         })
@@ -597,9 +631,11 @@ impl Backend for CudaBackend {
     }
 
     /// A free slot, emptied for the `State` about to be carved from it (the
-    /// previous lease's work on its stream precedes anything queued now).
+    /// previous lease's work on its stream precedes anything queued now);
+    /// the arena taken again first if it was given back while idle.
     fn lane(&self) -> Result<CudaLane, BackendError> {
         let lease = self.pool.try_acquire().map_err(|e| BackendError::Busy { lanes: e.capacity })?;
+        self.memory.ensure_resident().map_err(dev_err)?;
         let s = self.slots.get(lease.index()).ok_or_else(|| dev_err(format!("no slot {}", lease.index())))?;
         lock(&s.cursor).reset();
         *lock(&s.error) = None;

@@ -32,6 +32,9 @@ pub enum CudaError {
     /// (a bug).
     #[error("the CUDA backend's {0} is missing")]
     Missing(String),
+    /// Giving the idle arena back or taking it again failed half-way.
+    #[error("the GPU arena could not be restored after an idle release: {0}")]
+    ArenaLost(String),
     #[error("{file}: NVRTC failed to compile it ({status}):\n{log}")]
     Compile { file: &'static str, status: String, log: String },
     #[error("{file}: NVRTC reported warnings, which scribed treats as errors:\n{log}")]

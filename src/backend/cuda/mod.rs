@@ -4,7 +4,9 @@
 //! - [`kernels`]: the CUDA C sources of `kernels/`, embedded in the binary and
 //!   compiled with NVRTC for the device's architecture at start-up;
 //! - [`arena`]: the layout of the one device allocation (weights, one fixed
-//!   slot per session, shared scratch) and the slot pool that admits sessions;
+//!   slot per session) and the slot pool that admits sessions;
+//! - [`memory`]: the device memory behind the arena (addresses reserved
+//!   once, memory given back when idle and taken again);
 //! - [`sizing`]: the dry run that measures what the model takes (`ArenaSizer`);
 //! - [`backend`]: `CudaBackend`, the `Backend` operations on the GPU;
 //! - [`device`]: probing for a driver and a GPU, and `--device auto|cpu|cuda`;
@@ -20,6 +22,7 @@ pub mod backend;
 pub mod device;
 pub mod error;
 pub mod kernels;
+pub mod memory;
 pub mod sizing;
 
 pub use backend::CudaBackend;

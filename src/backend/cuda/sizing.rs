@@ -18,8 +18,6 @@ use crate::backend::{Activation, AttentionShape, Backend, BackendError, HostMatr
 pub struct Footprint {
     /// Bytes of every weight tensor, in load order.
     pub weights: Vec<u64>,
-    /// Elements of the largest weight tensor.
-    pub largest_weight: u64,
     /// Bytes of every buffer of one `State`, in the order they are made.
     pub state: Vec<u64>,
 }
@@ -42,9 +40,7 @@ impl ArenaSizer {
     }
 
     fn weight(&self, elems: usize, elem_bytes: u64) {
-        let mut f = self.lock();
-        f.weights.push(elems as u64 * elem_bytes);
-        f.largest_weight = f.largest_weight.max(elems as u64);
+        self.lock().weights.push(elems as u64 * elem_bytes);
     }
 }
 
