@@ -252,11 +252,16 @@ fn transcribe(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     let device = choose_device(args.model.device, args.model.gpu)?;
     init_threads(args.model.threads)?;
     let dir = args.model.model.clone();
-    let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
+    let loaded = loading(&dir);
     match device {
         Resolved::Cpu { .. } => transcribe_on(&Whisper::load(&dir, Cpu).map_err(loaded)?, &args),
         Resolved::Cuda(info) => transcribe_on(&cuda_model(&dir, info.index, 1, None).map_err(loaded)?, &args),
     }
+}
+
+/// Says which model directory a load error is about.
+fn loading(dir: &std::path::Path) -> impl Fn(scribed::model::ModelError) -> anyhow::Error + '_ {
+    move |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()))
 }
 
 /// The model on GPU `gpu`, its arena sized (by a dry run of the model's own
@@ -342,7 +347,7 @@ fn load_engine(
     choice: DeviceChoice,
 ) -> anyhow::Result<std::sync::Arc<dyn Engine>> {
     let dir = &config.model;
-    let loaded = |e| anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()));
+    let loaded = loading(dir);
     if let Resolved::Cuda(info) = device {
         match cuda_model(dir, info.index, config.max_sessions, config.idle_release) {
             Ok(model) => return Ok(std::sync::Arc::new(WhisperEngine::new(model))),

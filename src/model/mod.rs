@@ -107,18 +107,13 @@ pub struct State<B: Backend> {
     encoded_mel: Vec<f32>,
     /// Where the buffers above live; declared last so that it is given back
     /// after them.
-    lane: B::Lane,
+    _lane: B::Lane,
 }
 
 impl<B: Backend> State<B> {
     /// Sequences decoded at once (the beam, or best-of when sampling).
     pub fn max_seqs(&self) -> usize {
         self.decoder.max_seqs()
-    }
-
-    /// The backend lane (on a GPU, the arena slot) this state lives in.
-    pub fn lane(&self) -> &B::Lane {
-        &self.lane
     }
 
     /// Encoder positions of the current window (1500 unless shortened).
@@ -209,7 +204,7 @@ impl<B: Backend> Whisper<B> {
             encoder: self.encoder.state(&self.backend, &lane, &self.dims)?,
             decoder: self.decoder.state(&self.backend, &lane, max_seqs.max(1))?,
             encoded_mel: Vec::with_capacity(WINDOW_FRAMES * self.dims.n_mels),
-            lane,
+            _lane: lane,
         })
     }
 

@@ -21,6 +21,21 @@
 //! that slot, and every operation runs on the stream (and cuBLAS handle) of
 //! the slot its output buffer belongs to.
 //!
+//! No CUDA graphs (yet). A tiny.en decoder step is 76 kernel launches and 41
+//! cuBLAS GEMMs (counted on the fake; about 8× that for large-v3's 32
+//! layers), so at a few microseconds per launch a graph could pay on a GPU.
+//! But a captured graph fixes every launch's arguments and every GEMM's
+//! shape, and a step's depend on its position: self-attention spans
+//! `kv_len = position + 1` rows (the scores and output GEMMs' `m`/`n`, the
+//! softmax width), the positional embedding row moves, and cross-attention
+//! spans the window's encoded length, which changes with every shortened
+//! encode. Replaying one graph per step needs kernels that read the position
+//! from device memory and attend over the whole cache with a mask (fixed
+//! shapes; little extra work, as a step's attention is a small part of it),
+//! re-captured once per encode. Whether that is worth it is for
+//! `benches/gpu.sh` on a lent GPU to say (decoder ms per token against 117
+//! launches), so it waits for one.
+//!
 //! Errors: an operation returns its slot's CUDA error. Launches are
 //! asynchronous, so a failure may surface at a later call (at the latest at
 //! the download that synchronises); the first error of a slot is kept
