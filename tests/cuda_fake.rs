@@ -727,6 +727,56 @@ fn the_operations_also_match_when_work_runs_at_enqueue() {
     assert!(text.contains(r#""mode":"enqueue""#), "the child ran in enqueue mode:\n{text}");
 }
 
+/// A CUDA error that loses nothing else (the fake refuses one launch, as a
+/// launch asking for too many resources is) ends its own session with an
+/// error, and only that one: the daemon stays ready, and the next session on
+/// the same slot transcribes jfk.wav.
+#[test]
+fn a_cuda_error_ends_only_its_own_session() {
+    let Some(dir) = fake_dir() else { return };
+    let Some(model) = common::model_dir("tiny.en") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let rep = tmp.path().join("report.json");
+    let env = [
+        ("LD_LIBRARY_PATH", dir.to_str().unwrap()),
+        ("SCRIBED_FAKE_CUDA_FAIL_AT", "50"),
+        ("SCRIBED_FAKE_CUDA_REPORT", rep.to_str().unwrap()),
+    ];
+    let d = Daemon::start_with_env(&model, &["--device", "cuda", "--max-sessions", "1"], &env);
+    let audio = daemon::load("jfk.wav");
+    let url = d.ws("encoding=linear16&sample_rate=16000");
+    let run = || {
+        daemon::rt().block_on(daemon::session_within(
+            &url,
+            &[],
+            daemon::frames16(&audio, 100),
+            std::time::Duration::from_millis(25),
+            std::time::Duration::from_secs(300),
+        ))
+    };
+    let failed = run();
+    assert_eq!(failed.close, Some(1011), "the session that met the error: {:?}", failed.msgs.last());
+    assert!(failed.of_type("Error").iter().any(|e| e.to_string().contains("GPU slot")), "{:?}", failed.msgs);
+    // Ready again once the failed session's worker has let go of the slot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, _, body) = daemon::http(&d.addr, "/readyz", &[]);
+        assert!(!body.contains("device failed"), "one launch's error is not the device's: {body}");
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz stayed {status}: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let next = run();
+    assert_eq!(next.close, Some(1000), "the next session: {:?}", next.msgs.last());
+    let (errors, words) = common::word_errors(&daemon::reference("jfk.wav"), &next.finals());
+    eprintln!("after the error: {errors} of {words} words wrong: {}", next.finals());
+    assert!(errors <= 1, "{:?}", next.finals());
+    stop(d);
+    assert_eq!(report_file(&rep)["violations"], 0);
+}
+
 /// A lost CUDA context (the fake's injected illegal access, sticky as on a
 /// GPU) ends the session with an error, and stops the daemon with a failure
 /// status, so that its supervisor restarts it, instead of refusing every

@@ -37,6 +37,8 @@
 // Fault injection: SCRIBED_FAKE_CUDA_STICKY_AFTER=N makes the Nth kernel
 // launch lose the context, as an illegal address in a kernel does: every
 // later call that needs the context returns CUDA_ERROR_ILLEGAL_ADDRESS.
+// SCRIBED_FAKE_CUDA_FAIL_AT=N refuses the Nth launch alone
+// (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES), which loses nothing else.
 //
 // Environment: SCRIBED_FAKE_CUDA_MODE (deferred|enqueue),
 // SCRIBED_FAKE_CUDA_MEM (device bytes, default 16 GiB), SCRIBED_FAKE_CUDA_REPORT,
@@ -145,6 +147,7 @@ struct Config {
     std::string report;
     std::string cache;
     uint64_t sticky_after = 0;  // 0: never
+    uint64_t fail_at = 0;       // 0: never
 
     Config() {
         if (const char* m = std::getenv("SCRIBED_FAKE_CUDA_MODE")) {
@@ -154,6 +157,7 @@ struct Config {
         if (const char* m = std::getenv("SCRIBED_FAKE_CUDA_MEM")) total = std::strtoull(m, nullptr, 10);
         if (const char* r = std::getenv("SCRIBED_FAKE_CUDA_REPORT")) report = r;
         if (const char* n = std::getenv("SCRIBED_FAKE_CUDA_STICKY_AFTER")) sticky_after = std::strtoull(n, nullptr, 10);
+        if (const char* n = std::getenv("SCRIBED_FAKE_CUDA_FAIL_AT")) fail_at = std::strtoull(n, nullptr, 10);
         const char* c = std::getenv("SCRIBED_FAKE_CUDA_CACHE");
         cache = c ? c : "/tmp/scribed-fake-cuda-" + std::to_string(getuid());
     }
@@ -186,7 +190,7 @@ struct Mapping {
 };
 
 struct Counters {
-    uint64_t allocs = 0, frees = 0, launches = 0, gemms = 0, copies = 0, memsets = 0, syncs = 0;
+    uint64_t allocs = 0, frees = 0, launches = 0, launch_calls = 0, gemms = 0, copies = 0, memsets = 0, syncs = 0;
     uint64_t streams_created = 0, streams_destroyed = 0, modules = 0, blas_handles = 0;
     uint64_t violations = 0;
     std::vector<uint64_t> alloc_sizes;
@@ -892,6 +896,12 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
     if (gx == 0 || bx == 0 || bx > 1024 || gx > 0x7fffffffu)
         return violation(CUDA_ERROR_INVALID_VALUE, "%s: launch <<<%u, %u>>> outside CUDA's limits", name, gx, bx);
     if (shared != 0) not_modelled("%s: dynamic shared memory", name);
+    {
+        // Fault injection, not sticky: this one launch is refused, as a
+        // launch asking for more resources than the device has is.
+        std::lock_guard<std::mutex> g(dev().m);
+        if (++dev().n.launch_calls == dev().cfg.fail_at) return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+    }
     void* bound = f->k->bind(params, check_kernel_pointer);
     if (!bound) return CUDA_ERROR_ILLEGAL_ADDRESS;
     const FakeKernel* k = f->k;
