@@ -591,6 +591,11 @@ fn the_daemon_on_cuda_serves_two_sessions_at_once() {
     let arena = daemon::metric(&d.addr, "scribed_gpu_arena_bytes");
     let used = daemon::metric(&d.addr, "scribed_gpu_arena_used_bytes");
     assert!(used > 0.0 && used < arena, "weights in use, slots not: {used} of {arena}");
+    // The Grafana dashboard's GPU panels read these (the CPU ones are
+    // checked in tests/metrics.rs).
+    for name in common::dashboard_metrics().iter().filter(|n| n.starts_with("scribed_gpu_")) {
+        assert!(daemon::metric(&d.addr, name) >= 0.0, "{name}");
+    }
     stop(d);
     let r = report_file(&rep);
     assert_eq!(r["violations"], 0, "violations: {}", r["violation_list"]);

@@ -135,25 +135,18 @@ fn the_grafana_dashboard_reads_only_exported_metrics() {
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &[]);
     let exported: BTreeSet<String> = scrape(&d.addr).families.into_keys().collect();
-    let text = std::fs::read_to_string(repo().join("systemd/grafana-dashboard.json")).unwrap();
-    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    let mut asked = BTreeSet::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
-        for target in panel["targets"].as_array().expect("targets") {
-            let expr = target["expr"].as_str().expect("expr");
-            for name in
-                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("scribed_"))
-            {
-                let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
-                asked.insert(family.to_string());
-            }
-        }
-    }
-    let missing: Vec<_> = asked.difference(&exported).collect();
+    let asked = dashboard_metrics();
+    // The GPU's gauges exist only on a GPU: tests/cuda_fake.rs checks them
+    // against the daemon on the fake device.
+    let (gpu, cpu): (BTreeSet<String>, BTreeSet<String>) =
+        asked.iter().cloned().partition(|n| n.starts_with("scribed_gpu_"));
+    let missing: Vec<_> = cpu.difference(&exported).collect();
     assert!(missing.is_empty(), "the dashboard asks for metrics the daemon does not export: {missing:?}");
+    assert!(exported.iter().all(|n| !n.starts_with("scribed_gpu_")), "GPU gauges on the CPU: {exported:?}");
+    assert_eq!(gpu.len(), 4, "the GPU panels: {gpu:?}");
     let histograms = ["final_latency", "interim_latency", "finalize_reply", "hypothesis"];
     for h in histograms {
         assert!(asked.contains(&format!("scribed_{h}_seconds")), "no panel for scribed_{h}_seconds");
     }
-    println!("the dashboard reads {} of {} exported metrics", asked.len(), exported.len());
+    println!("the dashboard reads {} of {} exported metrics, and {} GPU gauges", cpu.len(), exported.len(), gpu.len());
 }

@@ -184,3 +184,23 @@ pub fn write_wav(path: impl AsRef<Path>, samples: &[f32], rate: u32) -> io::Resu
     f.write_all(&buf)?;
     f.flush()
 }
+
+/// The metric families `systemd/grafana-dashboard.json`'s panels ask for
+/// (a histogram's `_bucket`/`_sum`/`_count` named by its family).
+pub fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(repo().join("systemd/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut asked = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("scribed_"))
+            {
+                let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+                asked.insert(family.to_string());
+            }
+        }
+    }
+    asked
+}
