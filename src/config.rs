@@ -259,4 +259,15 @@ mod tests {
         let f: FileConfig = toml::from_str("allowed_origins = [\"app.example\"]").unwrap();
         assert!(Config::merge(f, Overrides::default(), "m".into()).is_err());
     }
+
+    #[test]
+    fn idle_release_is_off_unless_set_and_then_a_positive_duration() {
+        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
+        assert_eq!(merge("").unwrap().idle_release, None);
+        assert_eq!(merge("idle_release_s = 300").unwrap().idle_release, Some(Duration::from_secs(300)));
+        for bad in ["idle_release_s = 0", "idle_release_s = -1", "idle_release_s = nan"] {
+            let e = merge(bad).unwrap_err().to_string();
+            assert!(e.contains("idle_release_s"), "{bad}: {e}");
+        }
+    }
 }
