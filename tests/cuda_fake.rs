@@ -683,6 +683,17 @@ fn an_arena_that_does_not_fit_is_refused_or_falls_back() {
     let d = Daemon::start_with_env(&model, &["--device", "auto", "--max-sessions", "8"], &env);
     let (status, _, body) = daemon::http(&d.addr, "/readyz", &[]);
     assert_eq!(status, 200, "auto fell back to the CPU and serves: {body}");
+
+    // A GPU without virtual memory management (which the arena needs to be
+    // given back and taken again at the same addresses) is refused by name.
+    let out = Command::new(common::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--device", "cuda", "--model"])
+        .arg(&model)
+        .envs([("LD_LIBRARY_PATH", dir.to_str().unwrap()), ("SCRIBED_FAKE_CUDA_NO_VMM", "1")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("virtual memory management"), "{err}");
 }
 
 /// The arena is laid out from the model itself: loading tiny.en against

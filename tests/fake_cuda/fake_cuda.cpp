@@ -42,6 +42,7 @@
 //
 // Environment: SCRIBED_FAKE_CUDA_MODE (deferred|enqueue),
 // SCRIBED_FAKE_CUDA_MEM (device bytes, default 16 GiB), SCRIBED_FAKE_CUDA_REPORT,
+// SCRIBED_FAKE_CUDA_NO_VMM (a device without virtual memory management),
 // SCRIBED_FAKE_CUDA_CACHE (where compiled kernel modules are kept).
 #include <dlfcn.h>
 #include <sys/mman.h>
@@ -148,6 +149,7 @@ struct Config {
     std::string cache;
     uint64_t sticky_after = 0;  // 0: never
     uint64_t fail_at = 0;       // 0: never
+    bool vmm = true;            // virtual memory management supported
 
     Config() {
         if (const char* m = std::getenv("SCRIBED_FAKE_CUDA_MODE")) {
@@ -158,6 +160,7 @@ struct Config {
         if (const char* r = std::getenv("SCRIBED_FAKE_CUDA_REPORT")) report = r;
         if (const char* n = std::getenv("SCRIBED_FAKE_CUDA_STICKY_AFTER")) sticky_after = std::strtoull(n, nullptr, 10);
         if (const char* n = std::getenv("SCRIBED_FAKE_CUDA_FAIL_AT")) fail_at = std::strtoull(n, nullptr, 10);
+        vmm = std::getenv("SCRIBED_FAKE_CUDA_NO_VMM") == nullptr;
         const char* c = std::getenv("SCRIBED_FAKE_CUDA_CACHE");
         cache = c ? c : "/tmp/scribed-fake-cuda-" + std::to_string(getuid());
     }
@@ -450,6 +453,7 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
         case 16: *v = 132; break;    // MULTIPROCESSOR_COUNT
         case 75: *v = 9; break;      // COMPUTE_CAPABILITY_MAJOR
         case 76: *v = 0; break;      // COMPUTE_CAPABILITY_MINOR
+        case 102: *v = dev().cfg.vmm; break;  // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
         case 115: *v = 0; break;     // MEMORY_POOLS_SUPPORTED: no async allocator
         default: not_modelled("cuDeviceGetAttribute(%d)", attr);
     }
@@ -571,6 +575,7 @@ CUresult cuMemGetAllocationGranularity(size_t* g, const CUmemAllocationProp* pro
 CUresult cuMemAddressReserve(CUdeviceptr* p, size_t bytes, size_t alignment, CUdeviceptr addr,
                              unsigned long long flags) {
     if (CUresult r = need_context("cuMemAddressReserve")) return r;
+    if (!dev().cfg.vmm) return CUDA_ERROR_NOT_SUPPORTED;
     if (addr != 0 || flags != 0) not_modelled("cuMemAddressReserve at a requested address or with flags");
     if (bytes == 0 || bytes % GRANULARITY != 0)
         return violation(CUDA_ERROR_INVALID_VALUE, "cuMemAddressReserve(%zu): not a multiple of the granularity", bytes);
@@ -609,6 +614,7 @@ CUresult cuMemAddressFree(CUdeviceptr p, size_t bytes) {
 
 CUresult cuMemCreate(uint64_t* handle, size_t bytes, const CUmemAllocationProp* prop, unsigned long long flags) {
     if (CUresult r = need_context("cuMemCreate")) return r;
+    if (!dev().cfg.vmm) return CUDA_ERROR_NOT_SUPPORTED;
     if (CUresult r = check_prop(prop, "cuMemCreate")) return r;
     if (flags != 0) not_modelled("cuMemCreate flags");
     if (bytes == 0 || bytes % GRANULARITY != 0)

@@ -32,6 +32,8 @@ pub enum CudaError {
     /// (a bug).
     #[error("the CUDA backend's {0} is missing")]
     Missing(String),
+    #[error("this GPU (or its driver or virtualisation) does not support CUDA virtual memory management (cuMemCreate, cuMemMap), which scribed's arena is built on; use --device cpu")]
+    NoVirtualMemory,
     /// Giving the idle arena back or taking it again failed half-way.
     #[error("the GPU arena could not be restored after an idle release: {0}")]
     ArenaLost(String),

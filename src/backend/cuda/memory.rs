@@ -60,7 +60,14 @@ impl ArenaMemory {
         bytes: u64,
         weights_bytes: u64,
     ) -> Result<ArenaMemory, CudaError> {
-        let prop = device_prop(ctx.cu_device());
+        let device = ctx.cu_device();
+        // 102: CUDA 13 names it VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED; cudarc, by its older name.
+        let vmm = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED;
+        // SAFETY: a plain query of a valid device.
+        if unsafe { drv::device::get_attribute(device, vmm) }? == 0 {
+            return Err(CudaError::NoVirtualMemory);
+        }
+        let prop = device_prop(device);
         let mut granularity = 0usize;
         // SAFETY: out-pointer and a valid property struct.
         unsafe {
