@@ -13,6 +13,7 @@
 //! session state exists while no slot is taken, the cuBLAS handles keep
 //! their workspace address, and the kernels live in the context.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result as drv, sys, CudaContext, CudaStream};
@@ -31,6 +32,10 @@ pub struct ArenaMemory {
     /// The front of the arena that must survive a release.
     weights_bytes: usize,
     backing: Mutex<Backing>,
+    /// What `backing` says, readable without waiting for a release or a
+    /// restore in progress (the gauges and `/readyz` ask).
+    resident: AtomicBool,
+    failed: Mutex<Option<String>>,
 }
 
 enum Backing {
@@ -84,16 +89,18 @@ impl ArenaMemory {
         let mut base = 0;
         // SAFETY: reserves addresses only; freed in Drop.
         unsafe { sys::cuMemAddressReserve(&mut base, bytes, granularity, 0, 0) }.result()?;
-        let mut memory = ArenaMemory {
+        let memory = ArenaMemory {
             ctx,
             stream,
             base,
             bytes,
             weights_bytes: weights_bytes as usize,
             backing: Mutex::new(Backing::Failed("not yet backed".into())),
+            resident: AtomicBool::new(false),
+            failed: Mutex::new(None),
         };
         let handle = memory.back()?;
-        *memory.backing.get_mut().unwrap_or_else(|e| e.into_inner()) = Backing::Resident(handle);
+        memory.set(&mut memory.lock(), Backing::Resident(handle));
         Ok(memory)
     }
 
@@ -109,16 +116,21 @@ impl ArenaMemory {
 
     /// Whether the arena's memory is held now.
     pub fn is_resident(&self) -> bool {
-        matches!(*self.lock(), Backing::Resident(_))
+        self.resident.load(Ordering::Acquire)
     }
 
     /// Why the arena cannot be used any more, if a release or a
     /// re-allocation failed half-way.
     pub fn failure(&self) -> Option<String> {
-        match &*self.lock() {
-            Backing::Failed(e) => Some(e.clone()),
-            _ => None,
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, backing: &mut Backing, to: Backing) {
+        self.resident.store(matches!(to, Backing::Resident(_)), Ordering::Release);
+        if let Backing::Failed(e) = &to {
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
         }
+        *backing = to;
     }
 
     /// Makes the arena usable: after a release, allocates the same size at
@@ -142,11 +154,11 @@ impl ArenaMemory {
         match restored {
             Ok(handle) => {
                 tracing::info!(bytes = self.bytes, "GPU arena allocated again for a new session");
-                *backing = Backing::Resident(handle);
+                self.set(&mut backing, Backing::Resident(handle));
                 Ok(())
             }
             Err(e) => {
-                *backing = Backing::Failed(e.to_string());
+                self.set(&mut backing, Backing::Failed(e.to_string()));
                 Err(e)
             }
         }
@@ -166,11 +178,11 @@ impl ArenaMemory {
         match self.save_and_unback(handle) {
             Ok(weights) => {
                 tracing::info!(bytes = self.bytes, "GPU arena released: no session for the idle period");
-                *backing = Backing::Released { weights };
+                self.set(&mut backing, Backing::Released { weights });
                 Ok(true)
             }
             Err(e) => {
-                *backing = Backing::Failed(e.to_string());
+                self.set(&mut backing, Backing::Failed(e.to_string()));
                 Err(e)
             }
         }
