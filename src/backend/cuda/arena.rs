@@ -2,8 +2,10 @@
 //! start-up, and the pool of session slots that admits connections.
 //!
 //! The daemon makes one device allocation at start-up and none after it
-//! (`../shared/docs/design.md`, "GPU memory and streams"). This module is the bookkeeping for
-//! that allocation and touches no GPU, so all of it is unit-tested in CI:
+//! (`../shared/docs/design.md`, "GPU memory and streams"; with
+//! `idle_release`, the same allocation again after an idle period, see
+//! `memory.rs`). This module is the bookkeeping for that allocation and
+//! touches no GPU, so all of it is unit-tested in CI:
 //!
 //! ```text
 //! | weights | slot 0 | slot 1 | … | slot max_sessions−1 |
