@@ -112,7 +112,12 @@ fn user_service_install_serves_dictation() {
     let client = Command::new(home.path().join(".local/bin/scribed"))
         .arg("stream")
         .arg(shared_audio("jfk.wav"))
-        .args(["--lines", "--speed", "4", "--url", &format!("ws://{addr}")])
+        // At a microphone's pace: dictation is real time. At 4× the session
+        // is overloaded on a 2-core machine, its steps coalesce as the load
+        // falls, and tiny.en's words then vary (CI once: 3 of 22 wrong,
+        // "asked not … What you are country"); overload has its own tests
+        // (tests/reliability.rs).
+        .args(["--lines", "--url", &format!("ws://{addr}")])
         .output()
         .expect("the installed client runs");
     let _ = daemon.kill();
