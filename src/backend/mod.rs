@@ -146,6 +146,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Every weight of the model is in (called once, at the end of its
+    /// load): a GPU's idle period starts now, not in the middle of the load.
+    fn loaded(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// The device's arena and lanes; `None` for a backend without either.
     fn memory(&self) -> Option<DeviceMemory> {
         None

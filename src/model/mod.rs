@@ -192,6 +192,7 @@ impl<B: Backend> Whisper<B> {
         let backend = make_backend(&dims, &file)?;
         let encoder = AudioEncoder::load(&backend, &file, &dims)?;
         let decoder = TextDecoder::load(&backend, &file, &dims)?;
+        backend.loaded()?;
         Ok(Whisper { backend, dims, encoder, decoder, tokenizer, config, dir })
     }
 

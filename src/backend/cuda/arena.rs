@@ -379,6 +379,15 @@ impl SlotPool {
         }
     }
 
+    /// Starts the idle period over if no slot is taken (the model's load
+    /// has just ended: it is not idle time).
+    pub fn touch(&self) {
+        let mut st = self.lock();
+        if st.free.len() == self.capacity {
+            st.idle_since = Some(Instant::now());
+        }
+    }
+
     /// Wakes `wait_idle` for good (the backend is going away).
     pub fn close(&self) {
         self.lock().closed = true;

@@ -202,8 +202,9 @@ pub struct CudaBackend {
     functions: Vec<CudaFunction>,
     slots: Vec<Slot>,
     pool: Arc<SlotPool>,
-    /// Gives the arena back after `idle_release` with no session.
-    releaser: Option<JoinHandle<()>>,
+    /// Gives the arena back after `idle_release` with no session; started
+    /// when the model is loaded (`Backend::loaded`).
+    releaser: Mutex<Option<JoinHandle<()>>>,
     /// A sticky error: the context is lost for every slot (`fatal_error`).
     fatal: Mutex<Option<String>>,
 }
@@ -288,7 +289,6 @@ impl CudaBackend {
             .map(|i| Slot::new(&ctx, &layout, base + layout.slot_offset(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let pool = SlotPool::new(slots.len());
-        let releaser = layout.config.idle_release.map(|idle| spawn_releaser(&memory, &pool, idle)).transpose()?;
         Ok(CudaBackend {
             ctx,
             info,
@@ -300,7 +300,7 @@ impl CudaBackend {
             functions,
             slots,
             pool,
-            releaser,
+            releaser: Mutex::new(None),
             fatal: Mutex::new(None),
         })
     }
@@ -467,14 +467,15 @@ impl CudaBackend {
         let bytes = std::mem::size_of_val(data) as u64;
         let off = lock(&self.weights).take(bytes).map_err(|e| BackendError::Device(e.to_string()))?;
         let ptr = self.base + off;
-        let r = (|| -> Result<(), CudaError> {
+        // Under the arena's lock, so that no release can overlap a copy.
+        let r = self.memory.while_resident(|| {
             self.ctx.bind_to_thread()?;
             // SAFETY: `ptr .. ptr + bytes` lies in the weights region; the
             // host slice outlives the copy (synchronised below).
             unsafe { drv::memcpy_htod_async(ptr, data, self.load_stream.cu_stream()) }?;
             self.load_stream.synchronize()?;
             Ok(())
-        })();
+        });
         r.map_err(|e| BackendError::Device(e.to_string()))?;
         Ok(ptr)
     }
@@ -586,7 +587,7 @@ impl Drop for CudaBackend {
         // The releaser first, so the arena is not given back under our feet;
         // the arena's memory goes when `memory` drops.
         self.pool.close();
-        if let Some(t) = self.releaser.take() {
+        if let Some(t) = lock(&self.releaser).take() {
             let _ = t.join();
         }
         let _ = self.ctx.synchronize();
@@ -605,6 +606,18 @@ impl Backend for CudaBackend {
 
     fn fatal_error(&self) -> Option<String> {
         lock(&self.fatal).clone().or_else(|| self.memory.failure())
+    }
+
+    /// The idle period starts once every weight is in: with `idle_release`,
+    /// the releaser starts now.
+    fn loaded(&self) -> Result<(), BackendError> {
+        let Some(idle) = self.layout.config.idle_release else { return Ok(()) };
+        let mut releaser = lock(&self.releaser);
+        if releaser.is_none() {
+            self.pool.touch();
+            *releaser = Some(spawn_releaser(&self.memory, &self.pool, idle).map_err(dev_err)?);
+        }
+        Ok(())
     }
 
     /// Zero bytes while the arena is given back (idle release).

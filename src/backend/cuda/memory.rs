@@ -136,7 +136,18 @@ impl ArenaMemory {
     /// Makes the arena usable: after a release, allocates the same size at
     /// the same addresses again and copies the weights back.
     pub fn ensure_resident(&self) -> Result<(), CudaError> {
+        self.restore(&mut self.lock())
+    }
+
+    /// Runs `f` (the weights' upload at load time, on the weights' stream)
+    /// with the arena resident and kept so: a release waits for it.
+    pub fn while_resident<T>(&self, f: impl FnOnce() -> Result<T, CudaError>) -> Result<T, CudaError> {
         let mut backing = self.lock();
+        self.restore(&mut backing)?;
+        f()
+    }
+
+    fn restore(&self, backing: &mut Backing) -> Result<(), CudaError> {
         let weights = match &*backing {
             Backing::Resident(_) => return Ok(()),
             Backing::Failed(e) => return Err(CudaError::ArenaLost(e.clone())),
@@ -154,11 +165,11 @@ impl ArenaMemory {
         match restored {
             Ok(handle) => {
                 tracing::info!(bytes = self.bytes, "GPU arena allocated again for a new session");
-                self.set(&mut backing, Backing::Resident(handle));
+                self.set(backing, Backing::Resident(handle));
                 Ok(())
             }
             Err(e) => {
-                self.set(&mut backing, Backing::Failed(e.to_string()));
+                self.set(backing, Backing::Failed(e.to_string()));
                 Err(e)
             }
         }
