@@ -383,9 +383,7 @@ impl SlotPool {
     /// has just ended: it is not idle time).
     pub fn touch(&self) {
         let mut st = self.lock();
-        if st.free.len() == self.capacity {
-            st.idle_since = Some(Instant::now());
-        }
+        self.idle_from_now_if_free(&mut st);
     }
 
     /// Wakes `wait_idle` for good (the backend is going away).
@@ -397,6 +395,12 @@ impl SlotPool {
     fn give_back(&self, index: usize) {
         let mut st = self.lock();
         st.free.push(index);
+        self.idle_from_now_if_free(&mut st);
+    }
+
+    /// With every slot free, the idle period starts now; a waiting
+    /// `wait_idle` is woken to time it.
+    fn idle_from_now_if_free(&self, st: &mut PoolState) {
         if st.free.len() == self.capacity {
             st.idle_since = Some(Instant::now());
             self.changed.notify_all();
