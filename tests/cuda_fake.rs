@@ -546,17 +546,7 @@ fn the_daemon_on_cuda_serves_two_sessions_at_once() {
     let audio = daemon::load("jfk.wav");
     let url = d.ws("encoding=linear16&sample_rate=16000");
     let runs = daemon::rt().block_on(async {
-        // Four times real time: the fake computes slowly, and a session
-        // that falls behind merges its steps.
-        let one = || {
-            daemon::session_within(
-                &url,
-                &[],
-                daemon::frames16(&audio, 100),
-                std::time::Duration::from_millis(25),
-                std::time::Duration::from_secs(300),
-            )
-        };
+        let one = || paced_jfk(&url, &audio);
         // While both hold their slots, a third is refused before the upgrade.
         let third = async {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -636,13 +626,7 @@ fn an_idle_arena_is_given_back_and_taken_again() {
     // An unused daemon lets go too (the idle period counts from the end of
     // the model's load).
     wait_for_release(&d);
-    let run = daemon::rt().block_on(daemon::session_within(
-        &url,
-        &[],
-        daemon::frames16(&audio, 100),
-        std::time::Duration::from_millis(25),
-        std::time::Duration::from_secs(300),
-    ));
+    let run = daemon::rt().block_on(paced_jfk(&url, &audio));
     assert_eq!(run.close, Some(1000), "closed normally: {:?}", run.msgs.last());
     let (errors, words) = common::word_errors(&reference, &run.finals());
     eprintln!("after a release: {errors} of {words} words wrong: {}", run.finals());
@@ -760,15 +744,7 @@ fn a_cuda_error_ends_only_its_own_session() {
     let d = Daemon::start_with_env(&model, &["--device", "cuda", "--max-sessions", "1"], &env);
     let audio = daemon::load("jfk.wav");
     let url = d.ws("encoding=linear16&sample_rate=16000");
-    let run = || {
-        daemon::rt().block_on(daemon::session_within(
-            &url,
-            &[],
-            daemon::frames16(&audio, 100),
-            std::time::Duration::from_millis(25),
-            std::time::Duration::from_secs(300),
-        ))
-    };
+    let run = || daemon::rt().block_on(paced_jfk(&url, &audio));
     let failed = run();
     assert_eq!(failed.close, Some(1011), "the session that met the error: {:?}", failed.msgs.last());
     assert!(failed.of_type("Error").iter().any(|e| e.to_string().contains("GPU slot")), "{:?}", failed.msgs);
@@ -823,4 +799,12 @@ fn a_lost_context_ends_the_session_and_stops_the_daemon() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(!status.success(), "a failure status for the supervisor: {status}");
+}
+
+/// jfk.wav streamed at four times real time, as the daemon tests here do:
+/// the fake computes slowly, and a session that falls behind merges its
+/// steps.
+async fn paced_jfk(url: &str, audio: &[f32]) -> daemon::Run {
+    let (gap, limit) = (std::time::Duration::from_millis(25), std::time::Duration::from_secs(300));
+    daemon::session_within(url, &[], daemon::frames16(audio, 100), gap, limit).await
 }
