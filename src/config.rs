@@ -43,6 +43,10 @@ pub struct FileConfig {
     /// before the end of the audio, AlignAtt-style, one step sooner). See
     /// `CommitRule` and `policy`.
     pub commit: Option<CommitRule>,
+    /// Longest a final word waits for the end of its line (a sentence end
+    /// or a pause after it), milliseconds; 0: finals go as soon as a step
+    /// agrees on them, wherever that is. See `policy`.
+    pub line_hold_ms: Option<u64>,
     /// Which voice activity detector segments the audio: `"energy"` (the
     /// default, an adaptive energy gate: any sound well above the
     /// background) or `"neural"` (earshot's network: tells speech from
@@ -104,6 +108,8 @@ pub struct Config {
     pub step_ms: u64,
     pub compute_slots: usize,
     pub commit: CommitRule,
+    /// `line_hold_ms` in seconds; `None`: no hold.
+    pub line_hold: Option<f64>,
     pub vad: VadKind,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -129,6 +135,10 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// How long a final word may wait for its line's end, by default. Measured
+/// in `benches/results/streaming.md` (line holds).
+pub const DEFAULT_LINE_HOLD_MS: u64 = 600;
 
 /// One hypothesis at a time: on the CPU each already uses every core.
 pub const DEFAULT_COMPUTE_SLOTS: usize = 1;
@@ -184,6 +194,10 @@ impl Config {
         if !(100..=5000).contains(&step_ms) {
             return Err(invalid("step_ms", format!("{step_ms} is outside 100–5000")));
         }
+        let line_hold_ms = f.line_hold_ms.unwrap_or(DEFAULT_LINE_HOLD_MS);
+        if line_hold_ms > 10_000 {
+            return Err(invalid("line_hold_ms", format!("{line_hold_ms} is outside 0–10000")));
+        }
         let compute_slots = f.compute_slots.unwrap_or(DEFAULT_COMPUTE_SLOTS);
         if !(1..=256).contains(&compute_slots) {
             return Err(invalid("compute_slots", format!("{compute_slots} is outside 1–256")));
@@ -211,6 +225,7 @@ impl Config {
             step_ms,
             compute_slots,
             commit: f.commit.unwrap_or_default(),
+            line_hold: (line_hold_ms > 0).then(|| line_hold_ms as f64 / 1000.0),
             vad: f.vad.unwrap_or_default(),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
@@ -258,6 +273,17 @@ mod tests {
         assert_eq!(Config::merge(f, Overrides::default(), "m".into()).unwrap().allowed_origins.len(), 2);
         let f: FileConfig = toml::from_str("allowed_origins = [\"app.example\"]").unwrap();
         assert!(Config::merge(f, Overrides::default(), "m".into()).is_err());
+    }
+
+    #[test]
+    fn line_hold_is_on_by_default_off_at_zero_and_bounded() {
+        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
+        assert_eq!(merge("").unwrap().line_hold, Some(DEFAULT_LINE_HOLD_MS as f64 / 1000.0));
+        assert_eq!(merge("line_hold_ms = 0").unwrap().line_hold, None);
+        assert_eq!(merge("line_hold_ms = 3000").unwrap().line_hold, Some(3.0));
+        let e = merge("line_hold_ms = 10001").unwrap_err().to_string();
+        assert!(e.contains("line_hold_ms"), "{e}");
+        assert!(toml::from_str::<FileConfig>("line_hold_ms = -1").is_err());
     }
 
     #[test]

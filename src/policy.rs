@@ -14,6 +14,12 @@
 //! - with `alignment_commit` (`commit = "alignment"`, AlignAtt-style), leading
 //!   new words that end well before the audio does, as the alignment heads
 //!   place them, become final at once, one step sooner;
+//! - final words are sent as lines (`line_hold`): held until a sentence end
+//!   or a pause follows them, so a final result reads as a sentence or a
+//!   phrase rather than whatever one step agreed on ("so my" / "fellow");
+//!   a word is held at most `line_hold` seconds after it became final (a
+//!   finalising step or a `Finalize` sends it at once), and then goes with
+//!   the words before it up to the last clause end;
 //! - at the endpoint (or `Finalize`, or the end of the stream) one more
 //!   hypothesis finalises everything but a trailing run of unlikely words
 //!   (p < 0.15: made up from a breath or the silence after speech) and the
@@ -45,6 +51,16 @@ const SEAM_S: f64 = 0.5;
 /// without a copy (the trim checks every final word at every step).
 const ABBREVIATIONS: &[&str] = &["mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "e.g", "i.e"];
 
+/// Silence frames (as the VAD decides them, after its 200 ms hangover) that
+/// make a pause between two words a line end: 0.1 s here is a gap of about
+/// 0.3 s in the audio.
+const PAUSE_FRAMES: u64 = 10;
+
+/// A gap between two words' times this long is a pause too, seconds
+/// (Whisper's word times usually stretch over pauses, so the VAD's are the
+/// main signal).
+const PAUSE_S: f64 = 0.3;
+
 /// Below this probability a word is anomalous: faster-whisper's hallucination
 /// test uses the same bound.
 const UNLIKELY_WORD: f32 = 0.15;
@@ -62,6 +78,12 @@ fn ends_sentence(text: &str) -> bool {
     let mut chars = body.chars();
     let initial = matches!((chars.next(), chars.next()), (Some(c), None) if c.is_uppercase() && c != 'I');
     !initial && !ABBREVIATIONS.iter().any(|a| a.eq_ignore_ascii_case(body))
+}
+
+/// Whether a word ends a clause: where a line that cannot wait for its
+/// sentence to end is broken.
+fn ends_clause(text: &str) -> bool {
+    text.ends_with([',', ';', ':']) || ends_sentence(text)
 }
 
 /// A hypothesis without its trailing run of unlikely words. A flush makes its
@@ -100,6 +122,11 @@ pub struct PolicyConfig {
     /// heads place them, are final at once, without waiting for the next
     /// hypothesis to agree. Seconds; `None`: LocalAgreement-2 alone.
     pub alignment_commit: Option<f64>,
+    /// Final words wait for a sentence end or a pause after them, so that
+    /// finals break where a caption line should, at most this long after
+    /// the word became final, seconds; `None`: each step's agreed words go
+    /// at once.
+    pub line_hold: Option<f64>,
 }
 
 impl Default for PolicyConfig {
@@ -120,6 +147,7 @@ impl Default for PolicyConfig {
             // errors, in each of 3 runs); no reference file reaches 15 s.
             trim_frames: Some(1500),
             alignment_commit: None,
+            line_hold: None,
         }
     }
 }
@@ -190,6 +218,14 @@ pub struct Policy {
     last_hyp: u64,
     /// Final words of the current utterance.
     committed: Vec<Word>,
+    /// Final words not sent yet: held for the end of their line (the last
+    /// of `committed`, or words already moved out by a trim or cut).
+    unsent: Vec<Word>,
+    /// When each unsent word became final (audio received, seconds): how
+    /// long it has been held.
+    held_since: Vec<f64>,
+    /// Where the VAD's pauses in the unsent words' audio start, seconds.
+    pauses: Vec<f64>,
     /// The previous hypothesis of the current utterance.
     prev: Vec<Word>,
     /// Where the last final result ended, seconds (finals tile from here).
@@ -217,6 +253,9 @@ impl Policy {
             silence_run: 0,
             last_hyp: 0,
             committed: Vec::new(),
+            unsent: Vec::new(),
+            held_since: Vec::new(),
+            pauses: Vec::new(),
             prev: Vec::new(),
             final_cursor: 0.0,
             last_word_end: 0.0,
@@ -269,6 +308,9 @@ impl Policy {
         self.frames += 1;
         let now = self.frames as f64 * FRAME_SECONDS;
         if speech {
+            if self.has_speech && self.silence_run >= PAUSE_FRAMES {
+                self.pauses.push(now - (self.silence_run + 1) as f64 * FRAME_SECONDS);
+            }
             self.silence_run = 0;
             if !self.has_speech {
                 self.has_speech = true;
@@ -312,7 +354,7 @@ impl Policy {
 
     /// Whether a flush (`Finalize`, close) has anything to finalise.
     pub fn pending(&self) -> bool {
-        self.has_speech || !self.prev.is_empty()
+        self.has_speech || !self.prev.is_empty() || !self.unsent.is_empty()
     }
 
     /// The words of a hypothesis of the utterance (all audio from
@@ -336,8 +378,8 @@ impl Policy {
                     let keep = rest.iter().position(|w| w.end > now - self.cfg.cut_margin).unwrap_or(rest.len());
                     fin.extend(rest.drain(..keep));
                 }
-                let end = fin.last().map(|w| w.end);
-                self.commit(fin, end.unwrap_or(self.final_cursor), false, false, out);
+                self.hold(fin, now);
+                self.release(now, rest.first(), out);
                 if reason == Reason::Cut {
                     let cut_at = self.committed.last().map_or(now - self.cfg.cut_margin, |w| w.end);
                     self.prev = rest.clone();
@@ -349,13 +391,12 @@ impl Policy {
                 self.interim(rest, now, out);
             }
             Reason::Endpoint | Reason::Finalize | Reason::Close => {
-                let tail = without_unlikely_tail(tail);
                 let from_finalize = reason == Reason::Finalize;
-                let had = !tail.is_empty();
-                if had || from_finalize {
+                self.hold(without_unlikely_tail(tail), now);
+                if !self.unsent.is_empty() || from_finalize {
                     let end =
                         if reason == Reason::Endpoint { now - self.silence_run as f64 * FRAME_SECONDS } else { now };
-                    self.commit(tail, end, true, from_finalize, out);
+                    self.send(self.unsent.len(), end, true, from_finalize, out);
                 }
                 let committed = std::mem::take(&mut self.committed);
                 self.push_context(&committed);
@@ -367,8 +408,8 @@ impl Policy {
     /// A flush with nothing to transcribe (no speech in the utterance).
     pub fn flush_empty(&mut self, reason: Reason, out: &mut Vec<Emit>) {
         let now = self.frames as f64 * FRAME_SECONDS;
-        if reason == Reason::Finalize {
-            self.commit(Vec::new(), now, false, true, out);
+        if reason == Reason::Finalize || !self.unsent.is_empty() {
+            self.send(self.unsent.len(), now, false, reason == Reason::Finalize, out);
         }
         self.end_utterance();
     }
@@ -376,6 +417,9 @@ impl Policy {
     fn end_utterance(&mut self) {
         self.seam = None;
         self.committed.clear();
+        self.unsent.clear();
+        self.held_since.clear();
+        self.pauses.clear();
         self.prev.clear();
         self.last_interim.clear();
         self.has_speech = false;
@@ -461,23 +505,74 @@ impl Policy {
         tail
     }
 
-    fn commit(&mut self, words: Vec<Word>, end: f64, speech_final: bool, from_finalize: bool, out: &mut Vec<Emit>) {
-        if words.is_empty() && !from_finalize && !speech_final {
-            return;
-        }
-        if words.is_empty() && speech_final && !from_finalize {
-            return;
-        }
+    /// Makes `words` final in the utterance (what later hypotheses must
+    /// repeat); they are sent by [`Policy::release`] or the flush.
+    fn hold(&mut self, words: Vec<Word>, now: f64) {
         let words = self.monotonic(words);
-        let start = self.final_cursor;
-        let end = end.max(words.last().map_or(start, |w| w.end)).max(start);
         if let Some(w) = words.last() {
             self.last_word_end = w.end;
+        }
+        self.committed.extend(words.iter().cloned());
+        self.held_since.resize(self.held_since.len() + words.len(), now);
+        self.unsent.extend(words);
+    }
+
+    /// Sends the unsent words as lines, one final result each, up to the
+    /// last line end among them; held words that would have waited longer
+    /// than `line_hold` by the next step go now, up to the last clause end
+    /// (or all of them). `next` is the first word heard after them, if any.
+    fn release(&mut self, now: f64, next: Option<&Word>, out: &mut Vec<Emit>) {
+        let Some(hold) = self.cfg.line_hold else {
+            return self.send_line(self.unsent.len(), out);
+        };
+        let next_start = next.map(|w| w.start);
+        while let Some(i) = (0..self.unsent.len()).find(|&i| self.ends_line(i, next_start, now)) {
+            self.send_line(i + 1, out);
+        }
+        let step = self.cfg.step_frames as f64 * FRAME_SECONDS;
+        if self.held_since.first().is_some_and(|&since| now + step - since > hold) {
+            let n = self.unsent.len();
+            let upto = (0..n).rev().find(|&i| ends_clause(&self.unsent[i].text)).map_or(n, |i| i + 1);
+            self.send_line(upto, out);
+        }
+        let cursor = self.final_cursor;
+        self.pauses.retain(|&p| p >= cursor - 1.0);
+    }
+
+    /// Whether unsent word `i` ends a line: it ends a sentence, or a pause
+    /// follows it (in the VAD's decisions, or between the word times).
+    fn ends_line(&self, i: usize, next_start: Option<f64>, now: f64) -> bool {
+        let w = &self.unsent[i];
+        let next = self.unsent.get(i + 1).map(|w| w.start).or(next_start);
+        if ends_sentence(&w.text) || next.is_some_and(|s| s - w.end >= PAUSE_S) {
+            return true;
+        }
+        let (from, to) = ((w.start + w.end) / 2.0, next.unwrap_or(now));
+        let ongoing = (self.silence_run >= PAUSE_FRAMES).then(|| now - self.silence_run as f64 * FRAME_SECONDS);
+        self.pauses.iter().copied().chain(ongoing).any(|p| p >= from && p < to)
+    }
+
+    /// Sends the first `n` unsent words as a final result ending where the
+    /// last of them does.
+    fn send_line(&mut self, n: usize, out: &mut Vec<Emit>) {
+        if n > 0 {
+            let end = self.unsent[n - 1].end;
+            self.send(n, end, false, false, out);
+        }
+    }
+
+    /// Sends the first `n` unsent words as one final result covering the
+    /// audio from the last final's end to `end` (at least the last word's).
+    fn send(&mut self, n: usize, end: f64, speech_final: bool, from_finalize: bool, out: &mut Vec<Emit>) {
+        let words: Vec<Word> = self.unsent.drain(..n).collect();
+        self.held_since.drain(..n);
+        let start = self.final_cursor;
+        let end = end.max(words.last().map_or(start, |w| w.end)).max(start);
+        if !words.is_empty() {
             self.words_since_utterance_end = true;
         }
         self.final_cursor = end;
         self.words_final += words.len() as u64;
-        self.committed.extend(words.iter().cloned());
         self.last_interim.clear();
         out.push(Emit::Results(Update {
             words,
@@ -489,11 +584,14 @@ impl Policy {
         }));
     }
 
-    fn interim(&mut self, words: Vec<Word>, now: f64, out: &mut Vec<Emit>) {
-        if !self.cfg.interim_results || words.is_empty() {
+    /// Sends the held final words and the hypothesis's tail `rest` as the
+    /// interim result: all the text after the last final.
+    fn interim(&mut self, rest: Vec<Word>, now: f64, out: &mut Vec<Emit>) {
+        if !self.cfg.interim_results || (rest.is_empty() && self.unsent.is_empty()) {
             return;
         }
-        let words = self.monotonic(words);
+        let mut words = self.unsent.clone();
+        words.extend(self.monotonic(rest));
         let key: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
         if key == self.last_interim {
             return;
@@ -745,6 +843,83 @@ mod tests {
         assert_eq!(p.after_committed(&again), [w("three", 2.5, 3.0)]);
         let later = [w("two", 3.0, 3.2)];
         assert_eq!(p.after_committed(&later), later, "a word said again later is a new word");
+    }
+
+    fn final_texts(out: &[Emit]) -> Vec<String> {
+        let texts = |u: &&Update| u.words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
+        results(out).iter().filter(|u| u.is_final).map(texts).collect()
+    }
+
+    fn holding(seconds: f64) -> Policy {
+        Policy::new(PolicyConfig { endpoint_frames: None, line_hold: Some(seconds), ..Default::default() })
+    }
+
+    #[test]
+    fn final_words_wait_for_the_end_of_their_sentence() {
+        let mut p = holding(2.0);
+        let mut out = Vec::new();
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, vec![w("And", 0.0, 0.2), w("so", 0.2, 0.4), w("my", 0.4, 0.55)], &mut out);
+        let line = [w("And", 0.0, 0.2), w("so", 0.2, 0.4), w("my", 0.4, 0.55), w("fellow", 0.6, 0.9)];
+        let line = [&line[..], &[w("Americans.", 0.9, 1.1)]].concat();
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, line.clone(), &mut out);
+        assert!(final_texts(&out).is_empty(), "\"And so my\" is agreed but not a line");
+        let interim = results(&out).last().unwrap().words.len();
+        assert_eq!(interim, 5, "the interim shows the held words and the tail");
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, [&line[..], &[w("ask", 1.3, 1.5)]].concat(), &mut out);
+        assert_eq!(final_texts(&out), ["And so my fellow Americans."]);
+    }
+
+    #[test]
+    fn two_sentences_agreed_at_once_are_two_lines() {
+        let mut p = holding(2.0);
+        let mut out = Vec::new();
+        let hyp = vec![w("Yes.", 0.0, 0.2), w("No.", 0.3, 0.5), w("Maybe", 0.5, 0.7)];
+        for _ in 0..2 {
+            frames(&mut p, true, 60, &mut out);
+            p.on_hypothesis(Reason::Step, hyp.clone(), &mut out);
+        }
+        assert_eq!(final_texts(&out), ["Yes.", "No."]);
+    }
+
+    #[test]
+    fn a_pause_the_vad_heard_ends_a_line() {
+        let mut p = holding(2.0);
+        let mut out = Vec::new();
+        frames(&mut p, true, 60, &mut out);
+        // Whisper stretches "two" over the pause: only the VAD hears it.
+        let hyp = vec![w("one", 0.1, 0.3), w("two", 0.3, 0.75)];
+        p.on_hypothesis(Reason::Step, hyp.clone(), &mut out);
+        frames(&mut p, false, 15, &mut out);
+        frames(&mut p, true, 45, &mut out);
+        p.on_hypothesis(Reason::Step, [&hyp[..], &[w("three", 0.78, 1.0)]].concat(), &mut out);
+        assert_eq!(final_texts(&out), ["one two"]);
+    }
+
+    #[test]
+    fn a_held_word_goes_by_its_deadline_up_to_the_last_clause_end() {
+        let mut p = holding(1.0);
+        let mut out = Vec::new();
+        frames(&mut p, true, 60, &mut out);
+        let hyp = vec![w("a", 0.0, 0.1), w("b,", 0.1, 0.2), w("c", 0.2, 0.3)];
+        p.on_hypothesis(Reason::Step, hyp.clone(), &mut out);
+        let more = [&hyp[..], &[w("d", 0.35, 0.5)]].concat();
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, more.clone(), &mut out);
+        assert!(final_texts(&out).is_empty(), "held: no line end yet");
+        frames(&mut p, true, 60, &mut out);
+        // "a" (final since 1.2 s) would have waited 1.2 s by the next step.
+        p.on_hypothesis(Reason::Step, more.clone(), &mut out);
+        assert_eq!(final_texts(&out), ["a b,"]);
+        out.clear();
+        // The flush sends the held "c" with the rest.
+        p.on_hypothesis(Reason::Close, more, &mut out);
+        assert_eq!(final_texts(&out), ["c d"]);
+        assert!(results(&out)[0].speech_final);
+        assert_eq!(p.words_final(), 4);
+        assert!(!p.pending());
     }
 
     #[test]

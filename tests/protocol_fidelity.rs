@@ -1,8 +1,8 @@
 //! Deepgram protocol details that real clients depend on, through the real
 //! daemon and a real websocket client: the subprotocol echo of the JS SDK's
 //! browser path, `Configure` mid-stream, the `Metadata` shape, the
-//! parameters voice-agent frameworks pass through, and utterance ends at
-//! real pauses but not in noise.
+//! parameters voice-agent frameworks pass through, utterance ends at
+//! real pauses but not in noise, and finals that break as caption lines.
 
 mod common;
 
@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const LIN16: &str = "encoding=linear16&sample_rate=16000";
 const FAST: std::time::Duration = std::time::Duration::from_millis(10);
+/// A microphone's pace for 100 ms frames.
+const REAL_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The handshake answers with the scheme the client offered: `ws` (Node)
 /// and `websockets` (Python) fail the connection on any other.
@@ -235,4 +237,47 @@ fn flux_turns_on_real_speech() {
     assert_eq!(ended.len(), 2, "two turns: {ended:?}");
     assert!(wer(&reference("jfk.wav"), &ended[0]) <= 0.15, "{}", ended[0]);
     assert!(wer(&reference(second), &ended[1]) <= 0.15, "{}", ended[1]);
+}
+
+/// Issue 11, item 7: final results break where a caption line should. On
+/// jfk.wav at a microphone's pace, with the default line hold, no final
+/// sent by a step runs on past a sentence end ("Americans." / "asked" is
+/// two results, never one), there are fewer, longer lines than with
+/// `line_hold_ms = 0` (where each step's agreed words go at once), and
+/// together the lines hold the clip's words, none lost or repeated.
+#[test]
+fn finals_are_lines_that_end_at_sentence_ends() {
+    let Some(model) = model_dir("tiny.en") else { return };
+    let audio = load("jfk.wav");
+    let lines = |toml: &str| {
+        let (_dir, d) = Daemon::with_config(&model, toml, &[]);
+        let q = format!("{LIN16}&punctuate=true");
+        let run = rt().block_on(session(&d.ws(&q), &[], frames16(&audio, 100), REAL_TIME));
+        assert_eq!(run.close, Some(1000));
+        let (errors, _) = word_errors(&reference("jfk.wav"), &run.finals());
+        assert!(errors <= 1, "{toml:?}: {errors} word errors: {}", run.finals());
+        let finals: Vec<(Vec<String>, bool)> = run
+            .of_type("Results")
+            .into_iter()
+            .filter(|m| m["is_final"] == true)
+            .map(|m| {
+                let words = m["channel"]["alternatives"][0]["words"].as_array().unwrap();
+                let words = words.iter().map(|w| w["punctuated_word"].as_str().unwrap().to_string()).collect();
+                (words, m["speech_final"] == true || m["from_finalize"] == true)
+            })
+            .filter(|(words, _): &(Vec<String>, bool)| !words.is_empty())
+            .collect();
+        println!("{toml:?}: {:?}", finals.iter().map(|(w, _)| w.join(" ")).collect::<Vec<_>>());
+        finals
+    };
+    let held = lines("");
+    for (words, flush) in &held {
+        let inner = &words[..words.len() - 1];
+        assert!(
+            *flush || !inner.iter().any(|w| w.ends_with(['.', '?', '!'])),
+            "a line runs past a sentence end: {words:?}"
+        );
+    }
+    let unheld = lines("line_hold_ms = 0\n");
+    assert!(held.len() < unheld.len(), "{} lines held, {} not", held.len(), unheld.len());
 }

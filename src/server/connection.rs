@@ -521,6 +521,8 @@ impl<S: WsSink> Session<S> {
                 endpoint_frames: None,
                 interim_results: true,
                 alignment_commit,
+                // Turns carry their own text; `EndOfTurn` flushes it.
+                line_hold: None,
                 ..PolicyConfig::default()
             }
         } else {
@@ -531,6 +533,7 @@ impl<S: WsSink> Session<S> {
                 vad_events: self.params.vad_events,
                 interim_results: self.params.interim_results,
                 alignment_commit,
+                line_hold: cfg.line_hold,
                 ..PolicyConfig::default()
             }
         };
