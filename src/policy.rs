@@ -548,7 +548,7 @@ impl Policy {
             return true;
         }
         let (from, to) = ((w.start + w.end) / 2.0, next.unwrap_or(now));
-        let ongoing = (self.silence_run >= PAUSE_FRAMES).then(|| now - self.silence_run as f64 * FRAME_SECONDS);
+        let ongoing = (self.silence_run >= PAUSE_FRAMES).then_some(now - self.silence_run as f64 * FRAME_SECONDS);
         self.pauses.iter().copied().chain(ongoing).any(|p| p >= from && p < to)
     }
 
