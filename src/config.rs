@@ -47,6 +47,11 @@ pub struct FileConfig {
     /// or a pause after it), milliseconds; 0: finals go as soon as a step
     /// agrees on them, wherever that is. See `policy`.
     pub line_hold_ms: Option<u64>,
+    /// How much of an ended utterance's audio, with its final words, stays
+    /// in the window that decodes the next one (while the pause between
+    /// them is under 2 s), milliseconds; 0: each utterance is decoded
+    /// alone. See `PolicyConfig::carry`.
+    pub context_carry_ms: Option<u64>,
     /// Which voice activity detector segments the audio: `"energy"` (the
     /// default, an adaptive energy gate: any sound well above the
     /// background) or `"neural"` (earshot's network: tells speech from
@@ -110,6 +115,8 @@ pub struct Config {
     pub commit: CommitRule,
     /// `line_hold_ms` in seconds; `None`: no hold.
     pub line_hold: Option<f64>,
+    /// `context_carry_ms` in seconds; `None`: no carry.
+    pub carry: Option<f64>,
     pub vad: VadKind,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -139,6 +146,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How long a final word may wait for its line's end, by default. Measured
 /// in `benches/results/streaming.md` (line holds).
 pub const DEFAULT_LINE_HOLD_MS: u64 = 600;
+
+/// How much of an ended utterance stays in the next one's window, by
+/// default: with the 2 s of padding, an utterance of up to 7 s still fits
+/// the 15 s the encoder reads anyway (`decode::AudioCtx`).
+pub const DEFAULT_CONTEXT_CARRY_MS: u64 = 6000;
 
 /// One hypothesis at a time: on the CPU each already uses every core.
 pub const DEFAULT_COMPUTE_SLOTS: usize = 1;
@@ -198,6 +210,10 @@ impl Config {
         if line_hold_ms > 10_000 {
             return Err(invalid("line_hold_ms", format!("{line_hold_ms} is outside 0–10000")));
         }
+        let context_carry_ms = f.context_carry_ms.unwrap_or(DEFAULT_CONTEXT_CARRY_MS);
+        if context_carry_ms > 10_000 {
+            return Err(invalid("context_carry_ms", format!("{context_carry_ms} is outside 0–10000")));
+        }
         let compute_slots = f.compute_slots.unwrap_or(DEFAULT_COMPUTE_SLOTS);
         if !(1..=256).contains(&compute_slots) {
             return Err(invalid("compute_slots", format!("{compute_slots} is outside 1–256")));
@@ -226,6 +242,7 @@ impl Config {
             compute_slots,
             commit: f.commit.unwrap_or_default(),
             line_hold: (line_hold_ms > 0).then(|| line_hold_ms as f64 / 1000.0),
+            carry: (context_carry_ms > 0).then(|| context_carry_ms as f64 / 1000.0),
             vad: f.vad.unwrap_or_default(),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
@@ -273,6 +290,15 @@ mod tests {
         assert_eq!(Config::merge(f, Overrides::default(), "m".into()).unwrap().allowed_origins.len(), 2);
         let f: FileConfig = toml::from_str("allowed_origins = [\"app.example\"]").unwrap();
         assert!(Config::merge(f, Overrides::default(), "m".into()).is_err());
+    }
+
+    #[test]
+    fn context_carry_is_on_by_default_off_at_zero_and_bounded() {
+        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
+        assert_eq!(merge("").unwrap().carry, Some(DEFAULT_CONTEXT_CARRY_MS as f64 / 1000.0));
+        assert_eq!(merge("context_carry_ms = 0").unwrap().carry, None);
+        let e = merge("context_carry_ms = 10001").unwrap_err().to_string();
+        assert!(e.contains("context_carry_ms"), "{e}");
     }
 
     #[test]

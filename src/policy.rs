@@ -65,6 +65,11 @@ const PAUSE_S: f64 = 0.3;
 /// test uses the same bound.
 const UNLIKELY_WORD: f32 = 0.15;
 
+/// A pause this long after the carried words (see [`PolicyConfig::carry`])
+/// drops them from the window: the next speech starts a window of its own,
+/// with their text only in the prompt, seconds.
+const CARRY_GAP_S: f64 = 2.0;
+
 /// Whether Whisper's text for a word ends a sentence. A trim after "Mr." cut
 /// "Quilter" in two ("Mr. Filter"), so titles and initials do not; one
 /// missed sentence end only delays a trim.
@@ -127,6 +132,13 @@ pub struct PolicyConfig {
     /// the word became final, seconds; `None`: each step's agreed words go
     /// at once.
     pub line_hold: Option<f64>,
+    /// The last final words of an ended utterance, up to this long, stay
+    /// at the start of the next utterance's window (already sent, fed to
+    /// the decoder as its forced prefix) while the pause after them is
+    /// under [`CARRY_GAP_S`], seconds; `None`: each utterance is decoded
+    /// alone. Endpoints end utterances at every pause the VAD finds;
+    /// decoded alone, their short windows lose the sentence around them.
+    pub carry: Option<f64>,
 }
 
 impl Default for PolicyConfig {
@@ -148,6 +160,7 @@ impl Default for PolicyConfig {
             trim_frames: Some(1500),
             alignment_commit: None,
             line_hold: None,
+            carry: None,
         }
     }
 }
@@ -213,6 +226,8 @@ pub struct Policy {
     /// First frame of the current utterance buffer.
     utt_start: u64,
     has_speech: bool,
+    /// Frame at which the VAD last started hearing speech.
+    speech_from: u64,
     silence_run: u64,
     /// Frame count when the last hypothesis was asked for.
     last_hyp: u64,
@@ -250,6 +265,7 @@ impl Policy {
             frames: 0,
             utt_start: 0,
             has_speech: false,
+            speech_from: 0,
             silence_run: 0,
             last_hyp: 0,
             committed: Vec::new(),
@@ -277,6 +293,12 @@ impl Policy {
     /// hypothesis need not decode them again).
     pub fn committed(&self) -> &[Word] {
         &self.committed
+    }
+
+    /// Where the speech of the current utterance started, seconds: final
+    /// words carried over from the last utterance end before it.
+    pub fn speech_start(&self) -> f64 {
+        self.speech_from as f64 * FRAME_SECONDS
     }
 
     /// Final words sent so far.
@@ -314,6 +336,7 @@ impl Policy {
             self.silence_run = 0;
             if !self.has_speech {
                 self.has_speech = true;
+                self.speech_from = self.frames - 1;
                 self.last_hyp = self.frames;
                 if self.cfg.vad_events {
                     out.push(Emit::SpeechStarted { timestamp: round3((self.frames - 1) as f64 * FRAME_SECONDS) });
@@ -323,8 +346,15 @@ impl Policy {
             self.silence_run += 1;
         }
         if !self.has_speech {
-            // Keep only the pre-roll of the silence before speech.
-            self.utt_start = self.utt_start.max(self.frames.saturating_sub(self.cfg.preroll_frames));
+            if self.committed.last().is_some_and(|w| now - w.end > CARRY_GAP_S) {
+                let carried = std::mem::take(&mut self.committed);
+                self.push_context(&carried);
+                self.seam = None;
+            }
+            if self.committed.is_empty() {
+                // Keep only the pre-roll of the silence before speech.
+                self.utt_start = self.utt_start.max(self.frames.saturating_sub(self.cfg.preroll_frames));
+            }
         }
         if let Some(gap) = self.cfg.utterance_end {
             if self.words_since_utterance_end && !speech && !self.has_speech && now - self.last_word_end >= gap {
@@ -398,8 +428,6 @@ impl Policy {
                         if reason == Reason::Endpoint { now - self.silence_run as f64 * FRAME_SECONDS } else { now };
                     self.send(self.unsent.len(), end, true, from_finalize, out);
                 }
-                let committed = std::mem::take(&mut self.committed);
-                self.push_context(&committed);
                 self.end_utterance();
             }
         }
@@ -415,16 +443,41 @@ impl Policy {
     }
 
     fn end_utterance(&mut self) {
-        self.seam = None;
-        self.committed.clear();
+        self.carry_over();
         self.unsent.clear();
         self.held_since.clear();
         self.pauses.clear();
         self.prev.clear();
         self.last_interim.clear();
         self.has_speech = false;
-        self.utt_start = self.frames;
         self.last_hyp = self.frames;
+    }
+
+    /// Ends the utterance's window: its final words up to `carry` before
+    /// the last one stay final words of the window (the next utterance's
+    /// forced prefix), the others go to the prompt.
+    fn carry_over(&mut self) {
+        let committed = std::mem::take(&mut self.committed);
+        let from = match (self.cfg.carry, committed.last()) {
+            (Some(carry), Some(last)) => last.end - carry,
+            _ => f64::INFINITY,
+        };
+        let k = committed.iter().position(|w| w.start >= from).unwrap_or(committed.len());
+        self.push_context(&committed[..k]);
+        if k == committed.len() {
+            self.seam = None;
+            self.utt_start = self.frames;
+            return;
+        }
+        if k > 0 {
+            // As a trim cuts: halfway between the last word that goes and
+            // the first that stays.
+            let cut_at = (committed[k - 1].end + committed[k].start) / 2.0;
+            let cut_frame = ((cut_at / FRAME_SECONDS).floor() as u64).clamp(self.utt_start, self.frames);
+            self.seam = Some((committed[k - 1].norm(), cut_at));
+            self.utt_start = cut_frame;
+        }
+        self.committed = committed[k..].to_vec();
     }
 
     /// On a long utterance, moves the final words up to the last sentence end
@@ -676,6 +729,78 @@ mod tests {
         p.on_hypothesis(Reason::Step, words, &mut out);
         let interim = results(&out).last().map(|u| u.words.len());
         assert_eq!(interim, Some(4));
+    }
+
+    /// Speech up to the end of `words` (a hypothesis: `carried`, then
+    /// `texts` 0.5 s apart, 0.4 s each, from `from` s), then an endpoint.
+    fn ended_utterance(p: &mut Policy, carried: &[Word], texts: &[&str], from: f64, out: &mut Vec<Emit>) {
+        let mut words = carried.to_vec();
+        words.extend(texts.iter().enumerate().map(|(i, t)| w(t, from + i as f64 * 0.5, from + i as f64 * 0.5 + 0.4)));
+        let end = words.last().unwrap().end;
+        let now = p.frames as f64 * FRAME_SECONDS;
+        frames(p, true, ((end - now) / FRAME_SECONDS).round() as usize, out);
+        assert_eq!(frames(p, false, 50, out), Some(Reason::Endpoint));
+        p.on_hypothesis(Reason::Endpoint, words, out);
+    }
+
+    fn texts(words: &[Word]) -> Vec<&str> {
+        words.iter().map(|w| w.text.as_str()).collect()
+    }
+
+    fn final_words(out: &[Emit]) -> Vec<&str> {
+        results(out).iter().filter(|u| u.is_final).flat_map(|u| texts(&u.words)).collect()
+    }
+
+    #[test]
+    fn an_ended_utterance_carries_its_last_seconds_into_the_next_window() {
+        let mut p = Policy::new(PolicyConfig { carry: Some(1.5), ..Default::default() });
+        let mut out = Vec::new();
+        frames(&mut p, false, 100, &mut out);
+        ended_utterance(&mut p, &[], &["ask", "not", "what", "your", "country"], 1.0, &mut out);
+        // "what" (from 2.0 s) starts within 1.5 s of the end of "country" (3.4 s).
+        assert_eq!(texts(p.committed()), ["what", "your", "country"]);
+        assert_eq!(p.context(100), "ask not");
+        assert!((194..=195).contains(&p.utterance_start()), "halfway between \"not\" and \"what\"");
+        assert!(!p.pending(), "carried words are already sent");
+        // A short pause, then speech: the window still starts there, and a
+        // hypothesis repeating the carried words sends only what is new.
+        let start = p.utterance_start();
+        frames(&mut p, false, 100, &mut out);
+        assert_eq!(p.utterance_start(), start);
+        out.clear();
+        let carried = p.committed().to_vec();
+        ended_utterance(&mut p, &carried, &["can", "do"], 5.0, &mut out);
+        assert!((p.speech_start() - 4.9).abs() < 1e-9, "{}", p.speech_start());
+        assert_eq!(final_words(&out), ["can", "do"]);
+        assert_eq!(texts(p.committed()), ["can", "do"]);
+        assert_eq!(p.context(100), "ask not what your country");
+    }
+
+    #[test]
+    fn a_long_pause_drops_the_carried_words_into_the_prompt() {
+        let mut p = Policy::new(PolicyConfig { carry: Some(6.0), ..Default::default() });
+        let mut out = Vec::new();
+        ended_utterance(&mut p, &[], &["for", "your", "country."], 0.5, &mut out);
+        assert_eq!(texts(p.committed()), ["for", "your", "country."]);
+        assert_eq!(p.utterance_start(), 0, "the whole utterance is carried");
+        // The endpoint is 2.4 s in; the carry goes 2 s after "country." ends (1.9 s).
+        frames(&mut p, false, 140, &mut out);
+        assert_eq!(p.committed().len(), 3);
+        assert_eq!(p.utterance_start(), 0);
+        frames(&mut p, false, 20, &mut out);
+        assert!(p.committed().is_empty());
+        assert_eq!(p.context(100), "for your country.");
+        assert_eq!(p.utterance_start(), p.frames - 30, "back to the pre-roll");
+    }
+
+    #[test]
+    fn without_carry_each_utterance_is_decoded_alone() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut out = Vec::new();
+        ended_utterance(&mut p, &[], &["for", "your", "country."], 0.5, &mut out);
+        assert!(p.committed().is_empty());
+        assert_eq!(p.utterance_start(), p.frames);
+        assert_eq!(p.context(100), "for your country.");
     }
 
     #[test]

@@ -523,6 +523,7 @@ impl<S: WsSink> Session<S> {
                 alignment_commit,
                 // Turns carry their own text; `EndOfTurn` flushes it.
                 line_hold: None,
+                carry: cfg.carry,
                 ..PolicyConfig::default()
             }
         } else {
@@ -534,6 +535,7 @@ impl<S: WsSink> Session<S> {
                 interim_results: self.params.interim_results,
                 alignment_commit,
                 line_hold: cfg.line_hold,
+                carry: cfg.carry,
                 ..PolicyConfig::default()
             }
         };

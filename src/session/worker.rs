@@ -382,7 +382,8 @@ impl Worker {
         let spent = t0.elapsed();
         drop(grant);
         if tracing::enabled!(tracing::Level::TRACE) {
-            let text: Vec<String> = words.iter().map(|w| format!("{}@{:.2}-{:.2}", w.text, w.start, w.end)).collect();
+            let text: Vec<String> =
+                words.iter().map(|w| format!("{}@{:.2}-{:.2}:{:.2}", w.text, w.start, w.end, w.probability)).collect();
             let (from, to) = (
                 seconds(self.buf_start * FRAME as u64),
                 seconds(self.buf_start * FRAME as u64 + self.buf.len() as u64),
@@ -456,7 +457,9 @@ impl Worker {
         let offset = self.buf_start as f64 * 0.01;
         let words = transcript.segments.iter().flat_map(|s| s.words.iter().flatten());
         Ok(words
-            .filter(|w| !w.word.trim().is_empty())
+            // A word of punctuation alone ("." over applause, "-" after a
+            // cut-off word) is no word a caption or an agent can use.
+            .filter(|w| w.word.chars().any(char::is_alphanumeric))
             .map(|w| Word {
                 text: w.word.trim().to_string(),
                 start: offset + w.start,
@@ -473,11 +476,14 @@ impl Worker {
     /// inside one such a gap is speech that was skipped.
     fn skipped_speech(&self, words: &[Word]) -> bool {
         let Some(last) = self.policy.committed().last() else { return false };
+        // Final words carried over from the last utterance end before the
+        // pause that ended it.
+        let said = last.end.max(self.policy.speech_start());
         match self.policy.after_committed(words).first() {
-            Some(next) => next.start - last.end > MAX_GAP_S,
+            Some(next) => next.start - said > MAX_GAP_S,
             None => {
                 let audio_end = seconds(self.buf_start * FRAME as u64 + self.buf.len() as u64);
-                audio_end - last.end > MAX_SILENT_TAIL_S
+                audio_end - said > MAX_SILENT_TAIL_S
             }
         }
     }
