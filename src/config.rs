@@ -52,10 +52,10 @@ pub struct FileConfig {
     /// them is under 2 s), milliseconds; 0: each utterance is decoded
     /// alone. See `PolicyConfig::carry`.
     pub context_carry_ms: Option<u64>,
-    /// Which voice activity detector segments the audio: `"energy"` (the
-    /// default, an adaptive energy gate: any sound well above the
-    /// background) or `"neural"` (earshot's network: tells speech from
-    /// noise, ends utterances at real pauses). See `audio::vad`.
+    /// Which voice activity detector segments the audio: `"neural"` (the
+    /// default, earshot's network: tells speech from noise, ends
+    /// utterances at real pauses) or `"energy"` (an adaptive energy gate:
+    /// any sound well above the background). See `audio::vad`.
     pub vad: Option<VadKind>,
     /// Seconds a stalled socket write may take before the session ends.
     pub write_timeout_s: Option<f64>,
@@ -146,6 +146,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How long a final word may wait for its line's end, by default. Measured
 /// in `benches/results/streaming.md` (line holds).
 pub const DEFAULT_LINE_HOLD_MS: u64 = 600;
+
+/// The detector that segments live streams, by default (offline decoding
+/// keeps the energy gate of `VadConfig::default`, as faster-whisper's
+/// results were matched with it). Measured in `benches/results/streaming.md`
+/// (the neural VAD and the context carry).
+pub const DEFAULT_VAD: VadKind = VadKind::Neural;
 
 /// How much of an ended utterance stays in the next one's window, by
 /// default: with the 2 s of padding, an utterance of up to 7 s still fits
@@ -243,7 +249,7 @@ impl Config {
             commit: f.commit.unwrap_or_default(),
             line_hold: (line_hold_ms > 0).then(|| line_hold_ms as f64 / 1000.0),
             carry: (context_carry_ms > 0).then(|| context_carry_ms as f64 / 1000.0),
-            vad: f.vad.unwrap_or_default(),
+            vad: f.vad.unwrap_or(DEFAULT_VAD),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
             idle_release: f.idle_release_s.map(|v| secs("idle_release_s", Some(v), 0.0)).transpose()?,
@@ -290,6 +296,14 @@ mod tests {
         assert_eq!(Config::merge(f, Overrides::default(), "m".into()).unwrap().allowed_origins.len(), 2);
         let f: FileConfig = toml::from_str("allowed_origins = [\"app.example\"]").unwrap();
         assert!(Config::merge(f, Overrides::default(), "m".into()).is_err());
+    }
+
+    #[test]
+    fn live_streams_use_the_neural_vad_unless_told_otherwise() {
+        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
+        assert_eq!(merge("").unwrap().vad, VadKind::Neural);
+        assert_eq!(merge("vad = \"energy\"").unwrap().vad, VadKind::Energy);
+        assert!(toml::from_str::<FileConfig>("vad = \"silero\"").is_err());
     }
 
     #[test]

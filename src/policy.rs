@@ -428,6 +428,15 @@ impl Policy {
                         if reason == Reason::Endpoint { now - self.silence_run as f64 * FRAME_SECONDS } else { now };
                     self.send(self.unsent.len(), end, true, from_finalize, out);
                 }
+                if self.cfg.carry.is_some() {
+                    // What is carried into the next window is this one
+                    // decode's text of the whole window, which reads as one
+                    // sentence ("Americans asked not"); the final words of
+                    // several steps and a flush need not ("Americans. asked
+                    // not"), and as a forced prefix they misled the next
+                    // steps ("what you are country").
+                    self.committed = without_unlikely_tail(words);
+                }
                 self.end_utterance();
             }
         }

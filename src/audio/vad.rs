@@ -4,22 +4,24 @@
 //! Whisper invents text for silence ("you", "Thank you.") and for noise; this
 //! gate keeps audio without speech away from the decoder, and endpointing,
 //! `SpeechStarted` and turn ends listen to it. Two detectors:
-//! - [`VadKind::Energy`], the default: a frame is speech when it stands
-//!   `margin_db` above a running noise floor that follows quiet frames down
-//!   at once and rises slowly. Blind to what it hears: steady noise that
-//!   starts after silence is "speech" until the floor catches up (94 % of
-//!   30 s), and it hears no pause in jfk's crowd noise (issue 11, item 4);
-//!   the synthetic tones of the network-side tests (`engine::tones`) are
-//!   speech to it.
-//! - [`VadKind::Neural`] (config `vad = "neural"`): earshot's small network
-//!   (40 mel bands over 16 ms frames, pure Rust, its 40 KiB of weights
-//!   inside the crate). It tells speech from noise (none of four noises
-//!   after silence, every word of eight files, 96 % of jfk's word frames
-//!   under white noise at 10 dB SNR where the energy gate keeps 62 %:
-//!   `tests/vad.rs`) and ends utterances at jfk's real pauses. Not yet the
-//!   default: its shorter utterances, decoded alone, let Whisper end jfk's
-//!   last one in a made-up "Thank you." over the applause, and Flux turns
-//!   split at those pauses.
+//! - [`VadKind::Neural`], what live streams use unless configured otherwise
+//!   (`config::DEFAULT_VAD`): earshot's small network (40 mel bands over
+//!   16 ms frames, pure Rust, its 40 KiB of weights inside the crate). It
+//!   tells speech from noise (none of four noises after silence, every word
+//!   of eight files, 96 % of jfk's word frames under white noise at 10 dB
+//!   SNR where the energy gate keeps 62 %: `tests/vad.rs`) and ends
+//!   utterances at jfk's real pauses. The short utterances it makes are
+//!   decoded with the last seconds of the one before (`PolicyConfig::carry`):
+//!   alone, jfk's last one ended in a made-up "Thank you." over the applause.
+//!   Applause itself is speech to it.
+//! - [`VadKind::Energy`] (config `vad = "energy"`, and the default of
+//!   [`VadConfig`], which offline decoding uses): a frame is speech when it
+//!   stands `margin_db` above a running noise floor that follows quiet
+//!   frames down at once and rises slowly. Blind to what it hears: steady
+//!   noise that starts after silence is "speech" until the floor catches up
+//!   (94 % of 30 s), and it hears no pause in jfk's crowd noise (issue 11,
+//!   item 4); the synthetic tones of the network-side tests
+//!   (`engine::tones`) are speech to it.
 //!
 //! Frames quieter than `min_db` are never speech, and a hangover keeps the
 //! gaps between words inside the utterance.
@@ -42,7 +44,8 @@ const DITHER: f32 = 1e-3;
 /// Network frames of [`DITHER`] alone that settle a new network (2 s).
 const PRIME_FRAMES: usize = 250;
 
-/// Which detector decides (config `vad`).
+/// Which detector decides (config `vad`). The default here is the one
+/// offline decoding uses; live streams default to `config::DEFAULT_VAD`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VadKind {
