@@ -70,6 +70,31 @@ const UNLIKELY_WORD: f32 = 0.15;
 /// with their text only in the prompt, seconds.
 const CARRY_GAP_S: f64 = 2.0;
 
+/// What Whisper writes, having learned it from subtitles, over applause or
+/// noise at the end of a shortened window ("Thank you." after jfk's last
+/// sentence): a short bag of hallucinations, as Barański et al. (2025)
+/// call such a list. Lower case, as [`Word::norm`] gives them.
+const STOCK_ENDINGS: &[&[&str]] = &[
+    &["thank", "you"],
+    &["thank", "you", "very", "much"],
+    &["thank", "you", "for", "watching"],
+    &["thanks", "for", "watching"],
+];
+
+/// How many of a hypothesis's last words are a stock ending standing as a
+/// sentence of its own (alone, or after a sentence end); 0: none. Steps
+/// leave such words interim; a flush keeps them only if the full window
+/// hears them too (`session::worker`).
+pub fn stock_ending(words: &[Word]) -> usize {
+    let is_ending = |phrase: &&&[&str]| {
+        let n = phrase.len();
+        n <= words.len()
+            && words[words.len() - n..].iter().zip(phrase.iter()).all(|(w, p)| w.norm() == *p)
+            && (n == words.len() || ends_sentence(&words[words.len() - n - 1].text))
+    };
+    STOCK_ENDINGS.iter().filter(is_ending).map(|p| p.len()).max().unwrap_or(0)
+}
+
 /// Whether Whisper's text for a word ends a sentence. A trim after "Mr." cut
 /// "Quilter" in two ("Mr. Filter"), so titles and initials do not; one
 /// missed sentence end only delays a trim.
@@ -400,6 +425,9 @@ impl Policy {
                 if let Some(margin) = self.cfg.alignment_commit {
                     agreed = agreed.max(tail.iter().take_while(|w| w.end <= now - margin).count());
                 }
+                // A stock ending at the end of the audio waits for the words
+                // after it, or for the flush that checks it.
+                agreed = agreed.min(tail.len() - stock_ending(&words).min(tail.len()));
                 let mut fin: Vec<Word> = tail[..agreed].to_vec();
                 let mut rest: Vec<Word> = tail[agreed..].to_vec();
                 if reason == Reason::Cut {
@@ -423,7 +451,10 @@ impl Policy {
             Reason::Endpoint | Reason::Finalize | Reason::Close => {
                 let from_finalize = reason == Reason::Finalize;
                 self.hold(without_unlikely_tail(tail), now);
-                if !self.unsent.is_empty() || from_finalize {
+                // An endpoint always says so (`speech_final`), even when
+                // the steps already sent every word: LiveKit and Pipecat
+                // end the user's speech on it.
+                if !self.unsent.is_empty() || from_finalize || reason == Reason::Endpoint {
                     let end =
                         if reason == Reason::Endpoint { now - self.silence_run as f64 * FRAME_SECONDS } else { now };
                     self.send(self.unsent.len(), end, true, from_finalize, out);
@@ -810,6 +841,32 @@ mod tests {
         assert!(p.committed().is_empty());
         assert_eq!(p.utterance_start(), p.frames);
         assert_eq!(p.context(100), "for your country.");
+    }
+
+    #[test]
+    fn a_stock_ending_is_a_sentence_of_its_own_at_the_end() {
+        let hyp = |text: &str| -> Vec<Word> { text.split(' ').map(|t| w(t, 0.0, 0.1)).collect() };
+        assert_eq!(stock_ending(&hyp("for your country. Thank you.")), 2);
+        assert_eq!(stock_ending(&hyp("Thank you very much.")), 4);
+        assert_eq!(stock_ending(&hyp("Thank you.")), 2);
+        assert_eq!(stock_ending(&hyp("I want to thank you.")), 0, "inside a sentence");
+        assert_eq!(stock_ending(&hyp("Thank you. And then")), 0, "not at the end");
+        assert_eq!(stock_ending(&hyp("")), 0);
+    }
+
+    #[test]
+    fn steps_leave_a_stock_ending_interim() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut out = Vec::new();
+        frames(&mut p, true, 300, &mut out);
+        let words = vec![w("country.", 1.0, 1.4), w("Thank", 1.5, 1.7), w("you.", 1.7, 1.9)];
+        p.on_hypothesis(Reason::Step, words.clone(), &mut out);
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, words, &mut out);
+        assert_eq!(texts(p.committed()), ["country."]);
+        assert_eq!(final_words(&out), ["country."]);
+        let last = results(&out).last().map(|u| (u.is_final, texts(&u.words)));
+        assert_eq!(last, Some((false, vec!["Thank", "you."])), "interim");
     }
 
     #[test]

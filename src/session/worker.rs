@@ -25,7 +25,7 @@ use crate::audio::{round3, seconds};
 use crate::decode::{AudioCtx, DecodeError, DecodeOptions};
 use crate::engine::{Engine, EngineStream};
 use crate::metrics::Metrics;
-use crate::policy::{Emit, Policy, Reason, Update, Word};
+use crate::policy::{stock_ending, Emit, Policy, Reason, Update, Word};
 use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMessage, WireWord};
 
 /// Characters of earlier final text put into the prompt.
@@ -379,6 +379,9 @@ impl Worker {
             opts.prefix = None;
             words = self.hypothesis(tr, &opts)?;
         }
+        if reason != Reason::Step {
+            words = self.checked_ending(tr, &opts, words)?;
+        }
         let spent = t0.elapsed();
         drop(grant);
         if tracing::enabled!(tracing::Level::TRACE) {
@@ -467,6 +470,29 @@ impl Worker {
                 probability: w.probability,
             })
             .collect())
+    }
+
+    /// A flush's words without a stock ending ("Thank you.") that decoding
+    /// the same audio in Whisper's full 30 s window does not hear too: on
+    /// the shortened window Whisper wrote one over jfk's applause, on the
+    /// full one it did not. Costs a second decode, only when one is there.
+    fn checked_ending(
+        &self,
+        tr: &mut dyn EngineStream,
+        opts: &DecodeOptions,
+        mut words: Vec<Word>,
+    ) -> Result<Vec<Word>, WorkerError> {
+        let n = stock_ending(&words);
+        if n == 0 || opts.audio_ctx.is_none() {
+            return Ok(words);
+        }
+        let full = DecodeOptions { audio_ctx: None, prefix: None, ..opts.clone() };
+        let heard = stock_ending(&self.hypothesis(tr, &full)?) > 0;
+        tracing::debug!(heard, "a stock ending checked in the full window");
+        if !heard {
+            words.truncate(words.len() - n);
+        }
+        Ok(words)
     }
 
     /// Whether a hypothesis leaves a stretch of the utterance after its final
