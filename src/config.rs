@@ -288,19 +288,21 @@ mod tests {
         .is_err());
     }
 
+    /// A config file's text merged with no flags.
+    fn merge(text: &str) -> Result<Config, ConfigError> {
+        Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into())
+    }
+
     #[test]
     fn key_file_and_origins() {
         let keys: Vec<String> = parse_key_file("# keys\n\n  alpha \nbeta\n").collect();
         assert_eq!(keys, vec!["alpha", "beta"]);
-        let f: FileConfig = toml::from_str("allowed_origins = [\"https://app.example\", \"*\"]").unwrap();
-        assert_eq!(Config::merge(f, Overrides::default(), "m".into()).unwrap().allowed_origins.len(), 2);
-        let f: FileConfig = toml::from_str("allowed_origins = [\"app.example\"]").unwrap();
-        assert!(Config::merge(f, Overrides::default(), "m".into()).is_err());
+        assert_eq!(merge("allowed_origins = [\"https://app.example\", \"*\"]").unwrap().allowed_origins.len(), 2);
+        assert!(merge("allowed_origins = [\"app.example\"]").is_err());
     }
 
     #[test]
     fn live_streams_use_the_neural_vad_unless_told_otherwise() {
-        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
         assert_eq!(merge("").unwrap().vad, VadKind::Neural);
         assert_eq!(merge("vad = \"energy\"").unwrap().vad, VadKind::Energy);
         assert!(toml::from_str::<FileConfig>("vad = \"silero\"").is_err());
@@ -308,7 +310,6 @@ mod tests {
 
     #[test]
     fn context_carry_is_on_by_default_off_at_zero_and_bounded() {
-        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
         assert_eq!(merge("").unwrap().carry, Some(DEFAULT_CONTEXT_CARRY_MS as f64 / 1000.0));
         assert_eq!(merge("context_carry_ms = 0").unwrap().carry, None);
         let e = merge("context_carry_ms = 10001").unwrap_err().to_string();
@@ -317,7 +318,6 @@ mod tests {
 
     #[test]
     fn line_hold_is_on_by_default_off_at_zero_and_bounded() {
-        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
         assert_eq!(merge("").unwrap().line_hold, Some(DEFAULT_LINE_HOLD_MS as f64 / 1000.0));
         assert_eq!(merge("line_hold_ms = 0").unwrap().line_hold, None);
         assert_eq!(merge("line_hold_ms = 3000").unwrap().line_hold, Some(3.0));
@@ -328,7 +328,6 @@ mod tests {
 
     #[test]
     fn idle_release_is_off_unless_set_and_then_a_positive_duration() {
-        let merge = |text: &str| Config::merge(toml::from_str(text).unwrap(), Overrides::default(), "m".into());
         assert_eq!(merge("").unwrap().idle_release, None);
         assert_eq!(merge("idle_release_s = 300").unwrap().idle_release, Some(Duration::from_secs(300)));
         for bad in ["idle_release_s = 0", "idle_release_s = -1", "idle_release_s = nan"] {
