@@ -89,7 +89,7 @@ pub fn stock_ending(words: &[Word]) -> usize {
     let is_ending = |phrase: &&&[&str]| {
         let n = phrase.len();
         n <= words.len()
-            && words[words.len() - n..].iter().zip(phrase.iter()).all(|(w, p)| w.norm() == *p)
+            && words[words.len() - n..].iter().zip(phrase.iter()).all(|(w, p)| w.is(p))
             && (n == words.len() || ends_sentence(&words[words.len() - n - 1].text))
     };
     STOCK_ENDINGS.iter().filter(is_ending).map(|p| p.len()).max().unwrap_or(0)
@@ -205,6 +205,11 @@ impl Word {
     /// de-duplication compare.
     pub fn norm(&self) -> String {
         normalize(&self.text)
+    }
+
+    /// Whether the word's [`Word::norm`] is `norm`, without building it.
+    fn is(&self, norm: &str) -> bool {
+        self.text.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).eq(norm.chars())
     }
 }
 
@@ -364,7 +369,7 @@ impl Policy {
                 self.speech_from = self.frames - 1;
                 self.last_hyp = self.frames;
                 if self.cfg.vad_events {
-                    out.push(Emit::SpeechStarted { timestamp: round3((self.frames - 1) as f64 * FRAME_SECONDS) });
+                    out.push(Emit::SpeechStarted { timestamp: round3(self.speech_start()) });
                 }
             }
         } else {
