@@ -483,7 +483,10 @@ impl Worker {
         mut words: Vec<Word>,
     ) -> Result<Vec<Word>, WorkerError> {
         let n = stock_ending(&words);
-        if n == 0 || opts.audio_ctx.is_none() {
+        // An ending among the words already final was checked by the flush
+        // that made them final (or carried): it is sent, and no decode can
+        // take it back.
+        if n == 0 || opts.audio_ctx.is_none() || n > self.policy.after_committed(&words).len() {
             return Ok(words);
         }
         let full = DecodeOptions { audio_ctx: None, prefix: None, ..opts.clone() };
