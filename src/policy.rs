@@ -110,6 +110,17 @@ fn ends_sentence(text: &str) -> bool {
     !initial && !ABBREVIATIONS.iter().any(|a| a.eq_ignore_ascii_case(body))
 }
 
+/// Whisper's text for a word without a trailing ellipsis. It marks audio
+/// that stops mid-phrase ("And..." at the end of a step's window), which no
+/// caption line or Deepgram client expects, and it would read as a
+/// sentence end.
+pub fn without_ellipsis(text: &str) -> &str {
+    match text.strip_suffix("...").or_else(|| text.strip_suffix('\u{2026}')) {
+        Some(word) if word.chars().any(char::is_alphanumeric) => word,
+        _ => text,
+    }
+}
+
 /// Whether a word ends a clause: where a line that cannot wait for its
 /// sentence to end is broken.
 fn ends_clause(text: &str) -> bool {
@@ -846,6 +857,15 @@ mod tests {
         assert!(p.committed().is_empty());
         assert_eq!(p.utterance_start(), p.frames);
         assert_eq!(p.context(100), "for your country.");
+    }
+
+    #[test]
+    fn a_trailing_ellipsis_is_no_part_of_a_word() {
+        assert_eq!(without_ellipsis("And..."), "And");
+        assert_eq!(without_ellipsis("can\u{2026}"), "can");
+        assert_eq!(without_ellipsis("country."), "country.");
+        assert_eq!(without_ellipsis("..."), "...");
+        assert!(!ends_sentence(without_ellipsis("And...")));
     }
 
     #[test]

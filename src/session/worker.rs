@@ -25,7 +25,7 @@ use crate::audio::{round3, seconds};
 use crate::decode::{AudioCtx, DecodeError, DecodeOptions};
 use crate::engine::{Engine, EngineStream};
 use crate::metrics::Metrics;
-use crate::policy::{stock_ending, Emit, Policy, Reason, Update, Word};
+use crate::policy::{stock_ending, without_ellipsis, Emit, Policy, Reason, Update, Word};
 use crate::protocol::{Alternative, Channel, ModelInfo, ResultMetadata, ServerMessage, WireWord};
 
 /// Characters of earlier final text put into the prompt.
@@ -464,7 +464,7 @@ impl Worker {
             // cut-off word) is no word a caption or an agent can use.
             .filter(|w| w.word.chars().any(char::is_alphanumeric))
             .map(|w| Word {
-                text: w.word.trim().to_string(),
+                text: without_ellipsis(w.word.trim()).to_string(),
                 start: offset + w.start,
                 end: offset + w.end,
                 probability: w.probability,
