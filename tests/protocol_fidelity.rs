@@ -272,6 +272,11 @@ fn finals_are_lines_that_end_at_sentence_ends() {
         finals
     };
     let held = lines("");
+    for word in held.iter().flat_map(|(words, _)| words) {
+        // Item 7's artefacts: no word of punctuation alone ("-", "."), no
+        // trailing-off ellipsis ("And...").
+        assert!(word.chars().any(char::is_alphanumeric) && !word.ends_with(".."), "{word:?} in {held:?}");
+    }
     for (words, flush) in &held {
         let inner = &words[..words.len() - 1];
         assert!(
