@@ -57,6 +57,10 @@ pub struct FileConfig {
     /// utterances at real pauses) or `"energy"` (an adaptive energy gate:
     /// any sound well above the background). See `audio::vad`.
     pub vad: Option<VadKind>,
+    /// On the CPU: the encoder's linear layers in int8 (`model::LoadOptions`;
+    /// the default, see `DEFAULT_INT8_ENCODER`). `false`: f32, as
+    /// `scribed transcribe`.
+    pub int8_encoder: Option<bool>,
     /// Seconds a stalled socket write may take before the session ends.
     pub write_timeout_s: Option<f64>,
     /// Seconds given to sessions to flush on shutdown.
@@ -118,6 +122,7 @@ pub struct Config {
     /// `context_carry_ms` in seconds; `None`: no carry.
     pub carry: Option<f64>,
     pub vad: VadKind,
+    pub int8_encoder: bool,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     /// `idle_release_s` (GPU only).
@@ -157,6 +162,14 @@ pub const DEFAULT_VAD: VadKind = VadKind::Neural;
 /// default: with the 2 s of padding, an utterance of up to 7 s still fits
 /// the 15 s the encoder reads anyway (`decode::AudioCtx`).
 pub const DEFAULT_CONTEXT_CARRY_MS: u64 = 6000;
+
+/// Whether the daemon's CPU encoder is int8 by default (where the CPU has
+/// AVX-512 VNNI). Measured in `benches/results/streaming.md` (the int8
+/// encoder): CPU per audio second 0.86 → 0.66–0.76 on one session; four
+/// sessions' final p95 3.29 → 2.41 s; streaming WER 5.80–6.76 % → 7.25–8.21 %,
+/// within a point of offline greedy (7.25 %). `scribed transcribe` stays
+/// f32 unless asked (`--int8-encoder`), as its faster-whisper match is.
+pub const DEFAULT_INT8_ENCODER: bool = true;
 
 /// One hypothesis at a time: on the CPU each already uses every core.
 pub const DEFAULT_COMPUTE_SLOTS: usize = 1;
@@ -250,6 +263,7 @@ impl Config {
             line_hold: (line_hold_ms > 0).then(|| line_hold_ms as f64 / 1000.0),
             carry: (context_carry_ms > 0).then(|| context_carry_ms as f64 / 1000.0),
             vad: f.vad.unwrap_or(DEFAULT_VAD),
+            int8_encoder: f.int8_encoder.unwrap_or(DEFAULT_INT8_ENCODER),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
             shutdown_grace: secs("shutdown_grace_s", f.shutdown_grace_s, 30.0)?,
             idle_release: f.idle_release_s.map(|v| secs("idle_release_s", Some(v), 0.0)).transpose()?,
@@ -299,6 +313,13 @@ mod tests {
         assert_eq!(keys, vec!["alpha", "beta"]);
         assert_eq!(merge("allowed_origins = [\"https://app.example\", \"*\"]").unwrap().allowed_origins.len(), 2);
         assert!(merge("allowed_origins = [\"app.example\"]").is_err());
+    }
+
+    #[test]
+    fn the_encoder_is_int8_unless_told_otherwise() {
+        assert!(merge("").unwrap().int8_encoder);
+        assert!(!merge("int8_encoder = false").unwrap().int8_encoder);
+        assert!(toml::from_str::<FileConfig>("int8_encoder = \"yes\"").is_err());
     }
 
     #[test]

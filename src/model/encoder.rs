@@ -41,18 +41,21 @@ pub struct EncoderState<B: Backend> {
 }
 
 impl<B: Backend> AudioEncoder<B> {
-    pub fn load(b: &B, f: &Ct2File, dims: &Dims) -> Result<Self, ModelError> {
+    /// `int8`: the blocks' linear layers in int8 (see [`LoadOptions`]).
+    pub fn load(b: &B, f: &Ct2File, dims: &Dims, int8: bool) -> Result<Self, ModelError> {
         let d = dims.d_model;
-        // The encoder runs large matrix products: f32 weights feed GEMM directly.
+        // The encoder runs large matrix products: f32 weights feed GEMM
+        // directly. The convolutions and the positions stay f32 always.
         let p = Precision::F32;
+        let lin = if int8 { Precision::I8 } else { p };
         let blocks = (0..dims.encoder_layers)
             .map(|i| {
                 let l = format!("encoder/layer_{i}");
                 Ok(EncoderBlock {
                     attn_ln: LayerNorm::load(b, f, &format!("{l}/self_attention/layer_norm"), d)?,
-                    qkv: Linear::load(b, f, &format!("{l}/self_attention/linear_0"), 3 * d, d, p)?,
-                    out: Linear::load(b, f, &format!("{l}/self_attention/linear_1"), d, d, p)?,
-                    mlp: Mlp::load(b, f, &format!("{l}/ffn"), d, p)?,
+                    qkv: Linear::load(b, f, &format!("{l}/self_attention/linear_0"), 3 * d, d, lin)?,
+                    out: Linear::load(b, f, &format!("{l}/self_attention/linear_1"), d, d, lin)?,
+                    mlp: Mlp::load(b, f, &format!("{l}/ffn"), d, lin)?,
                 })
             })
             .collect::<Result<_, ModelError>>()?;
