@@ -57,8 +57,17 @@ fn corpus_word_error_rate_is_on_par_with_faster_whisper() {
     let Some(model) = model_dir("tiny.en") else { return };
     let entries: Vec<_> = manifest().into_iter().filter(|e| e.reference.is_some()).collect();
     let files: Vec<String> = entries.iter().map(|e| shared_audio(&e.file).display().to_string()).collect();
-    for (beam, bar) in [("1", FASTER_WHISPER_WER_GREEDY), ("5", FASTER_WHISPER_WER_BEAM5)] {
+    // The int8 encoder (the daemon's default where the CPU has VNNI) is held
+    // to float32's bar: CTranslate2's int8 is what most faster-whisper CPU
+    // users run, and it scored 81 errors against float32's 84 here.
+    let runs = [
+        ("1", "", FASTER_WHISPER_WER_GREEDY),
+        ("5", "", FASTER_WHISPER_WER_BEAM5),
+        ("1", "--int8-encoder", FASTER_WHISPER_WER_GREEDY),
+    ];
+    for (beam, flag, bar) in runs {
         let mut args = vec!["--format", "json", "--beam", beam];
+        args.extend((!flag.is_empty()).then_some(flag));
         args.extend(files.iter().map(String::as_str));
         let results = json_lines(&transcribe(&model, &args));
         assert_eq!(results.len(), entries.len());
@@ -69,8 +78,13 @@ fn corpus_word_error_rate_is_on_par_with_faster_whisper() {
             words += w;
         }
         let corpus = edits as f64 / words as f64;
-        println!("beam {beam}: corpus WER {:.2}% over {} files", corpus * 100.0, entries.len());
-        assert!(corpus <= bar + 0.005, "beam {beam}: WER {:.2}% vs faster-whisper {:.2}%", corpus * 100.0, bar * 100.0);
+        println!("beam {beam} {flag}: corpus WER {:.2}% over {} files", corpus * 100.0, entries.len());
+        assert!(
+            corpus <= bar + 0.005,
+            "beam {beam} {flag}: WER {:.2}% vs faster-whisper {:.2}%",
+            corpus * 100.0,
+            bar * 100.0
+        );
     }
 }
 
