@@ -58,8 +58,7 @@ pub struct FileConfig {
     /// any sound well above the background). See `audio::vad`.
     pub vad: Option<VadKind>,
     /// On the CPU: the encoder's linear layers in int8 (`model::LoadOptions`;
-    /// the default, see `DEFAULT_INT8_ENCODER`). `false`: f32, as
-    /// `scribed transcribe`.
+    /// see `DEFAULT_INT8_ENCODER`). Unset or `false`: f32.
     pub int8_encoder: Option<bool>,
     /// Seconds a stalled socket write may take before the session ends.
     pub write_timeout_s: Option<f64>,
@@ -167,9 +166,11 @@ pub const DEFAULT_CONTEXT_CARRY_MS: u64 = 6000;
 /// AVX-512 VNNI). Measured in `benches/results/streaming.md` (the int8
 /// encoder): CPU per audio second 0.86 → 0.66–0.76 on one session; four
 /// sessions' final p95 3.29 → 2.41 s; streaming WER 5.80–6.76 % → 7.25–8.21 %,
-/// within a point of offline greedy (7.25 %). `scribed transcribe` stays
-/// f32 unless asked (`--int8-encoder`), as its faster-whisper match is.
-pub const DEFAULT_INT8_ENCODER: bool = true;
+/// within a point of offline greedy (7.25 %). Not the default yet: it also
+/// moves word times by tens of milliseconds (jfk's 0.32 s pause after "so"
+/// became 0.30 s, and `tests/prerecorded.rs`'s utterance split at 0.3 s
+/// found none), which was not measured beyond that.
+pub const DEFAULT_INT8_ENCODER: bool = false;
 
 /// One hypothesis at a time: on the CPU each already uses every core.
 pub const DEFAULT_COMPUTE_SLOTS: usize = 1;
@@ -316,9 +317,9 @@ mod tests {
     }
 
     #[test]
-    fn the_encoder_is_int8_unless_told_otherwise() {
-        assert!(merge("").unwrap().int8_encoder);
-        assert!(!merge("int8_encoder = false").unwrap().int8_encoder);
+    fn the_encoder_is_int8_only_when_asked() {
+        assert!(!merge("").unwrap().int8_encoder);
+        assert!(merge("int8_encoder = true").unwrap().int8_encoder);
         assert!(toml::from_str::<FileConfig>("int8_encoder = \"yes\"").is_err());
     }
 
