@@ -15,7 +15,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::int8::{self, QuantizedMatrix};
-use super::simd;
+use super::simd::{self, SyncPtr};
 use super::{Activation, AttentionShape, Backend, BackendError, HostMatrix, Precision, View, Write};
 
 /// Rows of `x` up to which a linear layer takes the streaming (dot-product)
@@ -108,17 +108,14 @@ impl Backend for Cpu {
         data: HostMatrix<'_>,
         precision: Precision,
     ) -> Result<CpuMatrix, BackendError> {
+        // Without VNNI int8 would be slower than f32: keep f32.
+        let precision = if precision == Precision::I8 && !int8::has_vnni() { Precision::F32 } else { precision };
         Ok(match (data, precision) {
             (HostMatrix::F32(d), Precision::F32) => CpuMatrix::F32 { rows, cols, data: d.to_vec() },
             (HostMatrix::F16(d), Precision::F32) => CpuMatrix::F32 { rows, cols, data: d.to_f32_vec() },
             (HostMatrix::F16(d), Precision::F16) => CpuMatrix::F16 { rows, cols, data: d.to_vec() },
             (HostMatrix::F32(d), Precision::F16) => {
                 CpuMatrix::F16 { rows, cols, data: d.iter().map(|&x| f16::from_f32(x)).collect() }
-            }
-            // Without VNNI int8 would be slower than f32: keep f32.
-            (HostMatrix::F32(d), Precision::I8) if !int8::has_vnni() => CpuMatrix::F32 { rows, cols, data: d.to_vec() },
-            (HostMatrix::F16(d), Precision::I8) if !int8::has_vnni() => {
-                CpuMatrix::F32 { rows, cols, data: d.to_f32_vec() }
             }
             (HostMatrix::F32(d), Precision::I8) => CpuMatrix::I8(QuantizedMatrix::new(d, rows, cols)),
             (HostMatrix::F16(d), Precision::I8) => CpuMatrix::I8(QuantizedMatrix::new(&d.to_f32_vec(), rows, cols)),
@@ -521,23 +518,6 @@ fn shared_kv_step(q: View<'_, Cpu>, k: View<'_, Cpu>, v: View<'_, Cpu>, s: Atten
             }
         });
     });
-}
-
-struct SyncPtr(*mut f32);
-// SAFETY: used only to hand disjoint output regions to rayon tasks.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl Clone for SyncPtr {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl Copy for SyncPtr {}
-impl SyncPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `dst (=|+=) x · Wᵀ` with W `[n, k]` row-major.

@@ -165,6 +165,7 @@ mod x86 {
     use rayon::prelude::*;
 
     use super::{QuantizedMatrix, MR, PANEL, ROW_CHUNK};
+    use crate::backend::simd::SyncPtr;
 
     /// [`super::quantize_row_scalar`] in AVX-512, with identical results
     /// (`cvtps2dq` rounds to nearest even under the default MXCSR).
@@ -287,20 +288,6 @@ mod x86 {
     /// `MICRO[rows - 1][panel width / 16 - 1]`.
     const MICRO: [[Micro; 4]; MR] = [widths!(1), widths!(2), widths!(3), widths!(4), widths!(5), widths!(6)];
 
-    /// The output's base address, shared by tasks that write disjoint
-    /// blocks of it.
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: each task writes its own rows × panels of the output only.
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-    impl Out {
-        /// Through a method, so closures capture the whole (Sync) wrapper.
-        fn get(self) -> *mut f32 {
-            self.0
-        }
-    }
-
     /// The VNNI path from quantized activations: tasks of [`ROW_CHUNK`]
     /// rows × a range of panels, columns split only when there are too few
     /// row chunks to keep every thread busy.
@@ -312,7 +299,7 @@ mod x86 {
         let want = 4 * rayon::current_num_threads();
         let per_task = panels.div_ceil(want.div_ceil(row_chunks.max(1)).min(panels));
         let col_chunks = panels.div_ceil(per_task);
-        let out = Out(out.as_mut_ptr());
+        let out = SyncPtr(out.as_mut_ptr());
         (0..row_chunks * col_chunks).into_par_iter().for_each(move |task| {
             let (rc, cc) = (task / col_chunks, task % col_chunks);
             let (r0, r1) = (rc * ROW_CHUNK, ((rc + 1) * ROW_CHUNK).min(m));

@@ -291,3 +291,17 @@ mod tests {
         }
     }
 }
+
+/// An output's base address, handed to rayon tasks that each write their
+/// own disjoint part of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: used only to hand disjoint output regions to rayon tasks.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// Through a method, so closures capture the whole (Sync) wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
