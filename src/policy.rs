@@ -37,7 +37,7 @@
 //! ends, so interims and finals agree on one clock.
 
 use crate::audio::round3;
-use crate::protocol::normalize;
+use crate::protocol::{normal_chars, normalize};
 
 /// Seconds per VAD frame.
 pub const FRAME_SECONDS: f64 = 0.01;
@@ -220,7 +220,7 @@ impl Word {
 
     /// Whether the word's [`Word::norm`] is `norm`, without building it.
     fn is(&self, norm: &str) -> bool {
-        self.text.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).eq(norm.chars())
+        normal_chars(&self.text).eq(norm.chars())
     }
 }
 

@@ -515,7 +515,12 @@ impl WireWord {
 /// Lower case, letters, digits and apostrophes only: Deepgram's `word`, and
 /// what the streaming policy compares.
 pub fn normalize(text: &str) -> String {
-    text.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect()
+    normal_chars(text).collect()
+}
+
+/// The characters of [`normalize`]'s result, without collecting them.
+pub fn normal_chars(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
