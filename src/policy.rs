@@ -82,15 +82,18 @@ const STOCK_ENDINGS: &[&[&str]] = &[
 ];
 
 /// How many of a hypothesis's last words are a stock ending standing as a
-/// sentence of its own (alone, or after a sentence end); 0: none. Steps
-/// leave such words interim; a flush keeps them only if the full window
-/// hears them too (`session::worker`).
+/// sentence of its own (alone, after a sentence end, or capitalised: a
+/// window that starts after an unpunctuated word, "your country Thank
+/// you."); 0: none. Steps leave such words interim; a flush keeps them only
+/// if the full window hears them too (`session::worker`).
 pub fn stock_ending(words: &[Word]) -> usize {
     let is_ending = |phrase: &&&[&str]| {
         let n = phrase.len();
         n <= words.len()
             && words[words.len() - n..].iter().zip(phrase.iter()).all(|(w, p)| w.is(p))
-            && (n == words.len() || ends_sentence(&words[words.len() - n - 1].text))
+            && (n == words.len()
+                || ends_sentence(&words[words.len() - n - 1].text)
+                || words[words.len() - n].text.starts_with(char::is_uppercase))
     };
     STOCK_ENDINGS.iter().filter(is_ending).map(|p| p.len()).max().unwrap_or(0)
 }
@@ -875,6 +878,7 @@ mod tests {
         assert_eq!(stock_ending(&hyp("Thank you very much.")), 4);
         assert_eq!(stock_ending(&hyp("Thank you.")), 2);
         assert_eq!(stock_ending(&hyp("I want to thank you.")), 0, "inside a sentence");
+        assert_eq!(stock_ending(&hyp("for your country Thank you.")), 2, "a new window's sentence");
         assert_eq!(stock_ending(&hyp("Thank you. And then")), 0, "not at the end");
         assert_eq!(stock_ending(&hyp("")), 0);
     }
