@@ -58,7 +58,7 @@ pub struct FileConfig {
     /// any sound well above the background). See `audio::vad`.
     pub vad: Option<VadKind>,
     /// On the CPU: the encoder's linear layers in int8 (`model::LoadOptions`;
-    /// see `DEFAULT_INT8_ENCODER`). Unset or `false`: f32.
+    /// see `DEFAULT_INT8_ENCODER`, on by default). `false`: f32.
     pub int8_encoder: Option<bool>,
     /// Seconds a stalled socket write may take before the session ends.
     pub write_timeout_s: Option<f64>,
@@ -163,14 +163,17 @@ pub const DEFAULT_VAD: VadKind = VadKind::Neural;
 pub const DEFAULT_CONTEXT_CARRY_MS: u64 = 6000;
 
 /// Whether the daemon's CPU encoder is int8 by default (where the CPU has
-/// AVX-512 VNNI). Measured in `benches/results/streaming.md` (the int8
-/// encoder): CPU per audio second 0.86 → 0.66–0.76 on one session; four
-/// sessions' final p95 3.29 → 2.41 s; streaming WER 5.80–6.76 % → 7.25–8.21 %,
-/// within a point of offline greedy (7.25 %). Not the default yet: it also
-/// moves word times by tens of milliseconds (jfk's 0.32 s pause after "so"
-/// became 0.30 s, and `tests/prerecorded.rs`'s utterance split at 0.3 s
-/// found none), which was not measured beyond that.
-pub const DEFAULT_INT8_ENCODER: bool = false;
+/// AVX-512 VNNI; elsewhere it stays f32). Measured side by side in
+/// `benches/results/streaming.md` ("The int8 encoder", "int8 by default"):
+/// four sessions on two cores, final p50 / p95 1.58 / 2.85 s in f32 against
+/// 1.17 / 2.08 s, worst lag 3.7 against 2.5 s; one session, CPU per audio
+/// second 12–23 % lower. Streaming WER is about a point higher
+/// (7.25–8.21 % against 5.80–6.76 %, the same two files), within a point of
+/// offline greedy (7.25 %); offline on the 32 shared files int8 made 81
+/// word errors, f32 84. Word times move by 4 ms on average (p95 20 ms).
+/// `scribed transcribe` stays f32 unless asked (`--int8-encoder`): offline,
+/// it matches faster-whisper's float32 word for word.
+pub const DEFAULT_INT8_ENCODER: bool = true;
 
 /// One hypothesis at a time: on the CPU each already uses every core.
 pub const DEFAULT_COMPUTE_SLOTS: usize = 1;
@@ -317,9 +320,9 @@ mod tests {
     }
 
     #[test]
-    fn the_encoder_is_int8_only_when_asked() {
-        assert!(!merge("").unwrap().int8_encoder);
-        assert!(merge("int8_encoder = true").unwrap().int8_encoder);
+    fn the_encoder_is_int8_unless_turned_off() {
+        assert!(merge("").unwrap().int8_encoder);
+        assert!(!merge("int8_encoder = false").unwrap().int8_encoder);
         assert!(toml::from_str::<FileConfig>("int8_encoder = \"yes\"").is_err());
     }
 

@@ -57,7 +57,7 @@ fn corpus_word_error_rate_is_on_par_with_faster_whisper() {
     let Some(model) = model_dir("tiny.en") else { return };
     let entries: Vec<_> = manifest().into_iter().filter(|e| e.reference.is_some()).collect();
     let files: Vec<String> = entries.iter().map(|e| shared_audio(&e.file).display().to_string()).collect();
-    // The int8 encoder (`--int8-encoder`, the daemon's `int8_encoder`) is
+    // The int8 encoder (`--int8-encoder`; the daemon's default) is
     // held to float32's bar: CTranslate2's int8 is what most faster-whisper CPU
     // users run, and it scored 81 errors against float32's 84 here.
     let runs = [
