@@ -8,9 +8,9 @@ use crate::audio::mel::MelFrontend;
 use crate::audio::vad::{self, VadConfig};
 use crate::backend::{Backend, BackendError};
 use crate::decode::alignment;
-use crate::decode::rules::{repeats_at_end, Rules};
+use crate::decode::rules::{loop_repeats_from, Rules};
 use crate::decode::search::{decode_with_fallback, Rng, WindowResult};
-use crate::decode::{DecodeError, DecodeOptions, Segment, Task, Transcript, Word};
+use crate::decode::{DecodeError, DecodeOptions, OnLoop, Segment, Task, Transcript, Word};
 use crate::model::tokenizer::SpecialTokens;
 use crate::model::{State, Tokenizer, Whisper, HOP, WINDOW_FRAMES};
 
@@ -185,13 +185,22 @@ impl<'m, B: Backend> Transcriber<'m, B> {
         rec.rules.limit_timestamps(opts.audio_ctx.map(|_| encoded_frames as f64 / FRAMES_PER_SECOND));
 
         let mut result = self.decode(rec)?;
-        if encoded_frames < WINDOW_FRAMES && repeats_at_end(&result.tokens) && !opts.cancel.is_cancelled() {
-            // Whisper loops on a short context now and then: this window
-            // again over the full 30 s, as it was trained.
-            tracing::debug!(seek, encoded_frames, "loop on the shortened window: full window");
-            rec.rules.limit_timestamps(None);
-            model.encode(&self.window, &mut self.state)?;
-            result = self.decode(rec)?;
+        let looped = loop_repeats_from(&result.tokens).filter(|_| encoded_frames < WINDOW_FRAMES);
+        if let (Some(from), Some(ctx)) = (looped, opts.audio_ctx) {
+            // Whisper loops on a short context now and then.
+            tracing::debug!(seek, encoded_frames, on_loop = ?ctx.on_loop, "loop on the shortened window");
+            match ctx.on_loop {
+                OnLoop::FullWindow if !opts.cancel.is_cancelled() => {
+                    rec.rules.limit_timestamps(None);
+                    model.encode(&self.window, &mut self.state)?;
+                    result = self.decode(rec)?;
+                }
+                OnLoop::FullWindow => {}
+                OnLoop::Cut => {
+                    let tb = model.tokenizer().specials().timestamp_begin;
+                    cut_loop(&mut result, from.max(rec.prompt.forced), tb, segment_size);
+                }
+            }
         }
         if opts.cancel.is_cancelled() {
             return Err(DecodeError::Cancelled);
@@ -521,4 +530,57 @@ fn is_silence(r: &WindowResult, opts: &DecodeOptions) -> bool {
     opts.no_speech_threshold.is_some_and(|threshold| {
         r.no_speech_prob > threshold && !opts.log_prob_threshold.is_some_and(|t| r.avg_logprob > t)
     })
+}
+
+/// Drops a looped result's tokens from `from` on and closes its last segment
+/// at the end of the window's `segment_size` frames of audio, as Whisper does
+/// once it has read all of it: the window counts as consumed, so no later
+/// window decodes the rest again.
+fn cut_loop(result: &mut WindowResult, from: usize, timestamp_begin: u32, segment_size: usize) {
+    let tb = timestamp_begin;
+    result.tokens.truncate(from);
+    while result.tokens.last().is_some_and(|&t| t >= tb) {
+        result.tokens.pop();
+    }
+    if result.tokens.iter().all(|&t| t >= tb) {
+        result.tokens.clear();
+    } else {
+        result.tokens.push(tb + (segment_size / 2) as u32);
+    }
+    result.token_logprobs.resize(result.tokens.len(), 0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(tokens: &[u32]) -> WindowResult {
+        WindowResult {
+            tokens: tokens.to_vec(),
+            token_logprobs: vec![-0.5; tokens.len()],
+            avg_logprob: -0.5,
+            no_speech_prob: 0.0,
+            temperature: 0.0,
+            compression_ratio: 3.0,
+        }
+    }
+
+    #[test]
+    fn a_cut_loop_keeps_the_text_once_and_ends_at_the_audio() {
+        const TB: u32 = 100;
+        // <|0.00|> a b <|1.00|><|1.20|> c d c d c d
+        let mut r = result(&[TB, 1, 2, TB + 50, TB + 60, 3, 4, 3, 4, 3, 4]);
+        cut_loop(&mut r, 7, TB, 700);
+        assert_eq!(r.tokens, [TB, 1, 2, TB + 50, TB + 60, 3, 4, TB + 350]);
+        assert_eq!(r.token_logprobs.len(), r.tokens.len());
+        // A loop right after a segment's opening timestamp: that timestamp
+        // goes too, and the segment before closes at the audio's end.
+        let mut r = result(&[TB, 1, 2, TB + 50, TB + 60, 3, 4, 3, 4]);
+        cut_loop(&mut r, 5, TB, 700);
+        assert_eq!(r.tokens, [TB, 1, 2, TB + 350]);
+        // Nothing but the loop: no text at all.
+        let mut r = result(&[TB, 3, 3, 3]);
+        cut_loop(&mut r, 1, TB, 700);
+        assert!(r.tokens.is_empty() && r.token_logprobs.is_empty());
+    }
 }

@@ -72,8 +72,7 @@ pub struct DecodeOptions {
 ///
 /// Whisper was trained on 30 s windows: on a short context it can fall into
 /// a repetition loop. With a shortened context the decoder therefore stops a
-/// hypothesis that repeats itself, and the window is decoded again over the
-/// full 30 s (see `longform`).
+/// hypothesis that repeats itself, and [`OnLoop`] says what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioCtx {
     /// Mel frames (10 ms) of zero-padding after the content.
@@ -83,6 +82,21 @@ pub struct AudioCtx {
     /// Mel frames the length is rounded up to; even (two mel frames per
     /// encoder position).
     pub granularity: usize,
+    pub on_loop: OnLoop,
+}
+
+/// What a shortened window that loops becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnLoop {
+    /// Decoded again over the full 30 s, as Whisper was trained (an
+    /// encoder pass over 30 s and a second decode: what a final hypothesis
+    /// pays to be right).
+    #[default]
+    FullWindow,
+    /// Its repetitions dropped (the looped text kept once) and the window
+    /// ended there, with no later window over the rest of the audio: cheap,
+    /// for a hypothesis whose words count only once a later one agrees.
+    Cut,
 }
 
 impl Default for AudioCtx {
@@ -93,7 +107,7 @@ impl Default for AudioCtx {
         // reference files (with the forced prefix, one run each at 2x):
         // 8.21 % with a 10 s minimum, 7.73 % with 15 s, 6.76 % with 20 s,
         // 7.25 % with the full 30 s (offline greedy: 7.25 %).
-        AudioCtx { padding: 200, min: 1500, granularity: 100 }
+        AudioCtx { padding: 200, min: 1500, granularity: 100, on_loop: OnLoop::FullWindow }
     }
 }
 

@@ -30,13 +30,20 @@ pub struct Rules {
 /// ("s s s …", "he done, he done, he done, …", a whole sentence again and
 /// again) — what Whisper does when it has run out of audio it can read.
 pub fn repeats_at_end(seq: &[u32]) -> bool {
+    loop_repeats_from(seq).is_some()
+}
+
+/// Where the repetitions of a loop at the end of `seq` ([`repeats_at_end`])
+/// begin: everything from there on is the looped text again, after its first
+/// occurrence.
+pub fn loop_repeats_from(seq: &[u32]) -> Option<usize> {
     let n = seq.len();
-    (1..=32.min(n / 3)).any(|p| {
+    (1..=32.min(n / 3)).find_map(|p| {
         let mut reps = 1;
         while (reps + 1) * p <= n && seq[n - (reps + 1) * p..n - reps * p] == seq[n - p..] {
             reps += 1;
         }
-        reps >= 3 && reps * p >= 12
+        (reps >= 3 && reps * p >= 12).then(|| n - (reps - 1) * p)
     })
 }
 
@@ -241,6 +248,9 @@ mod tests {
         assert!(!repeats_at_end(&[&phrase[..], &phrase, &[8]].concat()));
         // "no, no, no": a short repetition that speech has.
         assert!(!repeats_at_end(&[1, 2, 1, 2, 1, 2]));
+        // The first occurrence stays; the repetitions after it go.
+        assert_eq!(loop_repeats_from(&looped), Some(2 + phrase.len()));
+        assert_eq!(loop_repeats_from(&[1; 12]), Some(1));
         let mut rules = Rules::new(&specials(), &[], &[], true, 1.0);
         rules.stop_loops(true);
         let a = allowed(&rules, &looped);
