@@ -158,8 +158,9 @@ pub const DEFAULT_LINE_HOLD_MS: u64 = 600;
 pub const DEFAULT_VAD: VadKind = VadKind::Neural;
 
 /// How much of an ended utterance stays in the next one's window, by
-/// default: with the 2 s of padding, an utterance of up to 7 s still fits
-/// the 15 s the encoder reads anyway (`decode::AudioCtx`).
+/// default: with the 2 s of padding, the next utterance's first 2 s still
+/// fit the 10 s the encoder reads anyway (`decode::AudioCtx`); past that
+/// the window grows a second at a time.
 pub const DEFAULT_CONTEXT_CARRY_MS: u64 = 6000;
 
 /// Whether the daemon's CPU encoder is int8 by default (where the CPU has

@@ -191,8 +191,8 @@ impl Default for PolicyConfig {
             preroll_frames: 30,
             max_utterance_frames: 2500,
             cut_margin: 1.0,
-            // The encoder input is at least 15 s (`decode::AudioCtx`), so an
-            // utterance up to about that long costs the least per step. At
+            // Bounds the window (and so a step's cost) on continuous speech;
+            // the encoder reads at least 10 s anyway (`decode::AudioCtx`). At
             // 10 s, jfk.wav (11 s, one utterance) was trimmed after
             // "Americans," and came out "asked not … Thank you." (3 word
             // errors, in each of 3 runs); no reference file reaches 15 s.

@@ -101,13 +101,15 @@ pub enum OnLoop {
 
 impl Default for AudioCtx {
     fn default() -> Self {
-        // 2 s of padding, 1 s steps, never under 15 s. On tiny.en, contexts
+        // 2 s of padding, 1 s steps, never under 10 s. On tiny.en, contexts
         // of a few seconds looped in about one partial hypothesis in four
-        // (content + 1 s, no minimum: 12 of 42); streaming WER on the 11
-        // reference files (with the forced prefix, one run each at 2x):
-        // 8.21 % with a 10 s minimum, 7.73 % with 15 s, 6.76 % with 20 s,
-        // 7.25 % with the full 30 s (offline greedy: 7.25 %).
-        AudioCtx { padding: 200, min: 1500, granularity: 100, on_loop: OnLoop::FullWindow }
+        // (content + 1 s, no minimum: 12 of 42). Once a step's loop is cut
+        // rather than decoded again over 30 s (`OnLoop::Cut`), 10 s against
+        // 15 s (benches/results/streaming.md, "A 10 s minimum context"):
+        // CPU per audio second 0.53-0.64 -> 0.47-0.53, streaming WER
+        // 6.76-8.21 % -> 5.80-6.76 %, four sessions no worse; apollo11's p95
+        // (a chant the hypotheses flip on) worse, median 4.0 -> 5.1 s.
+        AudioCtx { padding: 200, min: 1000, granularity: 100, on_loop: OnLoop::FullWindow }
     }
 }
 
