@@ -158,6 +158,14 @@ pub struct PolicyConfig {
     /// Interim words this close to the end of the audio are held back from
     /// a forced cut, seconds.
     pub cut_margin: f64,
+    /// A cut comes early when the oldest word of a step's hypothesis that is
+    /// not yet final ended this long before the audio the step before had:
+    /// two hypotheses heard that much after it and still disagree (measured
+    /// against the steps, not now, as under load a step may come late, and
+    /// the first hypothesis of an utterance never cuts). Hypotheses that keep disagreeing
+    /// (noise, a chant) would otherwise hold every word back until the
+    /// utterance fills Whisper's window. Seconds; `None`: only that cut.
+    pub stall_cut: Option<f64>,
     /// Utterance length past which its audio is trimmed after a final
     /// sentence end, frames; `None`: never (only the cut at the window).
     pub trim_frames: Option<u64>,
@@ -191,6 +199,7 @@ impl Default for PolicyConfig {
             preroll_frames: 30,
             max_utterance_frames: 2500,
             cut_margin: 1.0,
+            stall_cut: Some(4.0),
             // Bounds the window (and so a step's cost) on continuous speech;
             // the encoder reads at least 10 s anyway (`decode::AudioCtx`). At
             // 10 s, jfk.wav (11 s, one utterance) was trimmed after
@@ -299,6 +308,12 @@ pub struct Policy {
     /// The last word moved out of the utterance by a trim or a cut (as
     /// compared) and where its audio was cut, seconds.
     seam: Option<(String, f64)>,
+    /// The last step left a word behind for [`PolicyConfig::stall_cut`]: the
+    /// next frame cuts.
+    stalled: bool,
+    /// The end of the audio the last hypothesis of this utterance had,
+    /// seconds (0 before the first).
+    last_hyp_end: f64,
     words_final: u64,
 }
 
@@ -323,6 +338,8 @@ impl Policy {
             last_interim: Vec::new(),
             context: String::new(),
             seam: None,
+            stalled: false,
+            last_hyp_end: 0.0,
             words_final: 0,
         }
     }
@@ -412,7 +429,7 @@ impl Policy {
         if self.cfg.endpoint_frames.is_some_and(|n| self.silence_run >= n.max(1)) {
             return Some(Reason::Endpoint);
         }
-        if self.frames - self.utt_start >= self.cfg.max_utterance_frames {
+        if self.frames - self.utt_start >= self.cfg.max_utterance_frames || self.stalled {
             return Some(Reason::Cut);
         }
         if self.frames - self.last_hyp >= self.cfg.step_frames {
@@ -465,6 +482,10 @@ impl Policy {
                     self.prev = words;
                     self.trim();
                 }
+                let heard_after = |w: &Word| self.last_hyp_end - w.end;
+                self.stalled = reason == Reason::Step
+                    && self.cfg.stall_cut.zip(rest.first()).is_some_and(|(limit, w)| heard_after(w) >= limit);
+                self.last_hyp_end = now;
                 self.interim(rest, now, out);
             }
             Reason::Endpoint | Reason::Finalize | Reason::Close => {
@@ -509,6 +530,8 @@ impl Policy {
         self.prev.clear();
         self.last_interim.clear();
         self.has_speech = false;
+        self.stalled = false;
+        self.last_hyp_end = 0.0;
         self.last_hyp = self.frames;
     }
 
@@ -943,6 +966,44 @@ mod tests {
         assert_eq!(p.words_final(), 4);
         assert_eq!(p.context(100), "Hello world, how are");
         assert!(!p.pending());
+    }
+
+    /// Steps every 0.6 s from 1.6 s that hear the first word two ways by
+    /// turns; returns the frame at which something other than a step fell
+    /// due, if that was before `until` seconds.
+    fn flip_flop(p: &mut Policy, until: f64, out: &mut Vec<Emit>) -> Option<(Reason, f64)> {
+        frames(p, false, 100, out);
+        let mut due = frames(p, true, 61, out);
+        for first in ["we", "he"].iter().cycle() {
+            let now = p.frames as f64 * FRAME_SECONDS;
+            match due {
+                Some(Reason::Step) if now < until => {}
+                Some(Reason::Step) => return None,
+                other => return other.map(|r| (r, now)),
+            }
+            p.on_hypothesis(Reason::Step, vec![w(first, 1.0, 1.3), w("won", 1.4, 1.6)], out);
+            due = frames(p, true, 60, out);
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn hypotheses_that_keep_disagreeing_are_cut_early() {
+        let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
+        let mut out = Vec::new();
+        // The steps at 5.81 s and 6.41 s still disagree on a word that
+        // ended at 1.3 s.
+        let (reason, at) = flip_flop(&mut p, 20.0, &mut out).unwrap();
+        assert_eq!(reason, Reason::Cut);
+        assert!((6.41..6.5).contains(&at), "{at}");
+        out.clear();
+        p.on_hypothesis(Reason::Cut, vec![w("we", 1.0, 1.3), w("won", 1.4, 1.6)], &mut out);
+        let r = results(&out);
+        assert!(r[0].is_final);
+        assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["we", "won"]);
+        // Without the rule, such steps go on until the window is full.
+        let mut p = Policy::new(PolicyConfig { stall_cut: None, ..Default::default() });
+        assert_eq!(flip_flop(&mut p, 20.0, &mut Vec::new()), None);
     }
 
     #[test]
