@@ -52,6 +52,11 @@ pub struct FileConfig {
     /// them is under 2 s), milliseconds; 0: each utterance is decoded
     /// alone. See `PolicyConfig::carry`.
     pub context_carry_ms: Option<u64>,
+    /// How long streaming hypotheses may keep disagreeing on a word heard
+    /// before the utterance is cut there (everything final but its last
+    /// second), milliseconds; 0: only the cut when the utterance fills
+    /// Whisper's window. See `PolicyConfig::stall_cut`.
+    pub stall_cut_ms: Option<u64>,
     /// Which voice activity detector segments the audio: `"neural"` (the
     /// default, earshot's network: tells speech from noise, ends
     /// utterances at real pauses) or `"energy"` (an adaptive energy gate:
@@ -120,6 +125,8 @@ pub struct Config {
     pub line_hold: Option<f64>,
     /// `context_carry_ms` in seconds; `None`: no carry.
     pub carry: Option<f64>,
+    /// `stall_cut_ms` in seconds; `None`: no early cut.
+    pub stall_cut: Option<f64>,
     pub vad: VadKind,
     pub int8_encoder: bool,
     pub write_timeout: Duration,
@@ -162,6 +169,11 @@ pub const DEFAULT_VAD: VadKind = VadKind::Neural;
 /// fit the 10 s the encoder reads anyway (`decode::AudioCtx`); past that
 /// the window grows a second at a time.
 pub const DEFAULT_CONTEXT_CARRY_MS: u64 = 6000;
+
+/// How long hypotheses may disagree on a word before the utterance is cut
+/// there, by default. Measured in `benches/results/streaming.md` ("A cut
+/// when hypotheses keep disagreeing").
+pub const DEFAULT_STALL_CUT_MS: u64 = 4000;
 
 /// Whether the daemon's CPU encoder is int8 by default (where the CPU has
 /// AVX-512 VNNI; elsewhere it stays f32). Measured side by side in
@@ -238,6 +250,10 @@ impl Config {
         if context_carry_ms > 10_000 {
             return Err(invalid("context_carry_ms", format!("{context_carry_ms} is outside 0–10000")));
         }
+        let stall_cut_ms = f.stall_cut_ms.unwrap_or(DEFAULT_STALL_CUT_MS);
+        if stall_cut_ms > 20_000 {
+            return Err(invalid("stall_cut_ms", format!("{stall_cut_ms} is outside 0–20000")));
+        }
         let compute_slots = f.compute_slots.unwrap_or(DEFAULT_COMPUTE_SLOTS);
         if !(1..=256).contains(&compute_slots) {
             return Err(invalid("compute_slots", format!("{compute_slots} is outside 1–256")));
@@ -267,6 +283,7 @@ impl Config {
             commit: f.commit.unwrap_or_default(),
             line_hold: (line_hold_ms > 0).then(|| line_hold_ms as f64 / 1000.0),
             carry: (context_carry_ms > 0).then(|| context_carry_ms as f64 / 1000.0),
+            stall_cut: (stall_cut_ms > 0).then(|| stall_cut_ms as f64 / 1000.0),
             vad: f.vad.unwrap_or(DEFAULT_VAD),
             int8_encoder: f.int8_encoder.unwrap_or(DEFAULT_INT8_ENCODER),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
@@ -340,6 +357,15 @@ mod tests {
         assert_eq!(merge("context_carry_ms = 0").unwrap().carry, None);
         let e = merge("context_carry_ms = 10001").unwrap_err().to_string();
         assert!(e.contains("context_carry_ms"), "{e}");
+    }
+
+    #[test]
+    fn stall_cut_is_on_by_default_off_at_zero_and_bounded() {
+        assert_eq!(merge("").unwrap().stall_cut, Some(DEFAULT_STALL_CUT_MS as f64 / 1000.0));
+        assert_eq!(merge("stall_cut_ms = 0").unwrap().stall_cut, None);
+        assert_eq!(merge("stall_cut_ms = 2500").unwrap().stall_cut, Some(2.5));
+        let e = merge("stall_cut_ms = 20001").unwrap_err().to_string();
+        assert!(e.contains("stall_cut_ms"), "{e}");
     }
 
     #[test]

@@ -524,6 +524,7 @@ impl<S: WsSink> Session<S> {
                 // Turns carry their own text; `EndOfTurn` flushes it.
                 line_hold: None,
                 carry: cfg.carry,
+                stall_cut: cfg.stall_cut,
                 ..PolicyConfig::default()
             }
         } else {
@@ -536,6 +537,7 @@ impl<S: WsSink> Session<S> {
                 alignment_commit,
                 line_hold: cfg.line_hold,
                 carry: cfg.carry,
+                stall_cut: cfg.stall_cut,
                 ..PolicyConfig::default()
             }
         };
