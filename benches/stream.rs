@@ -20,7 +20,7 @@
 //! computed in-process (greedy, the same model) before streaming starts.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,6 +84,11 @@ struct Args {
     /// `benches/compare.py` sets it up; none: the line is left out).
     #[arg(long)]
     fw_python: Option<PathBuf>,
+    /// Also write every final word's latency to this file (tab-separated:
+    /// sessions, file, word, offline end in s, latency in s), to see which
+    /// words make a p95.
+    #[arg(long)]
+    word_log: Option<PathBuf>,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -324,6 +329,8 @@ struct Tally {
     words: usize,
     lag: Vec<f64>,
     finalize: Vec<f64>,
+    /// (file, word, offline end, latency) of every final word.
+    word_log: Vec<(String, String, f64, f64)>,
 }
 
 /// One file of the run: its audio, its reference (if any), and the offline
@@ -409,7 +416,9 @@ fn score(s: &Streamed, speed: f64, clip: &Clip, t: &mut Tally) {
     for (k, j) in align_words(&hyp, &base).into_iter().enumerate() {
         let end = j.map_or(fin_words[k].1, |j| clip.offline[j].1);
         let spoken = t0 + Duration::from_secs_f64(end / speed);
-        t.fin.push(fin_words[k].2.saturating_duration_since(spoken).as_secs_f64());
+        let latency = fin_words[k].2.saturating_duration_since(spoken).as_secs_f64();
+        t.fin.push(latency);
+        t.word_log.push((clip.name.clone(), fin_words[k].0.clone(), end, latency));
     }
     if let Some(r) = s.finalize_reply {
         t.finalize.push(r);
@@ -459,6 +468,20 @@ const ISSUE_FILES: [&str; 12] = [
     "2412-153948-0000",
     "apollo11.wav",
 ];
+
+/// Appends `words` (file, word, offline end, latency) to `path`, one line
+/// each, tab-separated, after the number of sessions of the row.
+fn write_word_log<'a>(
+    path: &Path,
+    sessions: usize,
+    words: impl Iterator<Item = &'a (String, String, f64, f64)>,
+) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    for (file, word, end, latency) in words {
+        writeln!(f, "{sessions}\t{file}\t{word}\t{end:.2}\t{latency:.3}")?;
+    }
+    Ok(())
+}
 
 /// User + system CPU seconds of a process so far, from `/proc/PID/stat`.
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -583,6 +606,9 @@ fn latency(
         };
         let mut t = refs_tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut l = long_tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        if let Some(path) = &a.word_log {
+            write_word_log(path, sessions, t.word_log.iter().chain(&l.word_log))?;
+        }
         let lag = t.lag.iter().chain(&l.lag).copied().fold(0.0, f64::max);
         let long95 = if has_long { format!("{:.2} s", pct(&mut l.fin, 0.95)) } else { "-".into() };
         let (f50, f95) = if t.finalize.is_empty() {
