@@ -159,7 +159,7 @@ pub struct PolicyConfig {
     /// a forced cut, seconds.
     pub cut_margin: f64,
     /// A cut comes early when the oldest word of a step's hypothesis that is
-    /// not yet final ended this long before the audio the step before had:
+    /// not yet final started this long before the audio the step before had:
     /// two hypotheses heard that much after it and still disagree (measured
     /// against the steps, not now, as under load a step may come late, and
     /// the first hypothesis of an utterance never cuts). Hypotheses that keep disagreeing
@@ -482,7 +482,11 @@ impl Policy {
                     self.prev = words;
                     self.trim();
                 }
-                let heard_after = |w: &Word| self.last_hyp_end - w.end;
+                // From the word's start: over noise, the word the steps
+                // disagree on often stretches to the end of the audio
+                // ("weren't" at 60.1-64.4 s, then 60.1-65.6 s), so its end
+                // never falls behind.
+                let heard_after = |w: &Word| self.last_hyp_end - w.start;
                 self.stalled = reason == Reason::Step
                     && self.cfg.stall_cut.zip(rest.first()).is_some_and(|(limit, w)| heard_after(w) >= limit);
                 self.last_hyp_end = now;
@@ -971,7 +975,8 @@ mod tests {
     /// Steps every 0.6 s from 1.6 s that hear the first word two ways by
     /// turns; returns the frame at which something other than a step fell
     /// due, if that was before `until` seconds.
-    fn flip_flop(p: &mut Policy, until: f64, out: &mut Vec<Emit>) -> Option<(Reason, f64)> {
+    /// `stretched`: the word they disagree on ends where the audio does.
+    fn flip_flop(p: &mut Policy, until: f64, stretched: bool, out: &mut Vec<Emit>) -> Option<(Reason, f64)> {
         frames(p, false, 100, out);
         let mut due = frames(p, true, 61, out);
         for first in ["we", "he"].iter().cycle() {
@@ -981,7 +986,9 @@ mod tests {
                 Some(Reason::Step) => return None,
                 other => return other.map(|r| (r, now)),
             }
-            p.on_hypothesis(Reason::Step, vec![w(first, 1.0, 1.3), w("won", 1.4, 1.6)], out);
+            let words =
+                if stretched { vec![w(first, 1.0, now - 0.05)] } else { vec![w(first, 1.0, 1.3), w("won", 1.4, 1.6)] };
+            p.on_hypothesis(Reason::Step, words, out);
             due = frames(p, true, 60, out);
         }
         unreachable!()
@@ -991,11 +998,11 @@ mod tests {
     fn hypotheses_that_keep_disagreeing_are_cut_early() {
         let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
         let mut out = Vec::new();
-        // The steps at 5.81 s and 6.41 s still disagree on a word that
-        // ended at 1.3 s.
-        let (reason, at) = flip_flop(&mut p, 20.0, &mut out).unwrap();
+        // The steps at 5.21 s and 5.81 s still disagree on a word that
+        // started at 1.0 s.
+        let (reason, at) = flip_flop(&mut p, 20.0, false, &mut out).unwrap();
         assert_eq!(reason, Reason::Cut);
-        assert!((6.41..6.5).contains(&at), "{at}");
+        assert!((5.81..5.9).contains(&at), "{at}");
         out.clear();
         p.on_hypothesis(Reason::Cut, vec![w("we", 1.0, 1.3), w("won", 1.4, 1.6)], &mut out);
         let r = results(&out);
@@ -1003,7 +1010,13 @@ mod tests {
         assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["we", "won"]);
         // Without the rule, such steps go on until the window is full.
         let mut p = Policy::new(PolicyConfig { stall_cut: None, ..Default::default() });
-        assert_eq!(flip_flop(&mut p, 20.0, &mut Vec::new()), None);
+        assert_eq!(flip_flop(&mut p, 20.0, false, &mut Vec::new()), None);
+        // Over noise the disputed word may stretch to the audio's end: its
+        // start, not its end, says how long it has been disputed.
+        let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
+        let (reason, at) = flip_flop(&mut p, 20.0, true, &mut Vec::new()).unwrap();
+        assert_eq!(reason, Reason::Cut);
+        assert!((5.81..5.9).contains(&at), "{at}");
     }
 
     #[test]
