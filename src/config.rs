@@ -242,18 +242,17 @@ impl Config {
         if !(100..=5000).contains(&step_ms) {
             return Err(invalid("step_ms", format!("{step_ms} is outside 100–5000")));
         }
-        let line_hold_ms = f.line_hold_ms.unwrap_or(DEFAULT_LINE_HOLD_MS);
-        if line_hold_ms > 10_000 {
-            return Err(invalid("line_hold_ms", format!("{line_hold_ms} is outside 0–10000")));
-        }
-        let context_carry_ms = f.context_carry_ms.unwrap_or(DEFAULT_CONTEXT_CARRY_MS);
-        if context_carry_ms > 10_000 {
-            return Err(invalid("context_carry_ms", format!("{context_carry_ms} is outside 0–10000")));
-        }
-        let stall_cut_ms = f.stall_cut_ms.unwrap_or(DEFAULT_STALL_CUT_MS);
-        if stall_cut_ms > 20_000 {
-            return Err(invalid("stall_cut_ms", format!("{stall_cut_ms} is outside 0–20000")));
-        }
+        // A duration in milliseconds that 0 turns off, in seconds.
+        let optional_ms = |key, v: Option<u64>, default: u64, max: u64| -> Result<Option<f64>, ConfigError> {
+            let ms = v.unwrap_or(default);
+            if ms > max {
+                return Err(invalid(key, format!("{ms} is outside 0–{max}")));
+            }
+            Ok((ms > 0).then(|| ms as f64 / 1000.0))
+        };
+        let line_hold = optional_ms("line_hold_ms", f.line_hold_ms, DEFAULT_LINE_HOLD_MS, 10_000)?;
+        let carry = optional_ms("context_carry_ms", f.context_carry_ms, DEFAULT_CONTEXT_CARRY_MS, 10_000)?;
+        let stall_cut = optional_ms("stall_cut_ms", f.stall_cut_ms, DEFAULT_STALL_CUT_MS, 20_000)?;
         let compute_slots = f.compute_slots.unwrap_or(DEFAULT_COMPUTE_SLOTS);
         if !(1..=256).contains(&compute_slots) {
             return Err(invalid("compute_slots", format!("{compute_slots} is outside 1–256")));
@@ -281,9 +280,9 @@ impl Config {
             step_ms,
             compute_slots,
             commit: f.commit.unwrap_or_default(),
-            line_hold: (line_hold_ms > 0).then(|| line_hold_ms as f64 / 1000.0),
-            carry: (context_carry_ms > 0).then(|| context_carry_ms as f64 / 1000.0),
-            stall_cut: (stall_cut_ms > 0).then(|| stall_cut_ms as f64 / 1000.0),
+            line_hold,
+            carry,
+            stall_cut,
             vad: f.vad.unwrap_or(DEFAULT_VAD),
             int8_encoder: f.int8_encoder.unwrap_or(DEFAULT_INT8_ENCODER),
             write_timeout: secs("write_timeout_s", f.write_timeout_s, 30.0)?,
