@@ -162,9 +162,10 @@ pub struct PolicyConfig {
     /// not yet final started this long before the audio the step before had:
     /// two hypotheses heard that much after it and still disagree (measured
     /// against the steps, not now, as under load a step may come late, and
-    /// the first hypothesis of an utterance never cuts). Hypotheses that keep disagreeing
-    /// (noise, a chant) would otherwise hold every word back until the
-    /// utterance fills Whisper's window. Seconds; `None`: only that cut.
+    /// the first hypothesis of an utterance never cuts). Hypotheses that
+    /// keep disagreeing (noise, a chant) would otherwise hold every word
+    /// back until the utterance fills Whisper's window. Seconds; `None`:
+    /// only that cut. The daemon's default is `config::DEFAULT_STALL_CUT_MS`.
     pub stall_cut: Option<f64>,
     /// Utterance length past which its audio is trimmed after a final
     /// sentence end, frames; `None`: never (only the cut at the window).
@@ -199,7 +200,7 @@ impl Default for PolicyConfig {
             preroll_frames: 30,
             max_utterance_frames: 2500,
             cut_margin: 1.0,
-            stall_cut: Some(4.0),
+            stall_cut: None,
             // Bounds the window (and so a step's cost) on continuous speech;
             // the encoder reads at least 10 s anyway (`decode::AudioCtx`). At
             // 10 s, jfk.wav (11 s, one utterance) was trimmed after

@@ -108,7 +108,7 @@ impl Default for AudioCtx {
         // 15 s (benches/results/streaming.md, "A 10 s minimum context"):
         // CPU per audio second 0.53-0.64 -> 0.47-0.53, streaming WER
         // 6.76-8.21 % -> 5.80-6.76 %, four sessions no worse; apollo11's p95
-        // (a chant the hypotheses flip on) worse, median 4.0 -> 5.1 s.
+        // (a chant the hypotheses flip on) worse, median of six runs 4.0 -> 5.5 s.
         AudioCtx { padding: 200, min: 1000, granularity: 100, on_loop: OnLoop::FullWindow }
     }
 }
