@@ -65,6 +65,11 @@ const PAUSE_S: f64 = 0.3;
 /// test uses the same bound.
 const UNLIKELY_WORD: f32 = 0.15;
 
+/// Below this duration a word is anomalous, in proportion to how much
+/// shorter it is (faster-whisper's `word_anomaly_score`: a word of no
+/// length weighs as much as two unlikely ones), seconds.
+const SHORT_WORD_S: f64 = 0.133;
+
 /// A pause this long after the carried words (see [`PolicyConfig::carry`])
 /// drops them from the window: the next speech starts a window of its own,
 /// with their text only in the prompt, seconds.
@@ -130,12 +135,22 @@ fn ends_clause(text: &str) -> bool {
     text.ends_with([',', ';', ':']) || ends_sentence(text)
 }
 
-/// A hypothesis without its trailing run of unlikely words. A flush makes its
+/// A hypothesis without its trailing run of made-up words. A flush makes its
 /// words final with no second hypothesis to agree, and Whisper sometimes
-/// ends one with words made up from a breath or the silence after speech
-/// ("his gospel. So, so.", p = 0.08 and 0.07, on a trimmed utterance).
+/// ends one with words made up from a breath or the silence after speech:
+/// unlikely ones ("his gospel. So, so.", p = 0.08 and 0.07, on a trimmed
+/// utterance), or a phrase squeezed into no time at the end of the audio
+/// ("gospel. So, we're going to go ahead and do that", every word after
+/// "So," 0 s long at 17.09 s, p 0.13-0.93, on an endpoint under load).
+/// A word goes when it scores as one unlikely word on faster-whisper's
+/// anomaly score, without its term for long words (the last word of a
+/// flush often stretches over the silence after it).
 fn without_unlikely_tail(mut words: Vec<Word>) -> Vec<Word> {
-    while words.last().is_some_and(|w| w.probability < UNLIKELY_WORD) {
+    let anomaly = |w: &Word| {
+        let unlikely = if w.probability < UNLIKELY_WORD { 1.0 } else { 0.0 };
+        unlikely + (SHORT_WORD_S - (w.end - w.start)).max(0.0) * 15.0
+    };
+    while words.last().is_some_and(|w| anomaly(w) >= 1.0) {
         words.pop();
     }
     words
@@ -816,6 +831,29 @@ mod tests {
         p.on_hypothesis(Reason::Step, words, &mut out);
         let interim = results(&out).last().map(|u| u.words.len());
         assert_eq!(interim, Some(4));
+    }
+
+    #[test]
+    fn a_flush_drops_a_phrase_squeezed_into_no_time() {
+        let with = |text: &str, start, end, probability| Word { probability, ..w(text, start, end) };
+        let flushed = |words: &[Word]| {
+            let mut p = Policy::new(PolicyConfig::default());
+            let mut out = Vec::new();
+            frames(&mut p, true, 1720, &mut out);
+            p.on_hypothesis(Reason::Endpoint, words.to_vec(), &mut out);
+            results(&out).iter().flat_map(|u| &u.words).map(|w| w.text.clone()).collect::<Vec<_>>()
+        };
+        // An endpoint under load (tests/reliability.rs, one 31 s frame).
+        let mut words = vec![with("his", 15.65, 15.95, 0.96), with("gospel.", 15.95, 16.37, 0.74)];
+        words.push(with("So,", 16.37, 16.39, 0.11));
+        for (text, p) in [("we're", 0.18), ("going", 0.39), ("to", 0.93), ("go", 0.13), ("ahead", 0.21), ("and", 0.81)]
+        {
+            words.push(with(text, 17.09, 17.09, p));
+        }
+        assert_eq!(flushed(&words), ["his", "gospel."]);
+        // A short last word that is likely stays.
+        let short = [with("his", 15.65, 15.95, 0.96), with("gospel.", 15.95, 16.04, 0.74)];
+        assert_eq!(flushed(&short), ["his", "gospel."]);
     }
 
     /// Speech up to the end of `words` (a hypothesis: `carried`, then
