@@ -182,7 +182,10 @@ impl Daemon {
         if let Some(config) = &a.daemon_config {
             cmd.arg("--config").arg(config);
         }
-        let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        // The bench's own RUST_LOG reaches the daemon (a trace of a slow
+        // run, `RUST_LOG=scribed::session=trace`); quiet otherwise.
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let mut child = cmd.env("RUST_LOG", log).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).read_line(&mut line)?;
         let addr = line.trim().strip_prefix("listening on ").map(str::to_string);
