@@ -106,7 +106,7 @@ pub fn stock_ending(words: &[Word]) -> usize {
 /// Whether Whisper's text for a word ends a sentence. A trim after "Mr." cut
 /// "Quilter" in two ("Mr. Filter"), so titles and initials do not; one
 /// missed sentence end only delays a trim.
-fn ends_sentence(text: &str) -> bool {
+pub fn ends_sentence(text: &str) -> bool {
     let text = text.trim_end_matches(['"', '\'', ')', '\u{201d}', '\u{2019}']);
     if text.ends_with(['?', '!']) {
         return true;

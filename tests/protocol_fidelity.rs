@@ -194,19 +194,26 @@ fn a_clients_close_is_answered() {
     });
 }
 
-/// `/v2/listen` (Deepgram Flux) on real speech: two recordings with two
+/// `/v2/listen` (Deepgram Flux) on real speech: two recordings with three
 /// seconds of silence between them are two turns, each ended once with its
 /// own words, and the events follow Flux's rules: `StartOfTurn` first,
 /// `EagerEndOfTurn` with text, `TurnResumed` only after it, `EndOfTurn`
 /// repeating the eager text unless the turn resumed, every message numbered.
+///
+/// The threshold leaves a margin over jfk.wav's own pauses: after "ask not"
+/// the VAD hears 0.6-0.7 s of silence (`endpointing=600` ends an utterance
+/// there, 700 does not), Whisper often writes "Ask not.", and at
+/// `eot_threshold=0.8` a sentence mark ends a turn after 0.48 s of silence,
+/// as designed: one run in four or five split jfk in two. At 0.95 a turn
+/// ends after 0.9 s of silence past a sentence mark, 2.4 s past none.
 #[test]
 fn flux_turns_on_real_speech() {
     let Some(model) = model_dir("tiny.en") else { return };
     let d = Daemon::start(&model, &[]);
-    let gap = vec![0.0f32; 32_000];
+    let gap = vec![0.0f32; 48_000];
     let second = "2412-153948-0000.wav";
     let audio: Vec<f32> = [load("jfk.wav"), gap.clone(), load(second), gap].concat();
-    let url = format!("ws://{}/v2/listen?{LIN16}&eot_threshold=0.8&eager_eot_threshold=0.5", d.addr);
+    let url = format!("ws://{}/v2/listen?{LIN16}&eot_threshold=0.95&eager_eot_threshold=0.5", d.addr);
     let run = rt().block_on(session(&url, &[], frames16(&audio, 100), FAST));
     assert_eq!(run.close, Some(1000));
     assert_eq!(run.msgs[0]["type"], "Connected");

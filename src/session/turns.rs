@@ -14,7 +14,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::audio::round3;
-use crate::policy::{Update, Word, FRAME_SECONDS};
+use crate::policy::{ends_sentence, Update, Word, FRAME_SECONDS};
 use crate::protocol::Thresholds;
 
 /// How fast the confidence grows with silence, seconds: 1 − e^(−silence/τ).
@@ -256,7 +256,8 @@ impl Turns {
         if self.silence == 0 {
             return 0.0;
         }
-        let ended = self.words().last().is_some_and(|w| w.text.ends_with(['.', '?', '!']));
+        // A title's period ("Mr.") ends no sentence, as for line breaks.
+        let ended = self.words().last().is_some_and(|w| ends_sentence(&w.text));
         let tau = if ended { TAU_SENTENCE_END } else { TAU_MID_SENTENCE };
         1.0 - (-(self.silence as f64 * FRAME_SECONDS) / tau).exp()
     }
@@ -336,6 +337,8 @@ mod tests {
         assert_eq!(due, Some(Due::End(Trigger::Model)));
         let (open, _) = frames_to_end("to");
         assert!((30..=40).contains(&ended) && (90..=100).contains(&open), "{ended} {open}");
+        let (title, _) = frames_to_end("Mr.");
+        assert_eq!(title, open, "a title's period ends no sentence");
     }
 
     #[test]
