@@ -345,10 +345,26 @@ struct Clip {
     offline: Vec<(String, f64)>,
 }
 
-/// For each word of `hyp`, the index of the word of `base` it lines up with
-/// (same or substituted word) in a minimum-edit alignment.
-fn align_words(hyp: &[String], base: &[String]) -> Vec<Option<usize>> {
+/// Words of the streamed and the offline transcript this far apart (their
+/// ends) are not the same word, seconds. Without a bound, apollo11.wav's
+/// "How much? How much?" at 86-88 s lined up with the offline "how much"
+/// at 77.5 s and counted 10 s of latency each.
+const SAME_WORD_S: f64 = 3.0;
+
+/// For each word of `hyp` (text, end), the index of the word of `base` it
+/// lines up with (same or substituted word, ends within [`SAME_WORD_S`]) in
+/// a minimum-edit alignment.
+fn align_words(hyp: &[(String, f64)], base: &[(String, f64)]) -> Vec<Option<usize>> {
     let (n, m) = (hyp.len(), base.len());
+    // Too far apart costs as much as a deletion and an insertion.
+    let cost = |i: usize, j: usize| {
+        let (h, b) = (&hyp[i], &base[j]);
+        if (h.1 - b.1).abs() > SAME_WORD_S {
+            2
+        } else {
+            usize::from(h.0 != b.0)
+        }
+    };
     let mut d = vec![vec![0usize; m + 1]; n + 1];
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
@@ -358,14 +374,15 @@ fn align_words(hyp: &[String], base: &[String]) -> Vec<Option<usize>> {
     }
     for i in 1..=n {
         for j in 1..=m {
-            let sub = d[i - 1][j - 1] + usize::from(hyp[i - 1] != base[j - 1]);
+            let sub = d[i - 1][j - 1] + cost(i - 1, j - 1);
             d[i][j] = sub.min(d[i - 1][j] + 1).min(d[i][j - 1] + 1);
         }
     }
     let mut out = vec![None; n];
     let (mut i, mut j) = (n, m);
     while i > 0 && j > 0 {
-        if d[i][j] == d[i - 1][j - 1] + usize::from(hyp[i - 1] != base[j - 1]) {
+        let c = cost(i - 1, j - 1);
+        if c < 2 && d[i][j] == d[i - 1][j - 1] + c {
             out[i - 1] = Some(j - 1);
             i -= 1;
             j -= 1;
@@ -414,9 +431,8 @@ fn score(s: &Streamed, speed: f64, clip: &Clip, t: &mut Tally) {
     }
     // Latency from the end of the word's audio as the offline transcript
     // places it (the same clock for every build), own end when unmatched.
-    let hyp: Vec<String> = fin_words.iter().map(|w| w.0.clone()).collect();
-    let base: Vec<String> = clip.offline.iter().map(|w| w.0.clone()).collect();
-    for (k, j) in align_words(&hyp, &base).into_iter().enumerate() {
+    let hyp: Vec<(String, f64)> = fin_words.iter().map(|w| (w.0.clone(), w.1)).collect();
+    for (k, j) in align_words(&hyp, &clip.offline).into_iter().enumerate() {
         let end = j.map_or(fin_words[k].1, |j| clip.offline[j].1);
         let spoken = t0 + Duration::from_secs_f64(end / speed);
         let latency = fin_words[k].2.saturating_duration_since(spoken).as_secs_f64();
