@@ -52,10 +52,11 @@ pub struct FileConfig {
     /// them is under 2 s), milliseconds; 0: each utterance is decoded
     /// alone. See `PolicyConfig::carry`.
     pub context_carry_ms: Option<u64>,
-    /// How long after a word began streaming hypotheses may still disagree
-    /// on it before the utterance is cut there (everything final but its
-    /// last second), milliseconds; 0: only the cut when the utterance fills
-    /// Whisper's window. See `PolicyConfig::stall_cut`.
+    /// How much speech after the last final word streaming hypotheses may
+    /// hear without agreeing on more before the utterance is cut there
+    /// (everything final but its last second), milliseconds; 0: only the
+    /// cut when the utterance fills Whisper's window. See
+    /// `PolicyConfig::stall_cut`.
     pub stall_cut_ms: Option<u64>,
     /// Which voice activity detector segments the audio: `"neural"` (the
     /// default, earshot's network: tells speech from noise, ends

@@ -173,9 +173,10 @@ pub struct PolicyConfig {
     /// Interim words this close to the end of the audio are held back from
     /// a forced cut, seconds.
     pub cut_margin: f64,
-    /// A cut comes early when the oldest word of a step's hypothesis that is
-    /// not yet final started this long before the audio the step before had:
-    /// two hypotheses heard that much after it and still disagree (measured
+    /// A cut comes early when a step's hypothesis has words that are not
+    /// final and the last final word (or the utterance's speech, if none)
+    /// ended this long before the audio the step before had: two hypotheses
+    /// heard that much after it and still do not agree (measured
     /// against the steps, not now, as under load a step may come late, and
     /// the first hypothesis of an utterance never cuts). Hypotheses that
     /// keep disagreeing (noise, a chant) would otherwise hold every word
@@ -498,13 +499,16 @@ impl Policy {
                     self.prev = words;
                     self.trim();
                 }
-                // From the word's start: over noise, the word the steps
-                // disagree on often stretches to the end of the audio
-                // ("weren't" at 60.1-64.4 s, then 60.1-65.6 s), so its end
-                // never falls behind.
-                let heard_after = |w: &Word| self.last_hyp_end - w.start;
+                // Timed from the last final word, not from the words after
+                // it: over noise the word the steps disagree on often
+                // stretches to the end of the audio ("weren't" at
+                // 60.1-64.4 s, then 60.1-65.6 s), and a hypothesis that
+                // skips speech puts one of no length there ("I don't know"
+                // at 36.2, 36.8, 37.4 s), which restarted the clock.
+                let since = self.last_word_end.max(self.speech_start());
                 self.stalled = reason == Reason::Step
-                    && self.cfg.stall_cut.zip(rest.first()).is_some_and(|(limit, w)| heard_after(w) >= limit);
+                    && !rest.is_empty()
+                    && self.cfg.stall_cut.is_some_and(|limit| self.last_hyp_end - since >= limit);
                 self.last_hyp_end = now;
                 self.interim(rest, now, out);
             }
@@ -1013,9 +1017,14 @@ mod tests {
 
     /// Steps every 0.6 s from 1.6 s that hear the first word two ways by
     /// turns; returns the frame at which something other than a step fell
-    /// due, if that was before `until` seconds.
-    /// `stretched`: the word they disagree on ends where the audio does.
-    fn flip_flop(p: &mut Policy, until: f64, stretched: bool, out: &mut Vec<Emit>) -> Option<(Reason, f64)> {
+    /// due, if that was before `until` seconds. `words(first, now)` is a
+    /// step's hypothesis.
+    fn flip_flop(
+        p: &mut Policy,
+        until: f64,
+        words: impl Fn(&str, f64) -> Vec<Word>,
+        out: &mut Vec<Emit>,
+    ) -> Option<(Reason, f64)> {
         frames(p, false, 100, out);
         let mut due = frames(p, true, 61, out);
         for first in ["we", "he"].iter().cycle() {
@@ -1025,9 +1034,7 @@ mod tests {
                 Some(Reason::Step) => return None,
                 other => return other.map(|r| (r, now)),
             }
-            let words =
-                if stretched { vec![w(first, 1.0, now - 0.05)] } else { vec![w(first, 1.0, 1.3), w("won", 1.4, 1.6)] };
-            p.on_hypothesis(Reason::Step, words, out);
+            p.on_hypothesis(Reason::Step, words(first, now), out);
             due = frames(p, true, 60, out);
         }
         unreachable!()
@@ -1035,11 +1042,12 @@ mod tests {
 
     #[test]
     fn hypotheses_that_keep_disagreeing_are_cut_early() {
+        let plain = |first: &str, _| vec![w(first, 1.0, 1.3), w("won", 1.4, 1.6)];
         let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
         let mut out = Vec::new();
         // The steps at 5.21 s and 5.81 s still disagree on a word that
         // started at 1.0 s.
-        let (reason, at) = flip_flop(&mut p, 20.0, false, &mut out).unwrap();
+        let (reason, at) = flip_flop(&mut p, 20.0, plain, &mut out).unwrap();
         assert_eq!(reason, Reason::Cut);
         assert!((5.81..5.9).contains(&at), "{at}");
         out.clear();
@@ -1049,13 +1057,19 @@ mod tests {
         assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["we", "won"]);
         // Without the rule, such steps go on until the window is full.
         let mut p = Policy::new(PolicyConfig { stall_cut: None, ..Default::default() });
-        assert_eq!(flip_flop(&mut p, 20.0, false, &mut Vec::new()), None);
-        // Over noise the disputed word may stretch to the audio's end: its
-        // start, not its end, says how long it has been disputed.
-        let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
-        let (reason, at) = flip_flop(&mut p, 20.0, true, &mut Vec::new()).unwrap();
-        assert_eq!(reason, Reason::Cut);
-        assert!((5.81..5.9).contains(&at), "{at}");
+        assert_eq!(flip_flop(&mut p, 20.0, plain, &mut Vec::new()), None);
+        // Over noise the disputed word may stretch to the audio's end
+        // ("weren't" at 60.1-64.4 s, then 60.1-65.6 s), or hypotheses that
+        // skip the speech may put a word of no length there ("I don't know"
+        // at 36.2, 36.8, 37.4 s): the clock runs from the last final word.
+        let stretched = |first: &str, now: f64| vec![w(first, 1.0, now - 0.05)];
+        let at_the_end = |first: &str, now: f64| vec![w(first, now - 0.05, now - 0.05)];
+        for words in [&stretched as &dyn Fn(&str, f64) -> Vec<Word>, &at_the_end] {
+            let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
+            let (reason, at) = flip_flop(&mut p, 20.0, words, &mut Vec::new()).unwrap();
+            assert_eq!(reason, Reason::Cut);
+            assert!((5.81..5.9).contains(&at), "{at}");
+        }
     }
 
     #[test]
