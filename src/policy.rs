@@ -9,8 +9,9 @@
 //!   (plus a short pre-roll) and ends after `endpointing` ms of silence;
 //!   silence before it is dropped, so noise and pauses never reach Whisper;
 //! - every `step` of new audio the worker re-transcribes the utterance so far
-//!   (≤ 30 s); words that two consecutive hypotheses agree on, as a prefix of
-//!   what is not yet final, become final; the rest is the interim tail;
+//!   (≤ 30 s); words that a hypothesis and one of the two before it agree
+//!   on, as a prefix of what is not yet final, become final; the rest is
+//!   the interim tail;
 //! - with `alignment_commit` (`commit = "alignment"`, AlignAtt-style), leading
 //!   new words that end well before the audio does, as the alignment heads
 //!   place them, become final at once, one step sooner;
@@ -313,6 +314,8 @@ pub struct Policy {
     pauses: Vec<f64>,
     /// The previous hypothesis of the current utterance.
     prev: Vec<Word>,
+    /// The one before it (empty after a trim or a cut).
+    prev2: Vec<Word>,
     /// Where the last final result ended, seconds (finals tile from here).
     final_cursor: f64,
     /// End of the last final word of the stream, seconds.
@@ -349,6 +352,7 @@ impl Policy {
             held_since: Vec::new(),
             pauses: Vec::new(),
             prev: Vec::new(),
+            prev2: Vec::new(),
             final_cursor: 0.0,
             last_word_end: 0.0,
             words_since_utterance_end: false,
@@ -473,8 +477,15 @@ impl Policy {
         let tail = self.after_committed(&words);
         match reason {
             Reason::Step | Reason::Cut => {
-                let prev_tail = self.after_committed(&self.prev);
-                let mut agreed = tail.iter().zip(&prev_tail).take_while(|(a, b)| a.norm() == b.norm()).count();
+                // Agreement with either of the two hypotheses before: over
+                // noise the steps often flip between two readings by turns
+                // ("toys as the lame EBA." / "toys to see a lamb EBA." on
+                // apollo11), which the previous one alone never confirms.
+                let agreement = |prev: &[Word]| {
+                    let prev_tail = self.after_committed(prev);
+                    tail.iter().zip(&prev_tail).take_while(|(a, b)| a.norm() == b.norm()).count()
+                };
+                let mut agreed = agreement(&self.prev).max(agreement(&self.prev2));
                 if let Some(margin) = self.cfg.alignment_commit {
                     agreed = agreed.max(tail.iter().take_while(|w| w.end <= now - margin).count());
                 }
@@ -494,9 +505,10 @@ impl Policy {
                 if reason == Reason::Cut {
                     let cut_at = self.committed.last().map_or(now - self.cfg.cut_margin, |w| w.end);
                     self.prev = rest.clone();
+                    self.prev2.clear();
                     self.move_out(self.committed.len(), cut_at);
                 } else {
-                    self.prev = words;
+                    self.prev2 = std::mem::replace(&mut self.prev, words);
                     self.trim();
                 }
                 // Timed from the last final word, not from the words after
@@ -552,6 +564,7 @@ impl Policy {
         self.held_since.clear();
         self.pauses.clear();
         self.prev.clear();
+        self.prev2.clear();
         self.last_interim.clear();
         self.has_speech = false;
         self.stalled = false;
@@ -606,6 +619,7 @@ impl Policy {
         let next = self.prev.iter().map(|w| w.start).find(|&s| s >= last.end);
         let cut_at = next.map_or(last.end, |s| (last.end + s) / 2.0);
         self.prev.retain(|w| (w.start + w.end) / 2.0 >= cut_at);
+        self.prev2.clear();
         self.move_out(k, cut_at);
     }
 
@@ -1015,8 +1029,8 @@ mod tests {
         assert!(!p.pending());
     }
 
-    /// Steps every 0.6 s from 1.6 s that hear the first word two ways by
-    /// turns; returns the frame at which something other than a step fell
+    /// Steps every 0.6 s from 1.6 s that hear the first word three ways by
+    /// turns (two ways would agree every other step); returns the frame at which something other than a step fell
     /// due, if that was before `until` seconds. `words(first, now)` is a
     /// step's hypothesis.
     fn flip_flop(
@@ -1027,7 +1041,7 @@ mod tests {
     ) -> Option<(Reason, f64)> {
         frames(p, false, 100, out);
         let mut due = frames(p, true, 61, out);
-        for first in ["we", "he"].iter().cycle() {
+        for first in ["we", "he", "she"].iter().cycle() {
             let now = p.frames as f64 * FRAME_SECONDS;
             match due {
                 Some(Reason::Step) if now < until => {}
@@ -1070,6 +1084,23 @@ mod tests {
             assert_eq!(reason, Reason::Cut);
             assert!((5.81..5.9).contains(&at), "{at}");
         }
+    }
+
+    #[test]
+    fn two_readings_by_turns_agree_at_the_third_hypothesis() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut out = Vec::new();
+        frames(&mut p, true, 160, &mut out);
+        let reading = |a: &str, b: &str| vec![w(a, 1.0, 1.3), w(b, 1.3, 1.5)];
+        p.on_hypothesis(Reason::Step, reading("to", "see"), &mut out);
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, reading("as", "the"), &mut out);
+        assert!(results(&out).iter().all(|u| !u.is_final));
+        frames(&mut p, true, 60, &mut out);
+        p.on_hypothesis(Reason::Step, reading("to", "see"), &mut out);
+        let finals: Vec<&str> =
+            results(&out).iter().filter(|u| u.is_final).flat_map(|u| &u.words).map(|w| w.text.as_str()).collect();
+        assert_eq!(finals, ["to", "see"]);
     }
 
     #[test]
