@@ -146,7 +146,7 @@ fn ends_clause(text: &str) -> bool {
 /// A word goes when it scores as one unlikely word on faster-whisper's
 /// anomaly score, without its term for long words (the last word of a
 /// flush often stretches over the silence after it).
-fn without_unlikely_tail(mut words: Vec<Word>) -> Vec<Word> {
+fn without_made_up_tail(mut words: Vec<Word>) -> Vec<Word> {
     let anomaly = |w: &Word| {
         let unlikely = if w.probability < UNLIKELY_WORD { 1.0 } else { 0.0 };
         unlikely + (SHORT_WORD_S - (w.end - w.start)).max(0.0) * 15.0
@@ -526,7 +526,7 @@ impl Policy {
             }
             Reason::Endpoint | Reason::Finalize | Reason::Close => {
                 let from_finalize = reason == Reason::Finalize;
-                self.hold(without_unlikely_tail(tail), now);
+                self.hold(without_made_up_tail(tail), now);
                 // An endpoint always says so (`speech_final`), even when
                 // the steps already sent every word: LiveKit and Pipecat
                 // end the user's speech on it.
@@ -542,7 +542,7 @@ impl Policy {
                     // several steps and a flush need not ("Americans. asked
                     // not"), and as a forced prefix they misled the next
                     // steps ("what you are country").
-                    self.committed = without_unlikely_tail(words);
+                    self.committed = without_made_up_tail(words);
                 }
                 self.end_utterance();
             }
@@ -1030,9 +1030,9 @@ mod tests {
     }
 
     /// Steps every 0.6 s from 1.6 s that hear the first word three ways by
-    /// turns (two ways would agree every other step); returns the frame at which something other than a step fell
-    /// due, if that was before `until` seconds. `words(first, now)` is a
-    /// step's hypothesis.
+    /// turns (two ways would agree every other step); returns the frame at
+    /// which something other than a step fell due, if that was before
+    /// `until` seconds. `words(first, now)` is a step's hypothesis.
     fn flip_flop(
         p: &mut Policy,
         until: f64,
