@@ -48,7 +48,9 @@ struct Args {
     /// Which files each session replays: `issue` (issue 9's 12 files: 11 with
     /// references, 207 words, then apollo11.wav, 89 s of continuous speech)
     /// or `manifest` (the first `--files` reference files under 40 s, in
-    /// manifest order: the set of the earlier results).
+    /// manifest order: the set of the earlier results) or `long` (apollo11.wav
+    /// alone: a quick look at continuous speech, e.g. under four sessions;
+    /// the reference files' columns stay empty).
     #[arg(long, default_value = "issue")]
     set: String,
     /// Files per session with `--set manifest`.
@@ -467,7 +469,12 @@ fn pick_files(a: &Args, refs: &[(String, String)]) -> anyhow::Result<Vec<(String
             })
             .collect()),
         "manifest" => Ok(refs.iter().take(a.files).map(|(f, r)| (f.clone(), Some(r.clone()))).collect()),
-        other => anyhow::bail!("--set {other}: expected issue or manifest"),
+        "long" => Ok(ISSUE_FILES
+            .iter()
+            .filter(|f| f.ends_with(".wav") && reference(f).is_none())
+            .map(|f| (f.to_string(), None))
+            .collect()),
+        other => anyhow::bail!("--set {other}: expected issue, manifest or long"),
     }
 }
 
@@ -635,16 +642,23 @@ fn latency(
         } else {
             (format!("{:.2} s", pct(&mut t.finalize, 0.5)), format!("{:.2} s", pct(&mut t.finalize, 0.95)))
         };
+        let wer = |errors: usize, words: usize| {
+            if words == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2} %", 100.0 * errors as f64 / words as f64)
+            }
+        };
         println!(
-            "| {sessions} | {:.2} s | {:.2} s | {long95} | {:.2} / {:.2} s | {:.2} s | {:.2} s | {:.2} % | {:.2} % | {cpu} | {:.2} s | {f50} | {f95} | {:.0} s | {load0} → {} |",
+            "| {sessions} | {:.2} s | {:.2} s | {long95} | {:.2} / {:.2} s | {:.2} s | {:.2} s | {} | {} | {cpu} | {:.2} s | {f50} | {f95} | {:.0} s | {load0} → {} |",
             pct(&mut t.fin, 0.5),
             pct(&mut t.fin, 0.95),
             pct(&mut t.fin_own, 0.5),
             pct(&mut t.fin_own, 0.95),
             pct(&mut t.interim, 0.5),
             pct(&mut t.interim, 0.95),
-            100.0 * t.errors as f64 / t.words.max(1) as f64,
-            100.0 * offline.0 as f64 / offline.1.max(1) as f64,
+            wer(t.errors, t.words),
+            wer(offline.0, offline.1),
             lag,
             wall.elapsed().as_secs_f64(),
             loadavg()
