@@ -177,9 +177,10 @@ pub struct PolicyConfig {
     /// A cut comes early when a step's hypothesis has words that are not
     /// final and the last final word (or the utterance's speech, if none)
     /// ended this long before the audio the step before had: two hypotheses
-    /// heard that much after it and still do not agree (measured
-    /// against the steps, not now, as under load a step may come late, and
-    /// the first hypothesis of an utterance never cuts). Hypotheses that
+    /// heard that much after it and still do not agree, so this step cuts,
+    /// with its own hypothesis (measured against the steps, not now, as
+    /// under load a step may come late, and the first hypothesis of an
+    /// utterance never cuts). Hypotheses that
     /// keep disagreeing (noise, a chant) would otherwise hold every word
     /// back until the utterance fills Whisper's window. Seconds; `None`:
     /// only that cut. The daemon's default is `config::DEFAULT_STALL_CUT_MS`.
@@ -328,9 +329,6 @@ pub struct Policy {
     /// The last word moved out of the utterance by a trim or a cut (as
     /// compared) and where its audio was cut, seconds.
     seam: Option<(String, f64)>,
-    /// The last step left a word behind for [`PolicyConfig::stall_cut`]: the
-    /// next frame cuts.
-    stalled: bool,
     /// The end of the audio the last hypothesis of this utterance had,
     /// seconds (0 before the first).
     last_hyp_end: f64,
@@ -359,7 +357,6 @@ impl Policy {
             last_interim: Vec::new(),
             context: String::new(),
             seam: None,
-            stalled: false,
             last_hyp_end: 0.0,
             words_final: 0,
         }
@@ -450,7 +447,7 @@ impl Policy {
         if self.cfg.endpoint_frames.is_some_and(|n| self.silence_run >= n.max(1)) {
             return Some(Reason::Endpoint);
         }
-        if self.frames - self.utt_start >= self.cfg.max_utterance_frames || self.stalled {
+        if self.frames - self.utt_start >= self.cfg.max_utterance_frames {
             return Some(Reason::Cut);
         }
         if self.frames - self.last_hyp >= self.cfg.step_frames {
@@ -491,18 +488,25 @@ impl Policy {
                 }
                 // A stock ending at the end of the audio waits for the words
                 // after it, or for the flush that checks it.
-                agreed = agreed.min(tail.len() - stock_ending(&words).min(tail.len()));
-                let mut fin: Vec<Word> = tail[..agreed].to_vec();
+                let stock = stock_ending(&words);
+                agreed = agreed.min(tail.len() - stock.min(tail.len()));
                 let mut rest: Vec<Word> = tail[agreed..].to_vec();
-                if reason == Reason::Cut {
-                    // Whisper's window is full: commit all but the words still
-                    // being spoken, and start the next utterance after them.
-                    let keep = rest.iter().position(|w| w.end > now - self.cfg.cut_margin).unwrap_or(rest.len());
-                    fin.extend(rest.drain(..keep));
+                self.hold(tail[..agreed].to_vec(), now);
+                let cut = reason == Reason::Cut || (!rest.is_empty() && self.stalled());
+                if cut {
+                    // Whisper's window is full, or the steps stall: commit
+                    // all but the words still being spoken (and a stock
+                    // ending), and start the next utterance after them. A
+                    // stall cuts with this step's hypothesis: a decode of its
+                    // own only made the words wait for it (0.5 s on average
+                    // under four sessions).
+                    let spoken = rest.iter().position(|w| w.end > now - self.cfg.cut_margin).unwrap_or(rest.len());
+                    let keep = spoken.min(rest.len() - stock.min(rest.len()));
+                    let fin: Vec<Word> = rest.drain(..keep).collect();
+                    self.hold(fin, now);
                 }
-                self.hold(fin, now);
                 self.release(now, rest.first(), out);
-                if reason == Reason::Cut {
+                if cut {
                     let cut_at = self.committed.last().map_or(now - self.cfg.cut_margin, |w| w.end);
                     self.prev = rest.clone();
                     self.prev2.clear();
@@ -511,16 +515,6 @@ impl Policy {
                     self.prev2 = std::mem::replace(&mut self.prev, words);
                     self.trim();
                 }
-                // Timed from the last final word, not from the words after
-                // it: over noise the word the steps disagree on often
-                // stretches to the end of the audio ("weren't" at
-                // 60.1-64.4 s, then 60.1-65.6 s), and a hypothesis that
-                // skips speech puts one of no length there ("I don't know"
-                // at 36.2, 36.8, 37.4 s), which restarted the clock.
-                let since = self.last_word_end.max(self.speech_start());
-                self.stalled = reason == Reason::Step
-                    && !rest.is_empty()
-                    && self.cfg.stall_cut.is_some_and(|limit| self.last_hyp_end - since >= limit);
                 self.last_hyp_end = now;
                 self.interim(rest, now, out);
             }
@@ -567,7 +561,6 @@ impl Policy {
         self.prev2.clear();
         self.last_interim.clear();
         self.has_speech = false;
-        self.stalled = false;
         self.last_hyp_end = 0.0;
         self.last_hyp = self.frames;
     }
@@ -676,6 +669,19 @@ impl Policy {
             }
         }
         tail
+    }
+
+    /// Whether the steps stall ([`PolicyConfig::stall_cut`]): the previous
+    /// hypothesis heard the limit's worth of audio after the last final word
+    /// (or the utterance's speech start) and this one still leaves words
+    /// after it. Timed from the last final word, not from the words after
+    /// it: over noise the disputed word often stretches to the end of the
+    /// audio ("weren't" at 60.1-64.4 s, then 60.1-65.6 s), and a hypothesis
+    /// that skips speech puts one of no length there ("I don't know" at
+    /// 36.2, 36.8, 37.4 s), which restarted the clock.
+    fn stalled(&self) -> bool {
+        let since = self.last_word_end.max(self.speech_start());
+        self.cfg.stall_cut.is_some_and(|limit| self.last_hyp_end - since >= limit)
     }
 
     /// Makes `words` final in the utterance (what later hypotheses must
@@ -1030,26 +1036,25 @@ mod tests {
     }
 
     /// Steps every 0.6 s from 1.6 s that hear the first word three ways by
-    /// turns (two ways would agree every other step); returns the frame at
-    /// which something other than a step fell due, if that was before
-    /// `until` seconds. `words(first, now)` is a step's hypothesis.
-    fn flip_flop(
-        p: &mut Policy,
-        until: f64,
-        words: impl Fn(&str, f64) -> Vec<Word>,
-        out: &mut Vec<Emit>,
-    ) -> Option<(Reason, f64)> {
-        frames(p, false, 100, out);
-        let mut due = frames(p, true, 61, out);
+    /// turns (two ways would agree every other step), until `until` seconds;
+    /// returns the first step that sent final words or cut the utterance,
+    /// with those words, if any. `words(first, now)` is a step's hypothesis.
+    fn flip_flop(p: &mut Policy, until: f64, words: impl Fn(&str, f64) -> Vec<Word>) -> Option<(Vec<String>, f64)> {
+        let mut out = Vec::new();
+        frames(p, false, 100, &mut out);
+        frames(p, true, 61, &mut out);
+        let start = p.utterance_start();
         for first in ["we", "he", "she"].iter().cycle() {
             let now = p.frames as f64 * FRAME_SECONDS;
-            match due {
-                Some(Reason::Step) if now < until => {}
-                Some(Reason::Step) => return None,
-                other => return other.map(|r| (r, now)),
+            if now >= until {
+                return None;
             }
-            p.on_hypothesis(Reason::Step, words(first, now), out);
-            due = frames(p, true, 60, out);
+            p.on_hypothesis(Reason::Step, words(first, now), &mut out);
+            let finals = final_words(&out);
+            if !finals.is_empty() || p.utterance_start() != start {
+                return Some((finals.into_iter().map(String::from).collect(), now));
+            }
+            assert_eq!(frames(p, true, 60, &mut out), Some(Reason::Step));
         }
         unreachable!()
     }
@@ -1058,31 +1063,29 @@ mod tests {
     fn hypotheses_that_keep_disagreeing_are_cut_early() {
         let plain = |first: &str, _| vec![w(first, 1.0, 1.3), w("won", 1.4, 1.6)];
         let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
-        let mut out = Vec::new();
         // The steps at 5.21 s and 5.81 s still disagree on a word that
-        // started at 1.0 s.
-        let (reason, at) = flip_flop(&mut p, 20.0, plain, &mut out).unwrap();
-        assert_eq!(reason, Reason::Cut);
+        // started at 1.0 s: the second cuts with its own hypothesis.
+        let (finals, at) = flip_flop(&mut p, 20.0, plain).unwrap();
         assert!((5.81..5.9).contains(&at), "{at}");
-        out.clear();
-        p.on_hypothesis(Reason::Cut, vec![w("we", 1.0, 1.3), w("won", 1.4, 1.6)], &mut out);
-        let r = results(&out);
-        assert!(r[0].is_final);
-        assert_eq!(r[0].words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), vec!["we", "won"]);
+        assert_eq!(finals, ["he", "won"]);
         // Without the rule, such steps go on until the window is full.
         let mut p = Policy::new(PolicyConfig { stall_cut: None, ..Default::default() });
-        assert_eq!(flip_flop(&mut p, 20.0, plain, &mut Vec::new()), None);
+        assert_eq!(flip_flop(&mut p, 20.0, plain), None);
         // Over noise the disputed word may stretch to the audio's end
         // ("weren't" at 60.1-64.4 s, then 60.1-65.6 s), or hypotheses that
         // skip the speech may put a word of no length there ("I don't know"
         // at 36.2, 36.8, 37.4 s): the clock runs from the last final word.
+        // Words that end in the audio's last second are still being spoken:
+        // the cut sends none of them and starts the next utterance a second
+        // before the audio's end.
         let stretched = |first: &str, now: f64| vec![w(first, 1.0, now - 0.05)];
         let at_the_end = |first: &str, now: f64| vec![w(first, now - 0.05, now - 0.05)];
         for words in [&stretched as &dyn Fn(&str, f64) -> Vec<Word>, &at_the_end] {
             let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), ..Default::default() });
-            let (reason, at) = flip_flop(&mut p, 20.0, words, &mut Vec::new()).unwrap();
-            assert_eq!(reason, Reason::Cut);
+            let (finals, at) = flip_flop(&mut p, 20.0, words).unwrap();
             assert!((5.81..5.9).contains(&at), "{at}");
+            assert!(finals.is_empty(), "{finals:?}");
+            assert_eq!(p.utterance_start(), 481);
         }
     }
 
