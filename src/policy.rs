@@ -180,10 +180,10 @@ pub struct PolicyConfig {
     /// heard that much after it and still do not agree, so this step cuts,
     /// with its own hypothesis (measured against the steps, not now, as
     /// under load a step may come late, and the first hypothesis of an
-    /// utterance never cuts). Hypotheses that
-    /// keep disagreeing (noise, a chant) would otherwise hold every word
-    /// back until the utterance fills Whisper's window. Seconds; `None`:
-    /// only that cut. The daemon's default is `config::DEFAULT_STALL_CUT_MS`.
+    /// utterance never cuts). Hypotheses that keep disagreeing (noise, a
+    /// chant) would otherwise hold every word back until the utterance fills
+    /// Whisper's window. Seconds; `None`: only that cut. The daemon's
+    /// default is `config::DEFAULT_STALL_CUT_MS`.
     pub stall_cut: Option<f64>,
     /// Utterance length past which its audio is trimmed after a final
     /// sentence end, frames; `None`: never (only the cut at the window).
@@ -489,7 +489,7 @@ impl Policy {
                 // A stock ending at the end of the audio waits for the words
                 // after it, or for the flush that checks it.
                 let stock = stock_ending(&words);
-                agreed = agreed.min(tail.len() - stock.min(tail.len()));
+                agreed = agreed.min(tail.len().saturating_sub(stock));
                 let mut rest: Vec<Word> = tail[agreed..].to_vec();
                 self.hold(tail[..agreed].to_vec(), now);
                 let cut = reason == Reason::Cut || (!rest.is_empty() && self.stalled());
@@ -501,7 +501,7 @@ impl Policy {
                     // own only made the words wait for it (0.5 s on average
                     // under four sessions).
                     let spoken = rest.iter().position(|w| w.end > now - self.cfg.cut_margin).unwrap_or(rest.len());
-                    let keep = spoken.min(rest.len() - stock.min(rest.len()));
+                    let keep = spoken.min(rest.len().saturating_sub(stock));
                     let fin: Vec<Word> = rest.drain(..keep).collect();
                     self.hold(fin, now);
                 }
@@ -1101,9 +1101,7 @@ mod tests {
         assert!(results(&out).iter().all(|u| !u.is_final));
         frames(&mut p, true, 60, &mut out);
         p.on_hypothesis(Reason::Step, reading("to", "see"), &mut out);
-        let finals: Vec<&str> =
-            results(&out).iter().filter(|u| u.is_final).flat_map(|u| &u.words).map(|w| w.text.as_str()).collect();
-        assert_eq!(finals, ["to", "see"]);
+        assert_eq!(final_words(&out), ["to", "see"]);
     }
 
     #[test]
