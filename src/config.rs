@@ -178,7 +178,9 @@ pub const DEFAULT_CONTEXT_CARRY_MS: u64 = 6000;
 /// p95 3.03-3.25 s at 2.5 s, 3.71-5.57 s at 4 s (one session). At 2 s four
 /// sessions' apollo11 p95 was 0.4-0.7 s lower, but jfk.wav streamed fast
 /// through the multilingual base model then cut at its "ask not" pause on
-/// one misreading ("asked a lot", `tests/daemon.rs`) in 2 runs of 3.
+/// one misreading ("asked a lot", `tests/daemon.rs`) in 2 runs of 3; a
+/// 2 s cut that waits for three hypotheses disputing the words passed that
+/// test but did no better on apollo11 ("A cut's words go at once").
 pub const DEFAULT_STALL_CUT_MS: u64 = 2500;
 
 /// Whether the daemon's CPU encoder is int8 by default (where the CPU has

@@ -19,8 +19,8 @@
 //!   or a pause follows them, so a final result reads as a sentence or a
 //!   phrase rather than whatever one step agreed on ("so my" / "fellow");
 //!   a word is held at most `line_hold` seconds after it became final (a
-//!   finalising step or a `Finalize` sends it at once), and then goes with
-//!   the words before it up to the last clause end;
+//!   flush or a cut sends it at once), and then goes with the words before
+//!   it up to the last clause end;
 //! - at the endpoint (or `Finalize`, or the end of the stream) one more
 //!   hypothesis finalises everything but a trailing run of unlikely words
 //!   (p < 0.15: made up from a breath or the silence after speech) and the
@@ -507,6 +507,9 @@ impl Policy {
                 }
                 self.release(now, rest.first(), out);
                 if cut {
+                    // The cut's words waited the limit or the window
+                    // already: they go now, not a line hold later.
+                    self.send_line(self.unsent.len(), out);
                     let cut_at = self.committed.last().map_or(now - self.cfg.cut_margin, |w| w.end);
                     self.prev = rest.clone();
                     self.prev2.clear();
@@ -1069,6 +1072,10 @@ mod tests {
         assert!((5.81..5.9).contains(&at), "{at}");
         assert_eq!(finals, ["he", "won"]);
         // Without the rule, such steps go on until the window is full.
+        // Those words waited the limit already: they go at once, not held
+        // for the end of their line.
+        let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), line_hold: Some(2.5), ..Default::default() });
+        assert_eq!(flip_flop(&mut p, 20.0, plain).unwrap().0, ["he", "won"]);
         let mut p = Policy::new(PolicyConfig { stall_cut: None, ..Default::default() });
         assert_eq!(flip_flop(&mut p, 20.0, plain), None);
         // Over noise the disputed word may stretch to the audio's end
