@@ -1071,11 +1071,11 @@ mod tests {
         let (finals, at) = flip_flop(&mut p, 20.0, plain).unwrap();
         assert!((5.81..5.9).contains(&at), "{at}");
         assert_eq!(finals, ["he", "won"]);
+        // Without the rule, such steps go on until the window is full.
         // Those words waited the limit already: they go at once, not held
         // for the end of their line.
         let mut p = Policy::new(PolicyConfig { stall_cut: Some(4.0), line_hold: Some(2.5), ..Default::default() });
         assert_eq!(flip_flop(&mut p, 20.0, plain).unwrap().0, ["he", "won"]);
-        // Without the rule, such steps go on until the window is full.
         let mut p = Policy::new(PolicyConfig { stall_cut: None, ..Default::default() });
         assert_eq!(flip_flop(&mut p, 20.0, plain), None);
         // Over noise the disputed word may stretch to the audio's end
